@@ -1,0 +1,3 @@
+"""runs: durable, project-scoped task and workflow runs on Celery."""
+
+__version__ = "0.1.0"

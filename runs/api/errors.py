@@ -1,0 +1,96 @@
+"""The one table mapping domain errors to HTTP, and ``application/problem+json`` bodies."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from runs.domain import errors
+
+log = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+STATUS_BY_ERROR: dict[type[errors.RunsError], int] = {
+    errors.InvalidRequest: 400,
+    errors.Unauthenticated: 401,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.PayloadTooLarge: 413,
+    errors.UnknownTarget: 422,
+    errors.Unsupported: 422,
+}
+
+
+def problem(
+    status: int, title: str, detail: str, *, instance: str | None = None, **extra: Any
+) -> JSONResponse:
+    slug = title.lower().replace(" ", "-")
+    body: dict[str, Any] = {
+        "type": f"urn:runs:problem:{slug}",
+        "title": title,
+        "status": status,
+        "detail": detail,
+    }
+    if instance is not None:
+        body["instance"] = instance
+    body.update({k: v for k, v in extra.items() if v is not None})
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _field_of(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts) or "body"
+
+
+def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+    problems = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            ctx = err.get("ctx") or {}
+            return f"the body is not valid JSON: {ctx.get('error', 'parse error')}", []
+        field = _field_of(tuple(err.get("loc", ())))
+        message = err.get("msg", "invalid")
+        if err.get("type") == "missing":
+            message = "is required"
+        problems.append({"field": field, "message": message})
+    detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems) or "invalid request"
+    return detail, problems
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(errors.RunsError)
+    async def on_domain_error(request: Request, exc: errors.RunsError) -> JSONResponse:
+        status = STATUS_BY_ERROR.get(type(exc), 400)
+        return problem(status, exc.title, exc.detail, instance=request.url.path, field=exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        detail, problems = _validation_detail(exc)
+        return problem(
+            400, "Invalid request", detail, instance=request.url.path, errors=problems or None
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
+        title = titles.get(exc.status_code, "Request failed")
+        return problem(exc.status_code, title, str(exc.detail), instance=request.url.path)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(
+            500,
+            "Internal error",
+            "the server failed to handle this request; it was logged",
+            instance=request.url.path,
+        )

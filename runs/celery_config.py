@@ -1,0 +1,42 @@
+"""Celery configuration shared by the dispatcher (producer) and the worker pools (consumers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from runs.settings import Settings
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.effective_broker_url,
+        "broker_connection_retry_on_startup": True,
+        # A Redis broker hands an unacknowledged message to another worker once this expires;
+        # it must exceed the longest run, or a slow run would be delivered twice.
+        "broker_transport_options": {
+            "visibility_timeout": settings.broker_visibility_timeout_seconds,
+            "socket_connect_timeout": 5,
+        },
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        # The run record is the result: no Celery result backend.
+        "task_ignore_result": True,
+        "result_backend": None,
+        # Durability: acknowledge after the job ran, requeue when the worker process dies,
+        # and take one message at a time so a crash strands at most one.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        # Fail fast when the broker is down: the run stays pending and is not lost.
+        "task_publish_retry_policy": {
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "task_default_queue": settings.default_queue,
+        # Flower: every target is a task type with its own events.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "worker_hijack_root_logger": False,
+    }

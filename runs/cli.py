@@ -1,0 +1,222 @@
+"""The ``runs`` command: dev, api, worker, db, projects, tokens, definitions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from runs.access import AccessService
+from runs.catalog import DefinitionCatalog
+from runs.domain.errors import RunsError
+from runs.persistence.engine import create_engine
+from runs.settings import Settings
+
+app = typer.Typer(help="Durable task and workflow runs on Celery.", no_args_is_help=True)
+db_app = typer.Typer(help="Database migrations.", no_args_is_help=True)
+projects_app = typer.Typer(help="Projects.", no_args_is_help=True)
+tokens_app = typer.Typer(help="API tokens (stored hashed; shown once).", no_args_is_help=True)
+definitions_app = typer.Typer(
+    help="Registered task and workflow definitions.", no_args_is_help=True
+)
+app.add_typer(db_app, name="db")
+app.add_typer(projects_app, name="projects")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(definitions_app, name="definitions")
+
+console = Console()
+
+
+@app.command()
+def dev(
+    host: Annotated[str, typer.Option(help="API host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="API port")] = 8000,
+    workers: Annotated[int, typer.Option(help="worker processes (prefork concurrency)")] = 2,
+    data_dir: Annotated[
+        Path, typer.Option(help="where SQLite, Redis data and dev.json live")
+    ] = Path(".runs"),
+    redis_port: Annotated[int, typer.Option(help="port of the bundled Redis")] = 6390,
+) -> None:
+    """Start everything on embedded defaults: SQLite, a bundled Redis, the API and a worker."""
+    from runs.devserver import run_dev
+
+    settings = Settings()
+    if "RUNS_DATABASE_URL" not in os.environ:
+        settings = settings.model_copy(
+            update={"database_url": f"sqlite:///{(data_dir / 'runs.db').as_posix()}"}
+        )
+    raise typer.Exit(
+        run_dev(
+            settings,
+            data_dir=data_dir,
+            host=host,
+            port=port,
+            workers=workers,
+            redis_port=redis_port,
+        )
+    )
+
+
+@app.command()
+def api(
+    host: Annotated[str | None, typer.Option(help="default: RUNS_API_HOST")] = None,
+    port: Annotated[int | None, typer.Option(help="default: RUNS_API_PORT")] = None,
+) -> None:
+    """Serve the HTTP API (uvicorn)."""
+    import uvicorn
+
+    settings = Settings()
+    uvicorn.run(
+        "runs.api.app:create_app_from_env",
+        factory=True,
+        host=host or settings.api_host,
+        port=port if port is not None else settings.api_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+    )
+
+
+@app.command()
+def worker(
+    queues: Annotated[
+        str | None, typer.Option(help="comma-separated; default: every routed queue")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="processes or threads of the pool")] = 2,
+    pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
+    hostname: Annotated[str | None, typer.Option(help="worker node name")] = None,
+    loglevel: Annotated[str | None, typer.Option(help="default: RUNS_LOG_LEVEL")] = None,
+) -> None:
+    """Start a Celery worker pool for the given queues (runs the definitions in RUNS_DEFINITIONS)."""
+    from runs.routing import Router
+
+    settings = Settings()
+    if queues is None:
+        queues = ",".join(Router(settings.route_table, settings.default_queue).queues())
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-P",
+        pool,
+        "-l",
+        (loglevel or settings.log_level).upper(),
+        "-E",
+    ]
+    if hostname:
+        argv += ["-n", hostname]
+    os.execv(sys.executable, argv)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: str = "head") -> None:
+    """Apply migrations to RUNS_DATABASE_URL."""
+    from runs.persistence import migrate
+
+    settings = Settings()
+    migrate.upgrade(settings.database_url, revision)
+    console.print(f"database at revision {revision}")
+
+
+@db_app.command("current")
+def db_current() -> None:
+    """Show the database's migration revision."""
+    from runs.persistence import migrate
+
+    migrate.current(Settings().database_url)
+
+
+def _access() -> AccessService:
+    return AccessService(create_engine(Settings().database_url, pool_size=1))
+
+
+@projects_app.command("create")
+def projects_create(slug: str, name: Annotated[str | None, typer.Option()] = None) -> None:
+    """Create a project."""
+    access = _access()
+    with _errors():
+        project = access.create_project(slug, name)
+    console.print(f"project {project.slug} id {project.id}")
+
+
+@projects_app.command("list")
+def projects_list() -> None:
+    """List projects."""
+    access = _access()
+    table = Table("id", "slug", "name", "created")
+    for project in access.list_projects():
+        table.add_row(project.id, project.slug, project.name, project.created_at.isoformat())
+    console.print(table)
+
+
+@tokens_app.command("create")
+def tokens_create(project: str, name: Annotated[str, typer.Option()] = "default") -> None:
+    """Create a token for PROJECT (id or slug); the secret is printed once."""
+    access = _access()
+    with _errors():
+        token, secret = access.create_token(project, name)
+    console.print(f"token id {token.id}", highlight=False)
+    print(secret)
+
+
+@tokens_app.command("list")
+def tokens_list(project: str) -> None:
+    """List the tokens of PROJECT (never their secrets)."""
+    access = _access()
+    table = Table("id", "name", "created", "revoked")
+    with _errors():
+        for token in access.list_tokens(project):
+            revoked = token.revoked_at.isoformat() if token.revoked_at else ""
+            table.add_row(token.id, token.name, token.created_at.isoformat(), revoked)
+    console.print(table)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str) -> None:
+    """Revoke a token by id."""
+    access = _access()
+    with _errors():
+        access.revoke_token(token_id)
+    console.print(f"token {token_id} revoked")
+
+
+@definitions_app.command("list")
+def definitions_list() -> None:
+    """List the definitions workers have registered."""
+    catalog = DefinitionCatalog(
+        create_engine(Settings().database_url, pool_size=1), cache_seconds=0
+    )
+    table = Table("target", "name", "description")
+    for item in catalog.list():
+        table.add_row(item.target, item.name or "", item.description or "")
+    console.print(table)
+
+
+@contextlib.contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        yield
+    except RunsError as exc:
+        console.print(f"[red]{exc.title}:[/red] {exc.detail}")
+        raise typer.Exit(1) from exc
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,194 @@
+"""``runs dev``: the whole system on embedded defaults, supervised from one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from runs.access import AccessService
+from runs.catalog import DefinitionCatalog
+from runs.domain.errors import NotFound, Unauthenticated
+from runs.embedded import free_port, start_redis
+from runs.persistence import migrate
+from runs.persistence.engine import create_engine
+from runs.settings import Settings
+
+DEMO_SLUG = "demo"
+
+
+@dataclass(frozen=True)
+class DevInfo:
+    api_url: str
+    project_id: str
+    project_slug: str
+    token: str
+
+    def as_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+
+def demo_credentials(settings: Settings, info_file: Path, api_url: str) -> DevInfo:
+    """The demo project and a token for it; reuses the token in ``info_file`` while valid."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        access = AccessService(engine)
+        try:
+            project = access.find_project(DEMO_SLUG)
+        except NotFound:
+            project = access.create_project(DEMO_SLUG, "Demo project")
+        token = None
+        if info_file.exists():
+            saved = json.loads(info_file.read_text()).get("token")
+            try:
+                if saved and access.authenticate(saved).id == project.id:
+                    token = saved
+            except Unauthenticated:
+                token = None
+        if token is None:
+            _, token = access.create_token(DEMO_SLUG, name="runs dev")
+    finally:
+        engine.dispose()
+    return DevInfo(api_url=api_url, project_id=project.id, project_slug=project.slug, token=token)
+
+
+def wait_for_targets(settings: Settings, processes: list[subprocess.Popen[bytes]]) -> list[str]:
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        catalog = DefinitionCatalog(engine, cache_seconds=0)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            _check_alive(processes)
+            targets = [d.target for d in catalog.list()]
+            if targets:
+                return targets
+            time.sleep(0.2)
+    finally:
+        engine.dispose()
+    raise RuntimeError("the worker registered no definitions within 60 s")
+
+
+def wait_for_api(url: str, processes: list[subprocess.Popen[bytes]]) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        _check_alive(processes)
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the API did not become ready at {url} within 30 s")
+
+
+def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with code {process.returncode}")
+
+
+def run_dev(
+    settings: Settings, *, data_dir: Path, host: str, port: int, workers: int, redis_port: int
+) -> int:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    redis_port = free_port(redis_port)
+    redis_process = start_redis(data_dir / "redis", redis_port)
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": None})
+    env = {
+        **os.environ,
+        "RUNS_DATABASE_URL": settings.database_url,
+        "RUNS_REDIS_URL": redis_url,
+        "RUNS_BROKER_URL": redis_url,
+    }
+    children: list[subprocess.Popen[bytes]] = [redis_process]
+    api_url = f"http://{host}:{port}"
+    try:
+        migrate.upgrade(settings.database_url)
+        queues = ",".join(dict.fromkeys([settings.default_queue, *settings.routes.values()]))
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runs.cli",
+                "worker",
+                "--concurrency",
+                str(workers),
+                "--queues",
+                queues,
+                "--hostname",
+                "dev@%h",
+            ],
+            env=env,
+        )
+        api = subprocess.Popen(
+            [sys.executable, "-m", "runs.cli", "api", "--host", host, "--port", str(port)],
+            env=env,
+        )
+        children += [worker, api]
+        targets = wait_for_targets(settings, children)
+        wait_for_api(api_url, children)
+        info = demo_credentials(settings, data_dir / "dev.json", api_url)
+        (data_dir / "dev.json").write_text(info.as_json() + "\n")
+        _print_banner(info, targets, data_dir / "dev.json")
+        return _supervise(children)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        _stop(children)
+
+
+def _print_banner(info: DevInfo, targets: list[str], info_file: Path) -> None:
+    print(
+        "\nruns dev is up\n"
+        f"  API:          {info.api_url}   (OpenAPI at {info.api_url}/docs)\n"
+        f"  project id:   {info.project_id}\n"
+        f"  project slug: {info.project_slug}\n"
+        f"  token:        {info.token}\n"
+        f"  targets:      {', '.join(targets)}\n"
+        f"  (also in {info_file})\n\n"
+        "Try:\n"
+        f"  curl -s -X POST {info.api_url}/runs -H 'Authorization: Bearer {info.token}' \\\n"
+        "    -H 'Content-Type: application/json' \\\n"
+        f'    -d \'{{"kind":"task","owner":{{"kind":"project","id":"{info.project_id}"}},'
+        '"request":{"target":"task:echo","config":{"hello":"world"}}}\'\n\n'
+        "Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+
+def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    while not stop:
+        for child in children:
+            if child.poll() is not None:
+                print(f"runs dev: {child.args!r} exited ({child.returncode}); stopping", flush=True)
+                return 1
+        time.sleep(0.5)
+    return 0
+
+
+def _stop(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in reversed(children):
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + 15
+    for child in reversed(children):
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()

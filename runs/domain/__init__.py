@@ -1,0 +1,1 @@
+"""Pure domain vocabulary: runs, statuses, events and errors. Imports nothing of ours."""

@@ -1,0 +1,58 @@
+"""The event vocabulary of runs (AG-UI style upper snake case) and the event record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+RUN_STARTED = "RUN_STARTED"
+RUN_FINISHED = "RUN_FINISHED"
+RUN_ERROR = "RUN_ERROR"
+STEP_STARTED = "STEP_STARTED"
+STEP_FINISHED = "STEP_FINISHED"
+RUN_LOG_CAPTURED = "RUN_LOG_CAPTURED"
+
+LIFECYCLE_EVENT_TYPES = frozenset(
+    {RUN_STARTED, RUN_FINISHED, RUN_ERROR, STEP_STARTED, STEP_FINISHED, RUN_LOG_CAPTURED}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RunEvent:
+    """One event of a run. ``event_id`` is a positive integer, strictly increasing per run."""
+
+    event_id: int
+    event_type: str
+    payload: Any
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event about to be appended; the event log assigns its id."""
+
+    event_type: str
+    payload: Any
+
+
+def started_events(step_name: str) -> list[NewEvent]:
+    return [
+        NewEvent(RUN_STARTED, {"type": RUN_STARTED, "status": "running"}),
+        NewEvent(STEP_STARTED, {"type": STEP_STARTED, "stepName": step_name, "status": "running"}),
+    ]
+
+
+def log_event(line: str) -> NewEvent:
+    return NewEvent(RUN_LOG_CAPTURED, {"type": RUN_LOG_CAPTURED, "logs": line})
+
+
+def step_finished_event(step_name: str, status: str) -> NewEvent:
+    return NewEvent(STEP_FINISHED, {"type": STEP_FINISHED, "stepName": step_name, "status": status})
+
+
+def terminal_event(status: str, message: str | None = None) -> NewEvent:
+    """``RUN_FINISHED`` for a completed run, else exactly one ``RUN_ERROR``."""
+    if status == "completed":
+        return NewEvent(RUN_FINISHED, {"type": RUN_FINISHED, "status": status})
+    return NewEvent(RUN_ERROR, {"type": RUN_ERROR, "status": status, "message": message or status})

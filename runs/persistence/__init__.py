@@ -1,0 +1,1 @@
+"""SQLAlchemy 2 tables, the engine factory, the store and Alembic migrations."""

@@ -1,0 +1,327 @@
+"""The store: SQLAlchemy Core statements over a caller's connection.
+
+It flushes, never commits: the service owns every transaction. State changes are single
+conditional statements (``UPDATE ... WHERE status = ...``), never read-modify-write.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from runs.domain.events import RunEvent
+from runs.domain.projects import ApiToken, Project
+from runs.domain.runs import ACTIVE_STATUSES, Run, RunKind, RunStatus
+from runs.persistence.tables import api_tokens, definitions, projects, run_events, runs
+
+_RUN_COLUMNS = tuple(c for c in runs.c)
+
+
+@dataclass(frozen=True, slots=True)
+class RunFilters:
+    statuses: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
+    parent_run_id: str | None = None
+    root_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Definition:
+    target: str
+    kind: str
+    name: str | None = None
+    description: str | None = None
+    input_schema: Any = None
+    output_schema: Any = None
+
+
+def run_from_row(row: Mapping[Any, Any]) -> Run:
+    data = dict(row)
+    for key in ("lease_owner", "lease_expires_at"):
+        data.pop(key, None)
+    data["kind"] = RunKind(data["kind"])
+    data["status"] = RunStatus(data["status"])
+    data["artifacts"] = data["artifacts"] or []
+    return Run(**data)
+
+
+def _project_from_row(row: Mapping[Any, Any]) -> Project:
+    return Project(id=row["id"], slug=row["slug"], name=row["name"], created_at=row["created_at"])
+
+
+# -- projects and tokens -------------------------------------------------------------------
+
+
+def insert_project(conn: sa.Connection, project: Project) -> None:
+    conn.execute(
+        projects.insert().values(
+            id=project.id, slug=project.slug, name=project.name, created_at=project.created_at
+        )
+    )
+
+
+def find_project(conn: sa.Connection, reference: str) -> Project | None:
+    """Resolve a project by UUID first, then by slug."""
+    try:
+        by_id: str | None = str(uuid.UUID(reference))
+    except ValueError:
+        by_id = None
+    if by_id is not None:
+        row = conn.execute(projects.select().where(projects.c.id == by_id)).mappings().first()
+        if row is not None:
+            return _project_from_row(row)
+    row = conn.execute(projects.select().where(projects.c.slug == reference)).mappings().first()
+    return _project_from_row(row) if row is not None else None
+
+
+def list_projects(conn: sa.Connection) -> list[Project]:
+    rows = conn.execute(projects.select().order_by(projects.c.created_at)).mappings()
+    return [_project_from_row(r) for r in rows]
+
+
+def insert_token(conn: sa.Connection, token: ApiToken, token_hash: str) -> None:
+    conn.execute(
+        api_tokens.insert().values(
+            id=token.id,
+            project_id=token.project_id,
+            name=token.name,
+            token_hash=token_hash,
+            created_at=token.created_at,
+        )
+    )
+
+
+def project_for_token(conn: sa.Connection, token_hash: str) -> Project | None:
+    row = (
+        conn.execute(
+            sa.select(projects)
+            .join(api_tokens, api_tokens.c.project_id == projects.c.id)
+            .where(api_tokens.c.token_hash == token_hash, api_tokens.c.revoked_at.is_(None))
+        )
+        .mappings()
+        .first()
+    )
+    return _project_from_row(row) if row is not None else None
+
+
+def list_tokens(conn: sa.Connection, project_id: str) -> list[ApiToken]:
+    rows = conn.execute(
+        api_tokens.select()
+        .where(api_tokens.c.project_id == project_id)
+        .order_by(api_tokens.c.created_at)
+    ).mappings()
+    return [
+        ApiToken(
+            id=r["id"],
+            project_id=r["project_id"],
+            name=r["name"],
+            created_at=r["created_at"],
+            revoked_at=r["revoked_at"],
+        )
+        for r in rows
+    ]
+
+
+def revoke_token(conn: sa.Connection, token_id: str, now: datetime) -> bool:
+    result = conn.execute(
+        api_tokens.update()
+        .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
+        .values(revoked_at=now)
+    )
+    return result.rowcount == 1
+
+
+# -- definitions catalogue -----------------------------------------------------------------
+
+
+def upsert_definitions(conn: sa.Connection, items: Iterable[Definition], now: datetime) -> None:
+    for item in items:
+        values = {
+            "kind": item.kind,
+            "name": item.name,
+            "description": item.description,
+            "input_schema": item.input_schema,
+            "output_schema": item.output_schema,
+            "updated_at": now,
+        }
+        updated = conn.execute(
+            definitions.update().where(definitions.c.target == item.target).values(**values)
+        )
+        if updated.rowcount == 0:
+            conn.execute(definitions.insert().values(target=item.target, **values))
+
+
+def known_targets(conn: sa.Connection) -> set[str]:
+    return set(conn.execute(sa.select(definitions.c.target)).scalars())
+
+
+def list_definitions(conn: sa.Connection) -> list[Definition]:
+    rows = conn.execute(definitions.select().order_by(definitions.c.target)).mappings()
+    return [
+        Definition(
+            target=r["target"],
+            kind=r["kind"],
+            name=r["name"],
+            description=r["description"],
+            input_schema=r["input_schema"],
+            output_schema=r["output_schema"],
+        )
+        for r in rows
+    ]
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+
+def insert_run(conn: sa.Connection, values: Mapping[str, Any]) -> None:
+    """Insert a new run; raises ``sqlalchemy.exc.IntegrityError`` when the id is taken."""
+    conn.execute(runs.insert().values(**values))
+
+
+def get_run(conn: sa.Connection, run_id: str) -> Run | None:
+    row = conn.execute(runs.select().where(runs.c.run_id == run_id)).mappings().first()
+    return run_from_row(row) if row is not None else None
+
+
+def list_runs(
+    conn: sa.Connection,
+    project_id: str,
+    filters: RunFilters,
+    *,
+    before: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Run]:
+    """Runs of a project, newest first (``created_at`` then ``run_id`` descending)."""
+    query = runs.select().where(runs.c.project_id == project_id)
+    if filters.statuses:
+        query = query.where(runs.c.status.in_(filters.statuses))
+    if filters.kinds:
+        query = query.where(runs.c.kind.in_(filters.kinds))
+    if filters.targets:
+        query = query.where(runs.c.target.in_(filters.targets))
+    if filters.parent_run_id is not None:
+        query = query.where(runs.c.parent_run_id == filters.parent_run_id)
+    if filters.root_only:
+        query = query.where(runs.c.parent_run_id.is_(None))
+    if before is not None:
+        created_at, run_id = before
+        query = query.where(
+            sa.or_(
+                runs.c.created_at < created_at,
+                sa.and_(runs.c.created_at == created_at, runs.c.run_id < run_id),
+            )
+        )
+    query = query.order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(limit)
+    return [run_from_row(r) for r in conn.execute(query).mappings()]
+
+
+def claim_run(
+    conn: sa.Connection, run_id: str, *, worker: str, lease_until: datetime, now: datetime
+) -> Run | None:
+    """pending -> running, one attempt more. ``None`` when the run is not pending."""
+    row = (
+        conn.execute(
+            runs.update()
+            .where(runs.c.run_id == run_id, runs.c.status == RunStatus.PENDING.value)
+            .values(
+                status=RunStatus.RUNNING.value,
+                attempt=runs.c.attempt + 1,
+                started_at=sa.func.coalesce(runs.c.started_at, now),
+                updated_at=now,
+                lease_owner=worker,
+                lease_expires_at=lease_until,
+            )
+            .returning(*_RUN_COLUMNS)
+        )
+        .mappings()
+        .first()
+    )
+    return run_from_row(row) if row is not None else None
+
+
+def finish_run(conn: sa.Connection, run_id: str, attempt: int, values: Mapping[str, Any]) -> bool:
+    """Write the terminal record of a running attempt. False when it is no longer running."""
+    result = conn.execute(
+        runs.update()
+        .where(
+            runs.c.run_id == run_id,
+            runs.c.status == RunStatus.RUNNING.value,
+            runs.c.attempt == attempt,
+        )
+        .values(lease_owner=None, lease_expires_at=None, **values)
+    )
+    return result.rowcount == 1
+
+
+def cancel_run(conn: sa.Connection, run_id: str, values: Mapping[str, Any]) -> Run | None:
+    """Any active status -> cancelled. Returns the cancelled run, or ``None`` if not active."""
+    row = (
+        conn.execute(
+            runs.update()
+            .where(
+                runs.c.run_id == run_id,
+                runs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+            )
+            .values(
+                status=RunStatus.CANCELLED.value,
+                lease_owner=None,
+                lease_expires_at=None,
+                **values,
+            )
+            .returning(*_RUN_COLUMNS)
+        )
+        .mappings()
+        .first()
+    )
+    return run_from_row(row) if row is not None else None
+
+
+def set_duration(conn: sa.Connection, run_id: str, duration_ms: int) -> None:
+    conn.execute(runs.update().where(runs.c.run_id == run_id).values(duration_ms=duration_ms))
+
+
+# -- archived events -----------------------------------------------------------------------
+
+
+def insert_events(conn: sa.Connection, run_id: str, events: Sequence[RunEvent]) -> None:
+    if not events:
+        return
+    conn.execute(
+        run_events.insert(),
+        [
+            {
+                "run_id": run_id,
+                "event_id": e.event_id,
+                "event_type": e.event_type,
+                "payload": e.payload,
+                "created_at": e.created_at,
+            }
+            for e in events
+        ],
+    )
+
+
+def list_events(conn: sa.Connection, run_id: str, *, after: int, limit: int) -> list[RunEvent]:
+    rows = conn.execute(
+        sa.select(
+            run_events.c.event_id,
+            run_events.c.event_type,
+            run_events.c.payload,
+            run_events.c.created_at,
+        )
+        .where(run_events.c.run_id == run_id, run_events.c.event_id > after)
+        .order_by(run_events.c.event_id)
+        .limit(limit)
+    )
+    return [
+        RunEvent(
+            event_id=r.event_id, event_type=r.event_type, payload=r.payload, created_at=r.created_at
+        )
+        for r in rows
+    ]

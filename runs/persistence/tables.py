@@ -1,0 +1,148 @@
+"""Table definitions (SQLAlchemy Core). Alembic migrations must equal these."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Dialect
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Stores UTC timestamps; always hands back timezone-aware UTC datetimes (SQLite included)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are not stored; pass a UTC-aware datetime")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType: sa.types.TypeEngine[Any] = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+metadata = sa.MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+projects = sa.Table(
+    "projects",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("slug", sa.String(100), nullable=False, unique=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column(
+        "project_id",
+        sa.String(36),
+        sa.ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+)
+
+# What the workers have registered: the API accepts runs only for known targets.
+definitions = sa.Table(
+    "definitions",
+    metadata,
+    sa.Column("target", sa.String(210), primary_key=True),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("name", sa.String(200), nullable=True),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("input_schema", JSONType, nullable=True),
+    sa.Column("output_schema", JSONType, nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("run_id", sa.String(128), primary_key=True),
+    sa.Column(
+        "project_id",
+        sa.String(36),
+        sa.ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("kind", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("owner_kind", sa.String(16), nullable=False),
+    sa.Column("owner_id", sa.String(128), nullable=False),
+    sa.Column("parent_run_id", sa.String(128), nullable=True),
+    sa.Column("root_run_id", sa.String(128), nullable=False),
+    sa.Column("name", sa.String(500), nullable=True),
+    sa.Column("waiting_reason", sa.Text(), nullable=True),
+    sa.Column("metadata", JSONType, nullable=True),
+    sa.Column("target", sa.String(210), nullable=False),
+    sa.Column("workflow_id", sa.String(200), nullable=True),
+    sa.Column("schedule_id", sa.String(128), nullable=True),
+    sa.Column("batch_id", sa.String(200), nullable=True),
+    sa.Column("runtime_target_kind", sa.String(32), nullable=True),
+    sa.Column("runtime_target_environment_id", sa.String(200), nullable=True),
+    sa.Column("runtime_target_branch_id", sa.String(200), nullable=True),
+    sa.Column("input", JSONType, nullable=True),
+    sa.Column("config", JSONType, nullable=True),
+    sa.Column("output", JSONType, nullable=True),
+    sa.Column("error", JSONType, nullable=True),
+    sa.Column("logs", sa.Text(), nullable=True),
+    sa.Column("artifacts", JSONType, nullable=False),
+    sa.Column("duration_ms", sa.BigInteger(), nullable=True),
+    sa.Column("exit_code", sa.Integer(), nullable=True),
+    sa.Column("start_mode", sa.String(64), nullable=True),
+    sa.Column("timeout_seconds", sa.Integer(), nullable=True),
+    sa.Column("backoff_limit", sa.Integer(), nullable=True),
+    sa.Column("trigger_kind", sa.String(16), nullable=True),
+    sa.Column("trigger_id", sa.String(200), nullable=True),
+    sa.Column("created_by", sa.String(200), nullable=True),
+    sa.Column("queue", sa.String(200), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("cancel_requested_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("completed_at", UTCDateTime(), nullable=True),
+    sa.Index("ix_runs_project_created", "project_id", "created_at", "run_id"),
+    sa.Index("ix_runs_parent", "parent_run_id"),
+    sa.Index("ix_runs_status_updated", "status", "updated_at"),
+)
+
+# Events of finished runs, copied from the Redis stream in the run's terminal transaction.
+run_events = sa.Table(
+    "run_events",
+    metadata,
+    sa.Column(
+        "run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("event_id", sa.BigInteger(), primary_key=True, autoincrement=False),
+    sa.Column("event_type", sa.String(100), nullable=False),
+    sa.Column("payload", JSONType, nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)

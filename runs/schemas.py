@@ -1,0 +1,221 @@
+"""Wire models of the Runs API (contract.md §4-§5), shared by the API and the Python SDK.
+
+Requests ignore unknown fields (newer clients may send more) and never store them.
+Responses are built by the ``*_to_wire`` functions below, which keep every nullable key present
+and omit ``error.code``/``error.detail`` rather than sending null (contract §14).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
+
+from runs.domain.events import RunEvent
+from runs.domain.runs import Run
+
+RunKindWire = Literal["agent", "workflow", "task", "eval"]
+RunStatusWire = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
+RuntimeTargetKind = Literal["main_branch", "environment", "preview_branch"]
+TriggerKind = Literal["manual", "schedule", "webhook", "api"]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class OwnerIn(_Request):
+    kind: Literal["project", "conversation"]
+    id: str = Field(min_length=1, max_length=128)
+
+
+class RunRequestIn(_Request):
+    target: str = Field(min_length=1, max_length=210)
+    workflow_id: str | None = Field(default=None, max_length=200)
+    name: str | None = Field(default=None, max_length=500)
+    batch_id: str | None = Field(default=None, max_length=200)
+    runtime_target_kind: RuntimeTargetKind | None = None
+    runtime_target_environment_id: str | None = Field(default=None, max_length=200)
+    runtime_target_branch_id: str | None = Field(default=None, max_length=200)
+    config: dict[str, Any] | None = None
+    input: Any = None
+    start_mode: str | None = Field(default=None, max_length=64)
+    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    backoff_limit: int | None = Field(default=None, ge=0, le=100)
+
+
+class CreateRunIn(_Request):
+    kind: RunKindWire
+    owner: OwnerIn
+    public_id: str | None = Field(default=None, min_length=1, max_length=128)
+    parent_run_id: str | None = Field(default=None, min_length=1, max_length=128)
+    request: RunRequestIn
+
+
+class RunErrorOut(BaseModel):
+    message: str
+    code: str | None = None
+    detail: Any = None
+
+    @model_serializer
+    def _omit_absent(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"message": self.message}
+        if self.code is not None:
+            data["code"] = self.code
+        if self.detail is not None:
+            data["detail"] = self.detail
+        return data
+
+
+class OwnerOut(BaseModel):
+    kind: Literal["conversation", "project"]
+    id: str
+
+
+class RunOut(BaseModel):
+    run_id: str
+    kind: RunKindWire
+    status: RunStatusWire
+    owner: OwnerOut
+    parent_run_id: str | None
+    root_run_id: str
+    waiting_reason: str | None
+    metadata: Any
+    target: str | None
+    workflow_id: str | None
+    schedule_id: str | None
+    batch_id: str | None
+    runtime_target_kind: RuntimeTargetKind | None
+    runtime_target_environment_id: str | None
+    runtime_target_branch_id: str | None
+    input: Any
+    config: Any
+    output: Any
+    error: RunErrorOut | None
+    logs: str | None
+    artifacts: list[Any]
+    duration_ms: int | None
+    exit_code: int | None
+    start_mode: str | None
+    timeout_seconds: int | None
+    backoff_limit: int | None
+    trigger_kind: TriggerKind | None
+    trigger_id: str | None
+    created_by: str | None
+    name: str | None = None
+    attempt: int = 0
+    updated_at: str
+    created_at: str
+    started_at: str | None
+    completed_at: str | None
+
+
+class CreateRunOut(BaseModel):
+    accepted: bool
+    duplicate: bool
+    run: RunOut
+
+
+class CancelRunOut(BaseModel):
+    cancelled: bool
+    run: RunOut
+
+
+class PageInfo(BaseModel):
+    self: str | None = None
+    first: None = None
+    next: str | None = None
+    prev: str | None = None
+
+
+class RunEventOut(BaseModel):
+    event_id: int
+    event_type: str
+    payload: Any
+    created_at: str
+
+
+class RunEventListOut(BaseModel):
+    data: list[RunEventOut]
+    page_info: PageInfo
+
+
+class RunListOut(BaseModel):
+    data: list[RunOut]
+    page_info: PageInfo
+
+
+class DefinitionOut(BaseModel):
+    target: str
+    kind: str
+    name: str | None
+    description: str | None
+    input_schema: Any
+    output_schema: Any
+
+
+class DefinitionListOut(BaseModel):
+    data: list[DefinitionOut]
+
+
+def timestamp(moment: datetime | None) -> str | None:
+    if moment is None:
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def run_to_wire(run: Run) -> dict[str, Any]:
+    error = run.error
+    if error is not None:
+        error = {k: v for k, v in error.items() if v is not None}
+    return {
+        "run_id": run.run_id,
+        "kind": run.kind.value,
+        "status": run.status.value,
+        "owner": {"kind": run.owner_kind, "id": run.owner_id},
+        "parent_run_id": run.parent_run_id,
+        "root_run_id": run.root_run_id,
+        "waiting_reason": run.waiting_reason,
+        "metadata": run.metadata,
+        "target": run.target,
+        "workflow_id": run.workflow_id,
+        "schedule_id": run.schedule_id,
+        "batch_id": run.batch_id,
+        "runtime_target_kind": run.runtime_target_kind,
+        "runtime_target_environment_id": run.runtime_target_environment_id,
+        "runtime_target_branch_id": run.runtime_target_branch_id,
+        "input": run.input,
+        "config": run.config,
+        "output": run.output,
+        "error": error,
+        "logs": run.logs,
+        "artifacts": list(run.artifacts),
+        "duration_ms": run.duration_ms,
+        "exit_code": run.exit_code,
+        "start_mode": run.start_mode,
+        "timeout_seconds": run.timeout_seconds,
+        "backoff_limit": run.backoff_limit,
+        "trigger_kind": run.trigger_kind,
+        "trigger_id": run.trigger_id,
+        "created_by": run.created_by,
+        "name": run.name,
+        "attempt": run.attempt,
+        "updated_at": timestamp(run.updated_at),
+        "created_at": timestamp(run.created_at),
+        "started_at": timestamp(run.started_at),
+        "completed_at": timestamp(run.completed_at),
+    }
+
+
+def event_to_wire(event: RunEvent) -> dict[str, Any]:
+    return {
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "payload": event.payload,
+        "created_at": timestamp(event.created_at),
+    }
+
+
+def page_info(next_cursor: str | None) -> dict[str, Any]:
+    return {"self": None, "first": None, "next": next_cursor, "prev": None}

@@ -1,0 +1,321 @@
+"""Use cases of runs: submit, get, list, events, cancel, claim, finish. Owns the transactions.
+
+Never imports FastAPI, Celery or redis: the dispatcher and event log are handed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from runs.catalog import DefinitionCatalog
+from runs.domain import events as ev
+from runs.domain.clock import utcnow
+from runs.domain.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, Unsupported
+from runs.domain.events import NewEvent, RunEvent
+from runs.domain.projects import Project
+from runs.domain.runs import (
+    Outcome,
+    Run,
+    RunError,
+    RunKind,
+    RunRequest,
+    RunStatus,
+    check_run_id,
+    check_target_matches_kind,
+    new_run_id,
+)
+from runs.persistence import store
+from runs.persistence.store import RunFilters
+from runs.ports import Dispatcher, EventLog
+from runs.routing import Router
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SUPPORTED_KINDS = frozenset({RunKind.TASK})
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[T]):
+    items: list[T]
+    next: str | None
+
+
+def encode_cursor(run: Run) -> str:
+    raw = json.dumps([run.created_at.isoformat(), run.run_id], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        created_at, run_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        moment = datetime.fromisoformat(created_at)
+        if moment.tzinfo is None or not isinstance(run_id, str):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        raise InvalidRequest(
+            "cursor is not one this server issued; pass page_info.next of a previous page",
+            field="cursor",
+        ) from exc
+    return moment, run_id
+
+
+def json_size(value: Any) -> int:
+    return len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
+
+
+class RunService:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        dispatcher: Dispatcher,
+        events: EventLog,
+        router: Router,
+        catalog: DefinitionCatalog,
+        max_input_bytes: int,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._dispatcher = dispatcher
+        self._events = events
+        self._router = router
+        self._catalog = catalog
+        self._max_input_bytes = max_input_bytes
+        self._clock = clock
+
+    # -- creating -------------------------------------------------------------------------
+
+    def submit(self, project: Project, request: RunRequest) -> tuple[Run, bool]:
+        """Accept a run: commit it as pending, then send its job. Returns (run, duplicate)."""
+        values = self._new_run_values(project, request)
+        run_id = values["run_id"]
+        try:
+            with self._engine.begin() as conn:
+                store.insert_run(conn, values)
+        except IntegrityError:
+            with self._engine.connect() as conn:
+                existing = store.get_run(conn, run_id)
+            if existing is None:  # the conflict was not on the id (for example a vanished parent)
+                raise
+            if existing.project_id != project.id:
+                raise Conflict(
+                    f"run id {run_id!r} is not available; choose another public_id",
+                    field="public_id",
+                ) from None
+            return existing, True
+        run = self._dispatch(values)
+        return run, False
+
+    def _new_run_values(self, project: Project, request: RunRequest) -> dict[str, Any]:
+        if request.kind not in SUPPORTED_KINDS:
+            raise Unsupported(
+                f"kind {request.kind.value!r} runs are not supported by this server; "
+                "use kind 'task'",
+                field="kind",
+            )
+        if request.owner_kind != "project":
+            raise Unsupported("owner.kind must be 'project'", field="owner.kind")
+        if request.owner_id not in (project.id, project.slug):
+            raise NotFound(f"project {request.owner_id!r} not found", field="owner.id")
+        check_target_matches_kind(request.kind, request.target)
+        self._catalog.require(request.target)
+        for name in ("config", "input", "metadata"):
+            value = getattr(request, name)
+            if value is not None and json_size(value) > self._max_input_bytes:
+                raise PayloadTooLarge(
+                    f"request.{name} is larger than {self._max_input_bytes} bytes as JSON; "
+                    "pass a reference to the data instead",
+                    field=f"request.{name}",
+                )
+        run_id = check_run_id(request.public_id) if request.public_id else new_run_id()
+        root_run_id = run_id
+        if request.parent_run_id is not None:
+            parent = self.get(project, request.parent_run_id)
+            root_run_id = parent.root_run_id
+        now = self._clock()
+        return {
+            "run_id": run_id,
+            "project_id": project.id,
+            "kind": request.kind.value,
+            "status": RunStatus.PENDING.value,
+            "owner_kind": "project",
+            "owner_id": project.id,
+            "parent_run_id": request.parent_run_id,
+            "root_run_id": root_run_id,
+            "name": request.name,
+            "metadata": request.metadata,
+            "target": request.target,
+            "workflow_id": request.workflow_id,
+            "schedule_id": request.schedule_id,
+            "batch_id": request.batch_id,
+            "runtime_target_kind": request.runtime_target_kind,
+            "runtime_target_environment_id": request.runtime_target_environment_id,
+            "runtime_target_branch_id": request.runtime_target_branch_id,
+            "input": request.input,
+            "config": request.config,
+            "artifacts": [],
+            "start_mode": request.start_mode,
+            "timeout_seconds": request.timeout_seconds,
+            "backoff_limit": request.backoff_limit,
+            "trigger_kind": request.trigger_kind,
+            "trigger_id": request.trigger_id,
+            "queue": self._router.queue_for(request.target),
+            "attempt": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+
+    def _dispatch(self, values: dict[str, Any]) -> Run:
+        """Send the job after commit. A broker failure leaves the run pending, never lost."""
+        try:
+            self._dispatcher.dispatch(values["target"], values["run_id"], values["queue"])
+        except Exception:
+            log.exception("dispatch of %s failed; the run stays pending", values["run_id"])
+        return store.run_from_row(values | {"lease_owner": None, "lease_expires_at": None})
+
+    # -- reading --------------------------------------------------------------------------
+
+    def get(self, project: Project, run_id: str) -> Run:
+        with self._engine.connect() as conn:
+            run = store.get_run(conn, run_id)
+        if run is None or run.project_id != project.id:
+            raise NotFound(f"run {run_id!r} not found")
+        return run
+
+    def list(
+        self, project: Project, filters: RunFilters, *, cursor: str | None, limit: int
+    ) -> Page[Run]:
+        if filters.root_only and filters.parent_run_id is not None:
+            raise InvalidRequest(
+                "root_only and parent_run_id exclude each other; pass one of them",
+                field="root_only",
+            )
+        before = decode_cursor(cursor) if cursor else None
+        with self._engine.connect() as conn:
+            found = store.list_runs(conn, project.id, filters, before=before, limit=limit + 1)
+        items = found[:limit]
+        return Page(items, encode_cursor(items[-1]) if len(found) > limit else None)
+
+    def events(self, project: Project, run_id: str, *, after: int, limit: int) -> Page[RunEvent]:
+        """Events after ``after``: from SQL once the run is terminal, else from the live stream."""
+        run = self.get(project, run_id)
+        if run.status.is_terminal:
+            with self._engine.connect() as conn:
+                found = store.list_events(conn, run_id, after=after, limit=limit + 1)
+        else:
+            found = self._events.read(run_id, after=after, limit=limit + 1)
+        items = found[:limit]
+        return Page(items, str(items[-1].event_id) if len(found) > limit else None)
+
+    # -- cancelling -----------------------------------------------------------------------
+
+    def cancel(self, project: Project, run_id: str) -> tuple[bool, Run]:
+        """Cancel an active run now. Returns (whether this call cancelled it, the run)."""
+        run = self.get(project, run_id)
+        if run.status.is_terminal:
+            return False, run
+        if run.kind is RunKind.EVAL:
+            raise Unsupported("eval runs cannot be cancelled", field="run_id")
+        # Reserve ids for STEP_FINISHED and RUN_ERROR, and raise the cooperative flag.
+        first, so_far = self._events.close(run_id, 2, cancel=True)
+        now = self._clock()
+        error = RunError("Run cancelled", code="cancelled")
+        with self._engine.begin() as conn:
+            cancelled = store.cancel_run(
+                conn,
+                run_id,
+                {
+                    "completed_at": now,
+                    "updated_at": now,
+                    "cancel_requested_at": now,
+                    "error": error.to_json(),
+                },
+            )
+            if cancelled is not None:
+                final = [ev.terminal_event("cancelled", error.message)]
+                if cancelled.started_at is not None:
+                    final.insert(0, ev.step_finished_event(cancelled.target, "cancelled"))
+                    duration_ms = _duration_ms(cancelled.started_at, now)
+                    store.set_duration(conn, run_id, duration_ms)
+                    cancelled = replace(cancelled, duration_ms=duration_ms)
+                published = _number(final, first + 2 - len(final), now)
+                store.insert_events(conn, run_id, [*so_far, *published])
+        if cancelled is None:
+            return False, self.get(project, run_id)
+        self._events.publish(run_id, published)
+        return True, cancelled
+
+    # -- executing (called by workers) ----------------------------------------------------
+
+    def claim(self, run_id: str, *, worker: str, lease_seconds: float) -> Run | None:
+        """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
+        now = self._clock()
+        with self._engine.begin() as conn:
+            return store.claim_run(
+                conn,
+                run_id,
+                worker=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                now=now,
+            )
+
+    def emit(self, run_id: str, events: Sequence[NewEvent]) -> bool:
+        """Append events of a running run. False once the run is closed (cancelled)."""
+        return bool(self._events.append(run_id, events)) or not events
+
+    def finish(self, run: Run, outcome: Outcome) -> bool:
+        """Write the terminal record in one transaction, then publish the final events.
+
+        False when the attempt no longer owns the run (cancelled, or reclaimed): nothing changes.
+        """
+        first, so_far = self._events.close(run.run_id, 2)
+        now = self._clock()
+        status = outcome.status.value
+        message = outcome.error.message if outcome.error else None
+        final = _number(
+            [ev.step_finished_event(run.target, status), ev.terminal_event(status, message)],
+            first,
+            now,
+        )
+        values = {
+            "status": status,
+            "output": outcome.output,
+            "error": outcome.error.to_json() if outcome.error else None,
+            "logs": outcome.logs,
+            "artifacts": outcome.artifacts,
+            "exit_code": outcome.exit_code,
+            "duration_ms": _duration_ms(run.started_at or now, now),
+            "completed_at": now,
+            "updated_at": now,
+        }
+        with self._engine.begin() as conn:
+            owned = store.finish_run(conn, run.run_id, run.attempt, values)
+            if owned:
+                store.insert_events(conn, run.run_id, [*so_far, *final])
+        if owned:
+            self._events.publish(run.run_id, final)
+        return owned
+
+
+def _number(events: Sequence[NewEvent], first: int, now: datetime) -> list[RunEvent]:
+    return [
+        RunEvent(event_id=first + i, event_type=e.event_type, payload=e.payload, created_at=now)
+        for i, e in enumerate(events)
+    ]
+
+
+def _duration_ms(started_at: datetime, ended_at: datetime) -> int:
+    return max(0, int((ended_at - started_at).total_seconds() * 1000))

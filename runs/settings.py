@@ -1,0 +1,74 @@
+"""One Settings object, read from ``RUNS_*`` environment variables (and an optional .env file).
+
+Build it at an entry point (CLI command, Celery app, test fixture) and pass it down; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RUNS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    # Storage and messaging
+    database_url: str = "sqlite:///.runs/runs.db"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_url: str | None = None  # defaults to redis_url
+    database_pool_size: int = Field(default=5, ge=1)
+
+    # Definitions: modules whose import registers tasks and workflows
+    definitions: list[str] = Field(default_factory=lambda: ["workers.examples"])
+
+    # Routing: target -> queue. Patterns are fnmatch globs; the first match wins.
+    default_queue: str = "runs"
+    routes: dict[str, str] = Field(default_factory=dict)
+    routing_file: Path | None = None
+
+    # HTTP API
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    max_body_bytes: int = Field(default=1_048_576, ge=1024)
+    max_input_bytes: int = Field(default=262_144, ge=16)
+    default_page_size: int = Field(default=20, ge=1, le=100)
+    max_page_size: int = Field(default=100, ge=1, le=1000)
+    auth_cache_seconds: float = Field(default=5.0, ge=0)
+    target_cache_seconds: float = Field(default=5.0, ge=0)
+
+    # Events
+    event_stream_ttl_seconds: int = Field(default=86_400, ge=60)
+
+    # Workers
+    broker_visibility_timeout_seconds: int = Field(default=43_200, ge=60)
+    worker_lease_seconds: float = Field(default=60.0, gt=0)
+    worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
+    log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _page_sizes_agree(self) -> Settings:
+        if self.default_page_size > self.max_page_size:
+            raise ValueError("default_page_size must not exceed max_page_size")
+        return self
+
+    @property
+    def effective_broker_url(self) -> str:
+        return self.broker_url or self.redis_url
+
+    @cached_property
+    def route_table(self) -> list[tuple[str, str]]:
+        """Routing patterns in match order: the routing file's first, then ``routes``."""
+        table: list[tuple[str, str]] = []
+        if self.routing_file is not None:
+            with self.routing_file.open("rb") as handle:
+                loaded = tomllib.load(handle)
+            table.extend((str(k), str(v)) for k, v in loaded.get("routes", {}).items())
+        table.extend(self.routes.items())
+        return table

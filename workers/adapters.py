@@ -1,0 +1,95 @@
+"""Runtime adapters: run a definition and turn what happened into an Outcome."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import traceback
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from runs.domain.runs import Outcome, RunError, RunStatus
+from workers.context import RunCancelled, TaskContext
+from workers.registry import TaskDefinition
+
+
+class TaskFailed(Exception):
+    """Raise from a task to fail its run with a chosen ``code`` and JSON ``detail``."""
+
+    def __init__(self, message: str, *, code: str = "task_failed", detail: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.detail = detail
+
+
+def run_in_process(definition: TaskDefinition, ctx: TaskContext) -> Outcome:
+    """Call the task function in this process: exit code 0 on success, 1 on failure."""
+    try:
+        if definition.input_model is not None:
+            ctx.input = definition.input_model.model_validate(ctx.config)
+        result = definition.fn(ctx)
+        if definition.is_async:
+            result = asyncio.run(result)
+        output = _to_json(result, definition.output_model)
+    except ValidationError as exc:
+        return _failed(
+            ctx, "invalid_input", _validation_message(exc), exc.errors(include_url=False)
+        )
+    except RunCancelled:
+        return Outcome(
+            RunStatus.CANCELLED,
+            error=RunError("Run cancelled", code="cancelled"),
+            logs=ctx.logs,
+            artifacts=ctx.artifacts,
+            exit_code=1,
+        )
+    except TaskFailed as exc:
+        return _failed(ctx, exc.code, str(exc), exc.detail)
+    except _OutputError as exc:
+        return _failed(ctx, "invalid_output", str(exc), None)
+    except Exception as exc:
+        return _failed(
+            ctx,
+            "task_error",
+            str(exc) or type(exc).__name__,
+            {"type": type(exc).__name__, "traceback": traceback.format_exc(limit=20)},
+        )
+    return Outcome(
+        RunStatus.COMPLETED, output=output, logs=ctx.logs, artifacts=ctx.artifacts, exit_code=0
+    )
+
+
+class _OutputError(Exception):
+    pass
+
+
+def _to_json(result: Any, model: type[BaseModel] | None) -> Any:
+    if model is not None:
+        try:
+            result = model.model_validate(result)
+        except ValidationError as exc:
+            raise _OutputError(f"the task's result does not match its output model: {exc}") from exc
+    if isinstance(result, BaseModel):
+        return result.model_dump(mode="json")
+    try:
+        json.dumps(result)
+    except (TypeError, ValueError) as exc:
+        raise _OutputError(f"the task's result is not JSON-serialisable: {exc}") from exc
+    return result
+
+
+def _validation_message(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"]) or "config"
+    return f"config does not match the task's input model: {where}: {first['msg']}"
+
+
+def _failed(ctx: TaskContext, code: str, message: str, detail: Any) -> Outcome:
+    return Outcome(
+        RunStatus.FAILED,
+        error=RunError(message, code=code, detail=detail),
+        logs=ctx.logs,
+        artifacts=ctx.artifacts,
+        exit_code=1,
+    )

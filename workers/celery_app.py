@@ -1,0 +1,65 @@
+"""The Celery app of the worker pools: one Celery task per target, named by the target.
+
+``create_celery(settings)`` builds it; ``celery -A workers.celery_app`` (worker, flower,
+inspect) finds the module-level ``app``, created on first access from the environment.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery, signals
+
+from runs.catalog import DefinitionCatalog
+from runs.celery_config import celery_config
+from runs.persistence.engine import create_engine
+from runs.settings import Settings
+from workers.execute import execute
+from workers.registry import Registry
+from workers.registry import registry as default_registry
+from workers.runtime import get_runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_celery(settings: Settings, registry: Registry | None = None) -> Celery:
+    registry = registry if registry is not None else default_registry
+    registry.load(settings.definitions)
+    app = Celery("runs")
+    app.conf.update(celery_config(settings))
+    for target in registry.targets():
+        _register_job(app, settings, registry, target)
+
+    def on_worker_init(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            register_definitions(settings, registry)
+
+    signals.worker_init.connect(on_worker_init, weak=False)
+    return app
+
+
+def _register_job(app: Celery, settings: Settings, registry: Registry, target: str) -> None:
+    def job(run_id: str) -> str:
+        return execute(get_runtime(settings, registry), run_id)
+
+    job.__name__ = job.__qualname__ = target.replace(":", "_").replace("/", "_")
+    app.task(name=target, typing=False, ignore_result=True)(job)
+
+
+def register_definitions(settings: Settings, registry: Registry) -> None:
+    """Publish this worker's definitions to the catalogue the API checks targets against."""
+    engine = create_engine(settings.database_url, pool_size=1)
+    try:
+        DefinitionCatalog(engine, cache_seconds=0).register(registry.catalog_entries())
+    finally:
+        engine.dispose()
+    log.info("registered %d definitions: %s", len(registry.targets()), registry.targets())
+
+
+def __getattr__(name: str) -> Celery:
+    if name in ("app", "celery"):
+        created = create_celery(Settings())
+        globals()["app"] = globals()["celery"] = created
+        return created
+    raise AttributeError(name)

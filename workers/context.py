@@ -1,0 +1,120 @@
+"""What a task function receives: its config and input, a logger, events, artifacts, cancel."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from runs.domain.events import LIFECYCLE_EVENT_TYPES, NewEvent, log_event
+
+CUSTOM_EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
+
+
+class RunCancelled(Exception):
+    """Raised by ``ctx.raise_if_cancelled()`` once the run has been cancelled."""
+
+
+class _CaptureHandler(logging.Handler):
+    def __init__(self, sink: Callable[[str], None]) -> None:
+        super().__init__()
+        self._sink = sink
+        self.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._sink(self.format(record))
+
+
+class TaskContext:
+    """The run as its task sees it. ``emit`` and log lines stream out while the task runs."""
+
+    def __init__(
+        self,
+        *,
+        run_id: str,
+        project_id: str,
+        target: str,
+        attempt: int,
+        config: Any,
+        input: Any,
+        publish: Callable[[Sequence[NewEvent]], None],
+        cancel_event: threading.Event | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.project_id = project_id
+        self.target = target
+        self.attempt = attempt
+        self.config = config if config is not None else {}
+        self.input = input
+        self._publish = publish
+        self._cancel = cancel_event or threading.Event()
+        self._lines: list[str] = []
+        self.artifacts: list[dict[str, Any]] = []
+        # An unmanaged logger: not kept in logging's registry after the run.
+        self.logger = logging.Logger(f"runs.task.{target}")
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(_CaptureHandler(self._capture))
+
+    # -- logs and events ------------------------------------------------------------------
+
+    def _capture(self, line: str) -> None:
+        self._lines.append(line)
+        self._publish([log_event(line)])
+
+    @property
+    def logs(self) -> str | None:
+        return "\n".join(self._lines) if self._lines else None
+
+    def emit(self, event_type: str, payload: Any = None) -> None:
+        """Append a custom event (upper snake case, not one of the lifecycle types)."""
+        if not CUSTOM_EVENT_TYPE.match(event_type) or event_type in LIFECYCLE_EVENT_TYPES:
+            raise ValueError(
+                f"custom event type {event_type!r} must be UPPER_SNAKE_CASE and not a "
+                "lifecycle type such as RUN_STARTED"
+            )
+        body = (
+            {"type": event_type, **payload}
+            if isinstance(payload, dict)
+            else {
+                "type": event_type,
+                "value": payload,
+            }
+        )
+        self._publish([NewEvent(event_type, body)])
+
+    def add_artifact(
+        self,
+        name: str,
+        *,
+        uri: str | None = None,
+        content_type: str | None = None,
+        size: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        """Record an artifact of the run (a name and where it lives); stored on the run."""
+        artifact: dict[str, Any] = {"name": name}
+        for key, value in (
+            ("uri", uri),
+            ("content_type", content_type),
+            ("size", size),
+            ("metadata", metadata),
+        ):
+            if value is not None:
+                artifact[key] = value
+        self.artifacts.append(artifact)
+
+    # -- cancellation ---------------------------------------------------------------------
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancel.is_set()
+
+    def raise_if_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise RunCancelled(f"run {self.run_id} was cancelled")
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; returns True early when the run is cancelled."""
+        return self._cancel.wait(seconds)

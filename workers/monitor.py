@@ -1,0 +1,51 @@
+"""One thread per worker process that raises the cooperative cancel flag of running runs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+
+from runs.events import RedisEventLog
+
+log = logging.getLogger(__name__)
+
+
+class CancelMonitor:
+    def __init__(self, events: RedisEventLog, *, interval: float) -> None:
+        self._events = events
+        self._interval = interval
+        self._watched: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, run_id: str, flag: threading.Event) -> Iterator[None]:
+        with self._lock:
+            self._watched[run_id] = flag
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="runs-cancel-monitor", daemon=True
+                )
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._watched.pop(run_id, None)
+
+    def _loop(self) -> None:
+        stop = threading.Event()
+        while not stop.wait(self._interval):
+            with self._lock:
+                watched = dict(self._watched)
+            if not watched:
+                continue
+            try:
+                flagged = self._events.cancel_requested(list(watched))
+            except Exception:  # Redis briefly away: try again next tick
+                log.warning("cancel monitor could not reach Redis", exc_info=True)
+                continue
+            for run_id in flagged:
+                watched[run_id].set()

@@ -1,0 +1,123 @@
+"""Definitions: ``@task("echo")`` registration and discovery from modules named in settings."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from runs.domain.runs import DEFINITION_ID_PATTERN
+from runs.persistence.store import Definition
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class DefinitionError(Exception):
+    """A definition is invalid or clashes with another; fix it before starting workers."""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDefinition:
+    id: str
+    fn: Callable[..., Any]
+    name: str | None = None
+    description: str | None = None
+    input_model: type[BaseModel] | None = None
+    output_model: type[BaseModel] | None = None
+
+    @property
+    def target(self) -> str:
+        return f"task:{self.id}"
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+    def catalog_entry(self) -> Definition:
+        return Definition(
+            target=self.target,
+            kind="task",
+            name=self.name,
+            description=self.description,
+            input_schema=self.input_model.model_json_schema() if self.input_model else None,
+            output_schema=self.output_model.model_json_schema() if self.output_model else None,
+        )
+
+
+class Registry:
+    def __init__(self) -> None:
+        self._tasks: dict[str, TaskDefinition] = {}
+
+    def task(
+        self,
+        id: str,
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        input_model: type[BaseModel] | None = None,
+        output_model: type[BaseModel] | None = None,
+    ) -> Callable[[F], F]:
+        """Register ``fn(ctx)`` (sync or async) as the task ``task:<id>``."""
+
+        def decorate(fn: F) -> F:
+            self.add(
+                TaskDefinition(
+                    id=id,
+                    fn=fn,
+                    name=name,
+                    description=description or inspect.getdoc(fn),
+                    input_model=input_model,
+                    output_model=output_model,
+                )
+            )
+            return fn
+
+        return decorate
+
+    def add(self, definition: TaskDefinition) -> None:
+        if not DEFINITION_ID_PATTERN.match(definition.id):
+            raise DefinitionError(
+                f"task id {definition.id!r} must be letters, digits, '_', '.', '/' or '-'"
+            )
+        existing = self._tasks.get(definition.id)
+        if existing is not None and existing.fn is not definition.fn:
+            raise DefinitionError(
+                f"task {definition.id!r} is defined twice: in {_where(existing.fn)} and "
+                f"{_where(definition.fn)}"
+            )
+        self._tasks[definition.id] = definition
+
+    def resolve(self, target: str) -> TaskDefinition:
+        kind, _, definition_id = target.partition(":")
+        found = self._tasks.get(definition_id) if kind == "task" else None
+        if found is None:
+            raise LookupError(f"no definition for target {target!r} in this worker")
+        return found
+
+    def targets(self) -> list[str]:
+        return sorted(d.target for d in self._tasks.values())
+
+    def catalog_entries(self) -> list[Definition]:
+        return [d.catalog_entry() for d in self._tasks.values()]
+
+    def load(self, modules: Iterable[str]) -> None:
+        """Import the modules whose import registers definitions into this registry."""
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise DefinitionError(
+                    f"cannot import definitions module {module!r} (RUNS_DEFINITIONS): {exc}"
+                ) from exc
+
+
+def _where(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}.{fn.__qualname__}"
+
+
+registry = Registry()
+task = registry.task
