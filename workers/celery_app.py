@@ -7,6 +7,7 @@ inspect) finds the module-level ``app``, created on first access from the enviro
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from celery import Celery, signals
@@ -43,7 +44,7 @@ def _register_job(app: Celery, settings: Settings, registry: Registry, target: s
     def job(run_id: str) -> str:
         return execute(get_runtime(settings, registry), run_id)
 
-    job.__name__ = job.__qualname__ = target.replace(":", "_").replace("/", "_")
+    job.__name__ = job.__qualname__ = re.sub(r"\W", "_", target)
     app.task(name=target, typing=False, ignore_result=True)(job)
 
 

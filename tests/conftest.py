@@ -1,0 +1,267 @@
+"""Shared fixtures: the real PostgreSQL and Redis, SQLite files, services and projects.
+
+PostgreSQL and Redis are found from RUNS_TEST_POSTGRES_URL / RUNS_TEST_REDIS_URL (defaults:
+the local services). Locally a test that needs one that is absent is skipped with the reason;
+in CI (CI=true) it fails instead.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+
+from runs.access import AccessService
+from runs.catalog import DefinitionCatalog
+from runs.domain.projects import Project
+from runs.events import RedisEventLog
+from runs.persistence import migrate
+from runs.persistence.engine import create_engine
+from runs.persistence.store import Definition
+from runs.routing import Router
+from runs.service import RunService
+from runs.settings import Settings
+
+POSTGRES_URL = os.environ.get("RUNS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("RUNS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+# Targets the test catalogue knows (the worker tests register the same through a real worker).
+TEST_TARGETS = ["task:echo", "task:sleep", "task:fail"]
+
+
+def unavailable(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must have it)")
+    pytest.skip(reason)
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh, migrated database on the real PostgreSQL for this test session."""
+    admin_url = sa.make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
+    name = f"runs_test_{uuid.uuid4().hex[:10]}"
+    try:
+        admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except sa.exc.OperationalError as exc:
+        unavailable(f"PostgreSQL is not reachable at {POSTGRES_URL}: {exc.orig}")
+    url = admin_url.set(database=name).render_as_string(hide_password=False)
+    migrate.upgrade(url)
+    yield url
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("sqlite") / "runs.db"
+    url = f"sqlite:///{path}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=["sqlite", "postgres"])
+def database_url(request: pytest.FixtureRequest) -> str:
+    """Each test using this runs on SQLite and on PostgreSQL."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return str(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(scope="session")
+def engine(database_url: str) -> Iterator[sa.Engine]:
+    created = create_engine(database_url)
+    with created.begin():
+        pass
+    DefinitionCatalog(created, cache_seconds=0).register(
+        Definition(target=t, kind="task") for t in TEST_TARGETS
+    )
+    yield created
+    created.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_engine(postgres_url: str) -> Iterator[sa.Engine]:
+    created = create_engine(postgres_url)
+    DefinitionCatalog(created, cache_seconds=0).register(
+        Definition(target=t, kind="task") for t in TEST_TARGETS
+    )
+    yield created
+    created.dispose()
+
+
+# -- Redis ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    try:
+        redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        unavailable(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    return REDIS_URL
+
+
+@pytest.fixture(scope="session")
+def event_log(redis_url: str) -> Iterator[RedisEventLog]:
+    log = RedisEventLog.from_url(redis_url, ttl_seconds=3600)
+    yield log
+    log.client.close()
+
+
+# -- services ------------------------------------------------------------------------------
+
+
+@dataclass
+class RecordingDispatcher:
+    """Stands in for the broker where a test needs no worker; records what was sent."""
+
+    sent: list[tuple[str, str, str]]
+    fail: bool = False
+
+    def dispatch(self, target: str, run_id: str, queue: str) -> None:
+        if self.fail:
+            raise ConnectionError("broker unreachable")
+        self.sent.append((target, run_id, queue))
+
+
+@pytest.fixture
+def dispatcher() -> RecordingDispatcher:
+    return RecordingDispatcher(sent=[])
+
+
+@pytest.fixture
+def service(
+    engine: sa.Engine, event_log: RedisEventLog, dispatcher: RecordingDispatcher
+) -> RunService:
+    return RunService(
+        engine,
+        dispatcher=dispatcher,
+        events=event_log,
+        router=Router([("task:sleep", "slow")], "runs"),
+        catalog=DefinitionCatalog(engine, cache_seconds=0),
+        max_input_bytes=4096,
+    )
+
+
+@pytest.fixture
+def access(engine: sa.Engine) -> AccessService:
+    return AccessService(engine)
+
+
+@pytest.fixture
+def project(access: AccessService) -> Project:
+    """A new project per test: projects are walls, so tests never see each other's runs."""
+    return access.create_project(f"p-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def other_project(access: AccessService) -> Project:
+    return access.create_project(f"o-{uuid.uuid4().hex[:12]}")
+
+
+def base_settings(**overrides: object) -> Settings:
+    """Settings for tests: never read from the developer's .env file."""
+    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
+
+
+# -- a real Celery worker ------------------------------------------------------------------
+
+WORKER_TARGETS = [*TEST_TARGETS, "task:test/async", "task:test/observable", "task:test/typed",
+                  "task:test/bad-output", "task:test/crash"]
+
+
+@dataclass
+class WorkerPool:
+    settings: Settings
+    process: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_worker(
+    settings: Settings, log_path: Path, *, concurrency: int = 2, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """``celery worker`` as a subprocess, configured through RUNS_* like a deployment."""
+    env = {
+        **os.environ,
+        "RUNS_DATABASE_URL": settings.database_url,
+        "RUNS_REDIS_URL": settings.redis_url,
+        "RUNS_DEFAULT_QUEUE": settings.default_queue,
+        "RUNS_DEFINITIONS": json.dumps(settings.definitions),
+        **(extra_env or {}),
+    }
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
+             "-Q", settings.default_queue, "-c", str(concurrency), "-P", "prefork",
+             "-l", "INFO", "-E", "--without-mingle", "--without-gossip",
+             "-n", f"test-{uuid.uuid4().hex[:6]}@%h"],
+            cwd=Path(__file__).resolve().parent.parent,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_until_consuming(settings: Settings, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"worker exited early:\n{log_path.read_text(errors='replace')}")
+        if " ready." in log_path.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"worker not ready in 60 s:\n{log_path.read_text(errors='replace')}")
+
+
+def stop_worker(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+@pytest.fixture(scope="session")
+def worker_pool(
+    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerPool]:
+    """One real prefork worker (2 processes) on PostgreSQL and Redis, on a queue of its own."""
+    settings = base_settings(
+        database_url=postgres_url,
+        redis_url=redis_url,
+        default_queue=f"runs-test-{uuid.uuid4().hex[:8]}",
+        definitions=["workers.examples", "tests.definitions"],
+    )
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    process = start_worker(settings, log_path)
+    try:
+        wait_until_consuming(settings, process, log_path)
+        yield WorkerPool(settings=settings, process=process, log_path=log_path)
+    finally:
+        stop_worker(process)

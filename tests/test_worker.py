@@ -1,0 +1,216 @@
+"""Runs executed by a real Celery worker (prefork, subprocess) on PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from runs.access import AccessService
+from runs.catalog import DefinitionCatalog
+from runs.dispatch import CeleryDispatcher
+from runs.domain.projects import Project
+from runs.domain.runs import Run, RunStatus
+from runs.events import RedisEventLog
+from runs.routing import Router
+from runs.service import RunService
+from tests.conftest import WORKER_TARGETS, WorkerPool
+from tests.helpers import task_request
+
+pytestmark = pytest.mark.worker
+
+
+@pytest.fixture(scope="module")
+def live(
+    worker_pool: WorkerPool, pg_engine: sa.Engine, event_log: RedisEventLog
+) -> Iterator[RunService]:
+    dispatcher = CeleryDispatcher.from_settings(worker_pool.settings)
+    yield RunService(
+        pg_engine,
+        dispatcher=dispatcher,
+        events=event_log,
+        router=Router([], worker_pool.settings.default_queue),
+        catalog=DefinitionCatalog(pg_engine, cache_seconds=0),
+        max_input_bytes=65536,
+    )
+    dispatcher.close()
+
+
+@pytest.fixture
+def project(pg_engine: sa.Engine) -> Project:
+    import uuid
+
+    return AccessService(pg_engine).create_project(f"w-{uuid.uuid4().hex[:12]}")
+
+
+def wait_terminal(service: RunService, project: Project, run_id: str, timeout: float = 20) -> Run:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        run = service.get(project, run_id)
+        if run.status.is_terminal:
+            return run
+        time.sleep(0.02)
+    raise AssertionError(f"run {run_id} still {run.status} after {timeout} s")
+
+
+def event_types(service: RunService, project: Project, run_id: str) -> list[str]:
+    return [e.event_type for e in service.events(project, run_id, after=0, limit=100).items]
+
+
+def test_the_worker_registers_its_definitions_in_the_catalogue(
+    worker_pool: WorkerPool, pg_engine: sa.Engine
+) -> None:
+    targets = {d.target for d in DefinitionCatalog(pg_engine, cache_seconds=0).list()}
+    assert set(WORKER_TARGETS) <= targets
+
+
+def test_an_echo_run_completes_with_its_terminal_record_and_lifecycle_events(
+    live: RunService, project: Project
+) -> None:
+    run, _ = live.submit(project, task_request(project, config={"a": [1, 2]}))
+    done = wait_terminal(live, project, run.run_id)
+    assert done.status is RunStatus.COMPLETED
+    assert done.output == {"a": [1, 2]}
+    assert done.exit_code == 0 and done.error is None and done.attempt == 1
+    assert done.started_at and done.completed_at and done.duration_ms is not None
+    assert event_types(live, project, run.run_id) == [
+        "RUN_STARTED",
+        "STEP_STARTED",
+        "STEP_FINISHED",
+        "RUN_FINISHED",
+    ]
+
+
+def test_a_failing_task_fails_the_run_with_its_error_and_logs(
+    live: RunService, project: Project
+) -> None:
+    run, _ = live.submit(project, task_request(project, "task:fail", config={"message": "nope"}))
+    done = wait_terminal(live, project, run.run_id)
+    assert done.status is RunStatus.FAILED and done.exit_code == 1
+    assert done.error is not None
+    assert done.error["message"] == "nope" and done.error["code"] == "example_failure"
+    assert done.logs is not None and "failing on purpose: nope" in done.logs
+    types = event_types(live, project, run.run_id)
+    assert types[-1] == "RUN_ERROR" and types.count("RUN_ERROR") == 1
+    assert "RUN_LOG_CAPTURED" in types
+
+
+def test_an_unexpected_exception_is_recorded_with_its_type(
+    live: RunService, project: Project
+) -> None:
+    run, _ = live.submit(project, task_request(project, "task:test/crash"))
+    done = wait_terminal(live, project, run.run_id)
+    assert done.status is RunStatus.FAILED and done.error is not None
+    assert done.error["message"] == "boom" and done.error["code"] == "task_error"
+    assert done.error["detail"]["type"] == "ValueError"
+
+
+def test_async_tasks_run(live: RunService, project: Project) -> None:
+    run, _ = live.submit(project, task_request(project, "task:test/async", config={"x": 1}))
+    done = wait_terminal(live, project, run.run_id)
+    assert done.status is RunStatus.COMPLETED
+    assert done.output == {"async": True, "config": {"x": 1}}
+
+
+def test_logs_custom_events_and_artifacts_reach_the_run_and_its_events(
+    live: RunService, project: Project
+) -> None:
+    run, _ = live.submit(project, task_request(project, "task:test/observable"))
+    done = wait_terminal(live, project, run.run_id)
+    assert done.status is RunStatus.COMPLETED
+    assert done.logs == "INFO first line\nWARNING second line"
+    assert done.artifacts == [
+        {"name": "report.csv", "uri": "s3://bucket/report.csv", "content_type": "text/csv"}
+    ]
+    events = live.events(project, run.run_id, after=0, limit=100).items
+    assert [e.event_type for e in events] == [
+        "RUN_STARTED",
+        "STEP_STARTED",
+        "RUN_LOG_CAPTURED",
+        "PROGRESS_REPORTED",
+        "RUN_LOG_CAPTURED",
+        "STEP_FINISHED",
+        "RUN_FINISHED",
+    ]
+    assert events[3].payload == {"type": "PROGRESS_REPORTED", "done": 1, "total": 2}
+    assert [e.event_id for e in events] == sorted({e.event_id for e in events})
+
+
+def test_input_and_output_models_validate_the_config_and_the_result(
+    live: RunService, project: Project
+) -> None:
+    good, _ = live.submit(project, task_request(project, "task:test/typed", config={"n": 21}))
+    bad, _ = live.submit(project, task_request(project, "task:test/typed", config={"n": "x"}))
+    unserialisable, _ = live.submit(project, task_request(project, "task:test/bad-output"))
+    assert wait_terminal(live, project, good.run_id).output == {"doubled": 42}
+    failed = wait_terminal(live, project, bad.run_id)
+    assert failed.status is RunStatus.FAILED and failed.error is not None
+    assert failed.error["code"] == "invalid_input" and "n" in failed.error["message"]
+    broken = wait_terminal(live, project, unserialisable.run_id)
+    assert broken.error is not None and broken.error["code"] == "invalid_output"
+
+
+def test_the_same_job_delivered_twice_runs_once(
+    live: RunService, project: Project, worker_pool: WorkerPool
+) -> None:
+    run, _ = live.submit(project, task_request(project))
+    dispatcher = CeleryDispatcher.from_settings(worker_pool.settings)
+    dispatcher.dispatch("task:echo", run.run_id, worker_pool.settings.default_queue)
+    dispatcher.close()
+    done = wait_terminal(live, project, run.run_id)
+    time.sleep(0.5)
+    assert done.attempt == 1
+    assert event_types(live, project, run.run_id).count("RUN_STARTED") == 1
+
+
+def test_cancel_stops_running_work_and_frees_the_worker(
+    live: RunService, project: Project
+) -> None:
+    sleepers = [
+        live.submit(project, task_request(project, "task:sleep", config={"seconds": 60}))[0]
+        for _ in range(2)
+    ]
+    deadline = time.monotonic() + 20
+    while any(live.get(project, s.run_id).status is not RunStatus.RUNNING for s in sleepers):
+        assert time.monotonic() < deadline, "sleepers did not start"
+        time.sleep(0.05)
+    for sleeper in sleepers:
+        cancelled, run = live.cancel(project, sleeper.run_id)
+        assert cancelled and run.status is RunStatus.CANCELLED
+    # Both pool processes were busy sleeping; a new run completes only if the sleeps stopped.
+    started = time.monotonic()
+    echo, _ = live.submit(project, task_request(project))
+    assert wait_terminal(live, project, echo.run_id, timeout=10).status is RunStatus.COMPLETED
+    assert time.monotonic() - started < 5
+    for sleeper in sleepers:
+        final = live.get(project, sleeper.run_id)
+        assert final.status is RunStatus.CANCELLED and final.output is None
+        assert event_types(live, project, sleeper.run_id)[-1] == "RUN_ERROR"
+
+
+def test_a_visible_terminal_event_implies_the_terminal_record(
+    live: RunService, project: Project, event_log: RedisEventLog
+) -> None:
+    for _ in range(5):
+        run, _ = live.submit(project, task_request(project))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            types = [e.event_type for e in event_log.read(run.run_id, after=0, limit=100)]
+            if "RUN_FINISHED" in types:
+                assert live.get(project, run.run_id).status is RunStatus.COMPLETED
+                break
+        else:
+            raise AssertionError("no terminal event")
+
+
+def test_events_of_a_finished_run_survive_the_loss_of_its_stream(
+    live: RunService, project: Project, event_log: RedisEventLog
+) -> None:
+    run, _ = live.submit(project, task_request(project, "task:test/observable"))
+    wait_terminal(live, project, run.run_id)
+    before = live.events(project, run.run_id, after=0, limit=100).items
+    event_log.client.delete(f"runs:{{{run.run_id}}}:events", f"runs:{{{run.run_id}}}:meta")
+    assert event_log.read(run.run_id, after=0, limit=100) == []
+    assert live.events(project, run.run_id, after=0, limit=100).items == before
