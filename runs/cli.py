@@ -16,6 +16,7 @@ from rich.table import Table
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.domain.errors import RunsError
+from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
 from runs.settings import Settings
 
@@ -73,12 +74,13 @@ def api(
     import uvicorn
 
     settings = Settings()
+    configure_logging(settings)
     uvicorn.run(
         "runs.api.app:create_app_from_env",
         factory=True,
         host=host or settings.api_host,
         port=port if port is not None else settings.api_port,
-        log_level=settings.log_level.lower(),
+        log_config=None,
         access_log=False,
     )
 

@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     worker_lease_seconds: float = Field(default=60.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
     log_level: str = "INFO"
+    logging_config: Path | None = None
 
     @model_validator(mode="after")
     def _page_sizes_agree(self) -> Settings:

@@ -14,6 +14,7 @@ from celery import Celery, signals
 
 from runs.catalog import DefinitionCatalog
 from runs.celery_config import celery_config
+from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
 from runs.settings import Settings
 from workers.execute import execute
@@ -37,6 +38,12 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
             register_definitions(settings, registry)
 
     signals.worker_init.connect(on_worker_init, weak=False)
+    if settings.logging_config is not None:
+
+        def on_setup_logging(**_: Any) -> None:
+            configure_logging(settings)
+
+        signals.setup_logging.connect(on_setup_logging, weak=False)
     return app
 
 

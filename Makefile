@@ -1,0 +1,43 @@
+# One place for every check. `make dev` starts the system; `make test` runs the suite.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NODE_DEPS := tests/contract/node_modules/.package-lock.json
+
+.PHONY: install dev test lint format typecheck check bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+$(NODE_DEPS): tests/contract/package-lock.json
+	cd tests/contract && npm ci --ignore-scripts --no-audit --no-fund
+
+install: $(STAMP)
+
+dev: $(STAMP)
+	$(VENV)/bin/runs dev
+
+test: $(STAMP) $(NODE_DEPS)
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check runs workers tests benchmarks
+	$(VENV)/bin/ruff format --check runs workers tests benchmarks
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix runs workers tests benchmarks
+	$(VENV)/bin/ruff format runs workers tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck test
+
+bench: $(STAMP)
+	$(PY) benchmarks/throughput.py
+
+clean:
+	rm -rf $(VENV) .runs .pytest_cache .mypy_cache .ruff_cache tests/contract/node_modules
