@@ -12,6 +12,7 @@ from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict, NotFound, Unauthenticated
 from runs.domain.projects import ApiToken, Project, check_slug, hash_token, new_token_secret
 from runs.persistence import store
+from runs.persistence.engine import autocommit
 
 
 class AccessService:
@@ -72,7 +73,7 @@ class AccessService:
         cached = self._cache.get(digest)
         if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
             return cached[1]
-        with self._engine.connect() as conn:
+        with autocommit(self._engine).connect() as conn:
             project = store.project_for_token(conn, digest)
         if project is None:
             raise Unauthenticated(

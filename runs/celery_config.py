@@ -35,8 +35,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "interval_max": 0.5,
         },
         "task_default_queue": settings.default_queue,
-        # Flower: every target is a task type with its own events.
+        # Flower: every target is a task type; workers send received/started/succeeded events.
+        # (No "task-sent" events from the API: they would cost a publish per accepted run.)
         "worker_send_task_events": True,
-        "task_send_sent_event": True,
         "worker_hijack_root_logger": False,
     }

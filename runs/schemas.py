@@ -7,10 +7,12 @@ and omit ``error.code``/``error.detail`` rather than sending null (contract §14
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_serializer
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic_core import PydanticCustomError
 
 from runs.domain.events import RunEvent
 from runs.domain.runs import Run
@@ -21,8 +23,43 @@ RuntimeTargetKind = Literal["main_branch", "environment", "preview_branch"]
 TriggerKind = Literal["manual", "schedule", "webhook", "api"]
 
 
+def check_storable(value: Any) -> Any:
+    """Refuse what JSON or PostgreSQL cannot hold: NUL characters and NaN/Infinity.
+
+    Python's JSON parser accepts ``NaN`` and ``Infinity``, and PostgreSQL refuses ``\\u0000`` in
+    text and JSONB; either would otherwise surface as a 500 after validation.
+    """
+    stack: list[tuple[Any, str]] = [(value, "")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str) and "\x00" in item:
+            raise PydanticCustomError(
+                "nul_character",
+                "contains a NUL character (\\u0000){where}, which cannot be stored; remove it",
+                {"where": f" at {where}" if where else ""},
+            )
+        if isinstance(item, float) and not math.isfinite(item):
+            raise PydanticCustomError(
+                "finite_number",
+                "contains {number}{where}, which is not JSON; send a finite number or null",
+                {"number": repr(item), "where": f" at {where}" if where else ""},
+            )
+        if isinstance(item, dict):
+            for key, inner in item.items():
+                stack.append((key, f"{where}.{key}".lstrip(".")))
+                stack.append((inner, f"{where}.{key}".lstrip(".")))
+        elif isinstance(item, list):
+            stack.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
+    return value
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _storable(cls, value: Any) -> Any:
+        return value if isinstance(value, BaseModel) else check_storable(value)
 
 
 class OwnerIn(_Request):

@@ -35,6 +35,7 @@ from runs.domain.runs import (
     new_run_id,
 )
 from runs.persistence import store
+from runs.persistence.engine import autocommit
 from runs.persistence.store import RunFilters
 from runs.ports import Dispatcher, EventLog
 from runs.routing import Router
@@ -64,7 +65,7 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created_at)
         if moment.tzinfo is None or not isinstance(run_id, str):
             raise ValueError(cursor)
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+    except (ValueError, TypeError, RecursionError, binascii.Error) as exc:
         raise InvalidRequest(
             "cursor is not one this server issued; pass page_info.next of a previous page",
             field="cursor",
@@ -89,6 +90,7 @@ class RunService:
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
+        self._auto = autocommit(engine)
         self._dispatcher = dispatcher
         self._events = events
         self._router = router
@@ -103,10 +105,10 @@ class RunService:
         values = self._new_run_values(project, request)
         run_id = values["run_id"]
         try:
-            with self._engine.begin() as conn:
+            with self._auto.connect() as conn:
                 store.insert_run(conn, values)
         except IntegrityError:
-            with self._engine.connect() as conn:
+            with self._auto.connect() as conn:
                 existing = store.get_run(conn, run_id)
             if existing is None:  # the conflict was not on the id (for example a vanished parent)
                 raise
@@ -189,7 +191,7 @@ class RunService:
     # -- reading --------------------------------------------------------------------------
 
     def get(self, project: Project, run_id: str) -> Run:
-        with self._engine.connect() as conn:
+        with self._auto.connect() as conn:
             run = store.get_run(conn, run_id)
         if run is None or run.project_id != project.id:
             raise NotFound(f"run {run_id!r} not found")
@@ -204,7 +206,7 @@ class RunService:
                 field="root_only",
             )
         before = decode_cursor(cursor) if cursor else None
-        with self._engine.connect() as conn:
+        with self._auto.connect() as conn:
             found = store.list_runs(conn, project.id, filters, before=before, limit=limit + 1)
         items = found[:limit]
         return Page(items, encode_cursor(items[-1]) if len(found) > limit else None)
@@ -213,7 +215,7 @@ class RunService:
         """Events after ``after``: from SQL once the run is terminal, else from the live stream."""
         run = self.get(project, run_id)
         if run.status.is_terminal:
-            with self._engine.connect() as conn:
+            with self._auto.connect() as conn:
                 found = store.list_events(conn, run_id, after=after, limit=limit + 1)
         else:
             found = self._events.read(run_id, after=after, limit=limit + 1)
@@ -249,7 +251,7 @@ class RunService:
                 if cancelled.started_at is not None:
                     final.insert(0, ev.step_finished_event(cancelled.target, "cancelled"))
                     duration_ms = _duration_ms(cancelled.started_at, now)
-                    store.set_duration(conn, run_id, duration_ms)
+                    store.set_cancelled_duration(conn, run_id, duration_ms)
                     cancelled = replace(cancelled, duration_ms=duration_ms)
                 published = _number(final, first + 2 - len(final), now)
                 store.insert_events(conn, run_id, [*so_far, *published])
@@ -263,7 +265,7 @@ class RunService:
     def claim(self, run_id: str, *, worker: str, lease_seconds: float) -> Run | None:
         """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
         now = self._clock()
-        with self._engine.begin() as conn:
+        with self._auto.connect() as conn:
             return store.claim_run(
                 conn,
                 run_id,

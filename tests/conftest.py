@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -175,9 +176,9 @@ def other_project(access: AccessService) -> Project:
     return access.create_project(f"o-{uuid.uuid4().hex[:12]}")
 
 
-def base_settings(**overrides: object) -> Settings:
+def base_settings(**overrides: Any) -> Settings:
     """Settings for tests: never read from the developer's .env file."""
-    return Settings(_env_file=None, **overrides)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **overrides)
 
 
 @pytest.fixture(scope="session")
@@ -187,8 +188,14 @@ def repo_root() -> Path:
 
 # -- a real Celery worker ------------------------------------------------------------------
 
-WORKER_TARGETS = [*TEST_TARGETS, "task:test/async", "task:test/observable", "task:test/typed",
-                  "task:test/bad-output", "task:test/crash"]
+WORKER_TARGETS = [
+    *TEST_TARGETS,
+    "task:test/async",
+    "task:test/observable",
+    "task:test/typed",
+    "task:test/bad-output",
+    "task:test/crash",
+]
 
 
 @dataclass
@@ -202,7 +209,11 @@ class WorkerPool:
 
 
 def start_worker(
-    settings: Settings, log_path: Path, *, concurrency: int = 2, extra_env: dict[str, str] | None = None
+    settings: Settings,
+    log_path: Path,
+    *,
+    concurrency: int = 2,
+    extra_env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``celery worker`` as a subprocess, configured through RUNS_* like a deployment."""
     env = {
@@ -215,10 +226,27 @@ def start_worker(
     }
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-             "-Q", settings.default_queue, "-c", str(concurrency), "-P", "prefork",
-             "-l", "INFO", "-E", "--without-mingle", "--without-gossip",
-             "-n", f"test-{uuid.uuid4().hex[:6]}@%h"],
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app",
+                "worker",
+                "-Q",
+                settings.default_queue,
+                "-c",
+                str(concurrency),
+                "-P",
+                "prefork",
+                "-l",
+                "INFO",
+                "-E",
+                "--without-mingle",
+                "--without-gossip",
+                "-n",
+                f"test-{uuid.uuid4().hex[:6]}@%h",
+            ],
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
             stdout=log,
@@ -226,7 +254,9 @@ def start_worker(
         )
 
 
-def wait_until_consuming(settings: Settings, process: subprocess.Popen[bytes], log_path: Path) -> None:
+def wait_until_consuming(
+    settings: Settings, process: subprocess.Popen[bytes], log_path: Path
+) -> None:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:

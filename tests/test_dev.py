@@ -26,9 +26,20 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
     log_path = tmp_path / "dev.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "runs.cli", "dev", "--port", str(port),
-             "--redis-port", str(free_port(0)), "--workers", "1",
-             "--data-dir", str(tmp_path / "data")],
+            [
+                sys.executable,
+                "-m",
+                "runs.cli",
+                "dev",
+                "--port",
+                str(port),
+                "--redis-port",
+                str(free_port(0)),
+                "--workers",
+                "1",
+                "--data-dir",
+                str(tmp_path / "data"),
+            ],
             cwd=tmp_path,
             env={**env, "PYTHONPATH": str(repo_root)},
             stdout=log,

@@ -6,9 +6,9 @@ import pytest
 import sqlalchemy as sa
 
 from runs.domain.errors import Conflict, NotFound, PayloadTooLarge, UnknownTarget
+from runs.domain.events import started_events
 from runs.domain.projects import Project
 from runs.domain.runs import Outcome, RunError, RunStatus
-from runs.domain.events import started_events
 from runs.events import RedisEventLog
 from runs.persistence import store
 from runs.persistence.tables import runs as runs_table
@@ -56,7 +56,9 @@ def test_routing_sends_each_target_to_its_queue(
 def test_public_id_makes_a_repeated_create_a_duplicate(
     service: RunService, project: Project, dispatcher: RecordingDispatcher
 ) -> None:
-    first, dup1 = service.submit(project, task_request(project, public_id="run_fixed-1" + project.id))
+    first, dup1 = service.submit(
+        project, task_request(project, public_id="run_fixed-1" + project.id)
+    )
     again, dup2 = service.submit(project, task_request(project, public_id=first.run_id))
     assert (dup1, dup2) == (False, True)
     assert again.run_id == first.run_id
@@ -105,7 +107,9 @@ def test_a_claim_is_taken_once(service: RunService, project: Project) -> None:
     assert second is None
 
 
-def test_cancelling_a_pending_run_means_it_never_starts(service: RunService, project: Project) -> None:
+def test_cancelling_a_pending_run_means_it_never_starts(
+    service: RunService, project: Project
+) -> None:
     run, _ = service.submit(project, task_request(project))
     cancelled, after = service.cancel(project, run.run_id)
     assert cancelled and after.status is RunStatus.CANCELLED and after.completed_at is not None

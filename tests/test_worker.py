@@ -165,9 +165,7 @@ def test_the_same_job_delivered_twice_runs_once(
     assert event_types(live, project, run.run_id).count("RUN_STARTED") == 1
 
 
-def test_cancel_stops_running_work_and_frees_the_worker(
-    live: RunService, project: Project
-) -> None:
+def test_cancel_stops_running_work_and_frees_the_worker(live: RunService, project: Project) -> None:
     sleepers = [
         live.submit(project, task_request(project, "task:sleep", config={"seconds": 60}))[0]
         for _ in range(2)

@@ -79,7 +79,7 @@ class Registry:
         return decorate
 
     def add(self, definition: TaskDefinition) -> None:
-        if not DEFINITION_ID_PATTERN.match(definition.id):
+        if not DEFINITION_ID_PATTERN.fullmatch(definition.id):
             raise DefinitionError(
                 f"task id {definition.id!r} must be letters, digits, '_', '.', '/' or '-'"
             )

@@ -32,7 +32,7 @@ class ApiToken:
 
 
 def check_slug(slug: str) -> str:
-    if not SLUG_PATTERN.match(slug):
+    if not SLUG_PATTERN.fullmatch(slug):
         raise InvalidRequest(
             f"slug {slug!r} must be 1-100 lowercase letters, digits and inner hyphens",
             field="slug",

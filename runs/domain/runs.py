@@ -45,7 +45,7 @@ def new_run_id() -> str:
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id):
+    if not RUN_ID_PATTERN.fullmatch(run_id):
         raise InvalidRequest(
             "public_id must be 1-128 characters of letters, digits, '_', '.', ':' or '-', "
             "starting with a letter or digit (for example run_<uuid>)",
@@ -65,7 +65,7 @@ def parse_target(target: str) -> tuple[RunKind, str]:
         not sep
         or kind is None
         or kind is RunKind.AGENT
-        or not DEFINITION_ID_PATTERN.match(definition_id)
+        or not DEFINITION_ID_PATTERN.fullmatch(definition_id)
     ):
         raise InvalidRequest(
             f"target {target!r} is not of the form 'task:<id>', 'workflow:<id>' or 'eval:<id>'",

@@ -181,7 +181,7 @@ def list_definitions(conn: sa.Connection) -> list[Definition]:
 
 def insert_run(conn: sa.Connection, values: Mapping[str, Any]) -> None:
     """Insert a new run; raises ``sqlalchemy.exc.IntegrityError`` when the id is taken."""
-    conn.execute(runs.insert().values(**values))
+    conn.execute(runs.insert(), dict(values))  # parameters, not .values(): the SQL is cached
 
 
 def get_run(conn: sa.Connection, run_id: str) -> Run | None:
@@ -282,8 +282,17 @@ def cancel_run(conn: sa.Connection, run_id: str, values: Mapping[str, Any]) -> R
     return run_from_row(row) if row is not None else None
 
 
-def set_duration(conn: sa.Connection, run_id: str, duration_ms: int) -> None:
-    conn.execute(runs.update().where(runs.c.run_id == run_id).values(duration_ms=duration_ms))
+def set_cancelled_duration(conn: sa.Connection, run_id: str, duration_ms: int) -> None:
+    """Record how long a just-cancelled run ran (only while no duration is recorded)."""
+    conn.execute(
+        runs.update()
+        .where(
+            runs.c.run_id == run_id,
+            runs.c.status == RunStatus.CANCELLED.value,
+            runs.c.duration_ms.is_(None),
+        )
+        .values(duration_ms=duration_ms)
+    )
 
 
 # -- archived events -----------------------------------------------------------------------

@@ -1,0 +1,129 @@
+"""The Alembic migrations equal the table models, and go down and up again, on both backends."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from runs.persistence import migrate
+from runs.persistence.engine import create_engine
+from runs.persistence.tables import metadata
+
+MODEL_TABLES = {"projects", "api_tokens", "definitions", "runs", "run_events"}
+
+
+def schema_diff(database_url: str) -> list[Any]:
+    """What autogenerate would still write to make the database equal the models."""
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(
+                conn, opts={"compare_type": True, "compare_server_default": True}
+            )
+            return list(compare_metadata(context, metadata))
+    finally:
+        engine.dispose()
+
+
+def table_names(database_url: str) -> set[str]:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return set(sa.inspect(conn).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def current_revision(database_url: str) -> str | None:
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture
+def fresh_postgres_url(postgres_url: str) -> Iterator[str]:
+    """An empty database of its own on the real PostgreSQL, dropped afterwards.
+
+    Built beside the shared session database (whose fixture skips when PostgreSQL is absent),
+    so downgrading it disturbs no other test.
+    """
+    server = sa.make_url(postgres_url)
+    name = f"runs_mig_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def fresh_sqlite_url(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'fresh.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def fresh_url(request: pytest.FixtureRequest) -> str:
+    fixture = "fresh_sqlite_url" if request.param == "sqlite" else "fresh_postgres_url"
+    return str(request.getfixturevalue(fixture))
+
+
+def head_revision() -> str:
+    heads = ScriptDirectory.from_config(migrate.alembic_config("sqlite://")).get_heads()
+    assert len(heads) == 1, f"migrations have several heads: {heads}"
+    return heads[0]
+
+
+def test_the_migrations_have_exactly_one_head() -> None:
+    assert head_revision()
+
+
+def test_a_migrated_database_equals_the_models(database_url: str) -> None:
+    assert schema_diff(database_url) == []
+    assert current_revision(database_url) == head_revision()
+
+
+def test_the_models_and_migrations_create_the_same_tables(database_url: str) -> None:
+    assert set(metadata.tables) == MODEL_TABLES
+    assert table_names(database_url) == MODEL_TABLES | {"alembic_version"}
+
+
+def test_an_empty_database_differs_from_the_models(fresh_sqlite_url: str) -> None:
+    """The comparison can see a difference at all (so an empty diff above means something)."""
+    create_engine(fresh_sqlite_url).dispose()
+    added = {d[1].name for d in schema_diff(fresh_sqlite_url) if d[0] == "add_table"}
+    assert added == MODEL_TABLES
+
+
+def test_upgrade_then_downgrade_to_base_then_upgrade_again_works(fresh_url: str) -> None:
+    migrate.upgrade(fresh_url)
+    assert schema_diff(fresh_url) == []
+
+    migrate.downgrade(fresh_url, "base")
+    assert table_names(fresh_url) <= {"alembic_version"}
+    assert current_revision(fresh_url) is None
+
+    migrate.upgrade(fresh_url)
+    assert schema_diff(fresh_url) == []
+    assert current_revision(fresh_url) == head_revision()
+
+
+def test_upgrading_an_up_to_date_database_changes_nothing(fresh_url: str) -> None:
+    migrate.upgrade(fresh_url)
+    migrate.upgrade(fresh_url)
+    assert schema_diff(fresh_url) == []
+    assert current_revision(fresh_url) == head_revision()
