@@ -11,7 +11,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
@@ -24,6 +24,7 @@ from runs.domain.errors import Conflict, InvalidRequest, NotFound, PayloadTooLar
 from runs.domain.events import NewEvent, RunEvent
 from runs.domain.projects import Project
 from runs.domain.runs import (
+    RUN_ID_PATTERN,
     Outcome,
     Run,
     RunError,
@@ -65,7 +66,10 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         moment = datetime.fromisoformat(created_at)
         if moment.tzinfo is None or not isinstance(run_id, str):
             raise ValueError(cursor)
-    except (ValueError, TypeError, RecursionError, binascii.Error) as exc:
+        moment.astimezone(UTC)  # raises OverflowError for dates that do not fit
+        if not RUN_ID_PATTERN.fullmatch(run_id):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, RecursionError, OverflowError, binascii.Error) as exc:
         raise InvalidRequest(
             "cursor is not one this server issued; pass page_info.next of a previous page",
             field="cursor",
@@ -191,6 +195,8 @@ class RunService:
     # -- reading --------------------------------------------------------------------------
 
     def get(self, project: Project, run_id: str) -> Run:
+        if not RUN_ID_PATTERN.fullmatch(run_id):
+            raise NotFound(f"run {run_id!r} not found")
         with self._auto.connect() as conn:
             run = store.get_run(conn, run_id)
         if run is None or run.project_id != project.id:

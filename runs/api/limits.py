@@ -1,14 +1,16 @@
-"""ASGI middleware that refuses request bodies over a size limit with 413 problem+json."""
+"""ASGI middleware that refuses request bodies over a size limit with 413 problem+json.
+
+A declared ``Content-Length`` over the limit is refused before anything is read. Otherwise the
+body is read here, at most one byte past the limit, before the app sees it: an exception raised
+from inside the app's ``receive`` would be turned into a 400 by FastAPI's body parsing, so a
+chunked (undeclared) body over the limit must be caught at this level.
+"""
 
 from __future__ import annotations
 
 import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 class BodySizeLimit:
@@ -24,29 +26,26 @@ class BodySizeLimit:
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             await self._refuse(scope, send)
             return
+        buffered: list[Message] = []
         seen = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise BodyTooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not started:
+            buffered.append(message)
+            if message["type"] != "http.request":
+                break  # the client went away; let the app see that
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
                 await self._refuse(scope, send)
+                return
+            if not message.get("more_body", False):
+                break
+        replay = iter(buffered)
+
+        async def replaying_receive() -> Message:
+            message = next(replay, None)
+            return message if message is not None else await receive()
+
+        await self.app(scope, replaying_receive, send)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         body = json.dumps(

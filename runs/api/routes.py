@@ -10,7 +10,13 @@ from fastapi.responses import JSONResponse
 from runs.api.deps import Services, current_project, services
 from runs.domain.errors import InvalidRequest, NotFound
 from runs.domain.projects import Project
-from runs.domain.runs import RunKind, RunRequest, RunStatus
+from runs.domain.runs import (
+    DEFINITION_ID_PATTERN,
+    RUN_ID_PATTERN,
+    RunKind,
+    RunRequest,
+    RunStatus,
+)
 from runs.persistence.store import RunFilters
 from runs.schemas import (
     CancelRunOut,
@@ -26,6 +32,8 @@ from runs.schemas import (
 )
 
 router = APIRouter()
+
+TARGET_PREFIXES = frozenset(k.value for k in RunKind)
 
 ProjectDep = Annotated[Project, Depends(current_project)]
 ServicesDep = Annotated[Services, Depends(services)]
@@ -104,8 +112,8 @@ def list_runs(
     filters = RunFilters(
         statuses=_closed_values("status", status, {s.value for s in RunStatus}),
         kinds=_closed_values("kind", kind, {k.value for k in RunKind}),
-        targets=_split(target),
-        parent_run_id=parent_run_id,
+        targets=_targets(target),
+        parent_run_id=_parent_run_id(parent_run_id),
         root_only=root_only,
     )
     page = svc.runs.list(project, filters, cursor=cursor, limit=_page_size(svc, limit))
@@ -138,6 +146,27 @@ def _page_size(svc: Services, limit: int | None) -> int:
             f"limit must be between 1 and {svc.settings.max_page_size}", field="limit"
         )
     return limit
+
+
+def _parent_run_id(value: str | None) -> str | None:
+    if value is not None and not RUN_ID_PATTERN.fullmatch(value):
+        raise InvalidRequest(
+            f"parent_run_id {value!r} is not a run id; pass the run_id of a run",
+            field="parent_run_id",
+        )
+    return value
+
+
+def _targets(values: list[str] | None) -> tuple[str, ...]:
+    found = _split(values)
+    for value in found:
+        prefix, _, definition_id = value.partition(":")
+        if prefix not in TARGET_PREFIXES or not DEFINITION_ID_PATTERN.fullmatch(definition_id):
+            raise InvalidRequest(
+                f"target filter value {value!r} is not of the form 'task:<id>' or 'workflow:<id>'",
+                field="target",
+            )
+    return found
 
 
 def _split(values: list[str] | None) -> tuple[str, ...]:

@@ -17,7 +17,14 @@ import sqlalchemy as sa
 from runs.domain.events import RunEvent
 from runs.domain.projects import ApiToken, Project
 from runs.domain.runs import ACTIVE_STATUSES, Run, RunKind, RunStatus
-from runs.persistence.tables import api_tokens, definitions, projects, run_events, runs
+from runs.persistence.tables import (
+    UTCDateTime,
+    api_tokens,
+    definitions,
+    projects,
+    run_events,
+    runs,
+)
 
 _RUN_COLUMNS = tuple(c for c in runs.c)
 
@@ -221,23 +228,54 @@ def list_runs(
     return [run_from_row(r) for r in conn.execute(query).mappings()]
 
 
+# The hot path's statements are built once; each call only binds parameters.
+_CLAIM = (
+    runs.update()
+    .where(runs.c.run_id == sa.bindparam("b_run_id"), runs.c.status == RunStatus.PENDING.value)
+    .values(
+        status=RunStatus.RUNNING.value,
+        attempt=runs.c.attempt + 1,
+        started_at=sa.func.coalesce(runs.c.started_at, sa.bindparam("b_now", type_=UTCDateTime())),
+        updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
+        lease_owner=sa.bindparam("b_worker"),
+        lease_expires_at=sa.bindparam("b_lease", type_=UTCDateTime()),
+    )
+    .returning(*_RUN_COLUMNS)
+)
+
+FINISH_FIELDS = (
+    "status",
+    "output",
+    "error",
+    "logs",
+    "artifacts",
+    "exit_code",
+    "duration_ms",
+    "completed_at",
+    "updated_at",
+)
+_FINISH = (
+    runs.update()
+    .where(
+        runs.c.run_id == sa.bindparam("b_run_id"),
+        runs.c.status == RunStatus.RUNNING.value,
+        runs.c.attempt == sa.bindparam("b_attempt"),
+    )
+    .values(
+        lease_owner=None,
+        lease_expires_at=None,
+        **{name: sa.bindparam(f"b_{name}", type_=runs.c[name].type) for name in FINISH_FIELDS},
+    )
+)
+
+
 def claim_run(
     conn: sa.Connection, run_id: str, *, worker: str, lease_until: datetime, now: datetime
 ) -> Run | None:
     """pending -> running, one attempt more. ``None`` when the run is not pending."""
     row = (
         conn.execute(
-            runs.update()
-            .where(runs.c.run_id == run_id, runs.c.status == RunStatus.PENDING.value)
-            .values(
-                status=RunStatus.RUNNING.value,
-                attempt=runs.c.attempt + 1,
-                started_at=sa.func.coalesce(runs.c.started_at, now),
-                updated_at=now,
-                lease_owner=worker,
-                lease_expires_at=lease_until,
-            )
-            .returning(*_RUN_COLUMNS)
+            _CLAIM, {"b_run_id": run_id, "b_now": now, "b_worker": worker, "b_lease": lease_until}
         )
         .mappings()
         .first()
@@ -246,16 +284,12 @@ def claim_run(
 
 
 def finish_run(conn: sa.Connection, run_id: str, attempt: int, values: Mapping[str, Any]) -> bool:
-    """Write the terminal record of a running attempt. False when it is no longer running."""
-    result = conn.execute(
-        runs.update()
-        .where(
-            runs.c.run_id == run_id,
-            runs.c.status == RunStatus.RUNNING.value,
-            runs.c.attempt == attempt,
-        )
-        .values(lease_owner=None, lease_expires_at=None, **values)
-    )
+    """Write the terminal record of a running attempt (every field of ``FINISH_FIELDS``).
+
+    False when the attempt no longer owns the run: it changed nothing.
+    """
+    params = {f"b_{name}": values[name] for name in FINISH_FIELDS}
+    result = conn.execute(_FINISH, {"b_run_id": run_id, "b_attempt": attempt, **params})
     return result.rowcount == 1
 
 
