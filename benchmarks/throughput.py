@@ -172,6 +172,7 @@ def runs_stack(n: int, concurrency: int, logdir: Path) -> tuple[float, list[floa
         started = time.perf_counter()
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(submit, range(n)))
+        print(f"  accepted {n / (time.perf_counter() - started):.0f} runs/s", flush=True)
         wait_for(lambda: completed() >= n + 1, 600, "runs")
         rate = n / (time.perf_counter() - started)
         for c in clients:
