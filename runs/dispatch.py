@@ -18,8 +18,17 @@ class CeleryDispatcher:
         app.conf.update(celery_config(settings))
         return cls(app)
 
-    def dispatch(self, target: str, run_id: str, queue: str) -> None:
-        self._app.send_task(target, args=[run_id], queue=queue, ignore_result=True)
+    def dispatch(
+        self,
+        target: str,
+        run_id: str,
+        queue: str,
+        *,
+        node_id: str | None = None,
+        countdown: float | None = None,
+    ) -> None:
+        args = [run_id] if node_id is None else [run_id, node_id]
+        self._app.send_task(target, args=args, queue=queue, countdown=countdown, ignore_result=True)
 
     def close(self) -> None:
         self._app.close()

@@ -9,8 +9,17 @@ from runs.domain.events import NewEvent, RunEvent
 
 
 class Dispatcher(Protocol):
-    def dispatch(self, target: str, run_id: str, queue: str) -> None:
-        """Send the job that executes ``run_id``; raises when the broker cannot take it."""
+    def dispatch(
+        self,
+        target: str,
+        run_id: str,
+        queue: str,
+        *,
+        node_id: str | None = None,
+        countdown: float | None = None,
+    ) -> None:
+        """Send the job that executes ``run_id`` (one node of it, when given), optionally
+        after ``countdown`` seconds; raises when the broker cannot take it."""
 
 
 class EventLog(Protocol):

@@ -90,6 +90,22 @@ class CreateRunIn(_Request):
     request: RunRequestIn
 
 
+class ApprovalIn(_Request):
+    node_id: str = Field(min_length=1, max_length=200)
+    approved: bool
+    comment: str | None = Field(default=None, max_length=10_000)
+
+
+class SignalIn(_Request):
+    event: str = Field(min_length=1, max_length=200)
+    payload: Any = None
+
+
+class SignalOut(BaseModel):
+    resumed: list[str]
+    run: RunOut
+
+
 class RunErrorOut(BaseModel):
     message: str
     code: str | None = None
@@ -146,6 +162,10 @@ class RunOut(BaseModel):
     created_at: str
     started_at: str | None
     completed_at: str | None
+
+
+class ApprovalOut(BaseModel):
+    run: RunOut
 
 
 class CreateRunOut(BaseModel):

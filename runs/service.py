@@ -35,7 +35,7 @@ from runs.domain.runs import (
     check_target_matches_kind,
     new_run_id,
 )
-from runs.persistence import store
+from runs.persistence import nodes, store
 from runs.persistence.engine import autocommit
 from runs.persistence.store import RunFilters
 from runs.ports import Dispatcher, EventLog
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-SUPPORTED_KINDS = frozenset({RunKind.TASK})
+SUPPORTED_KINDS = frozenset({RunKind.TASK, RunKind.WORKFLOW})
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,14 +129,20 @@ class RunService:
         if request.kind not in SUPPORTED_KINDS:
             raise Unsupported(
                 f"kind {request.kind.value!r} runs are not supported by this server; "
-                "use kind 'task'",
+                "use kind 'task' or 'workflow'",
                 field="kind",
             )
         if request.owner_kind != "project":
             raise Unsupported("owner.kind must be 'project'", field="owner.kind")
         if request.owner_id not in (project.id, project.slug):
             raise NotFound(f"project {request.owner_id!r} not found", field="owner.id")
-        check_target_matches_kind(request.kind, request.target)
+        definition_id = check_target_matches_kind(request.kind, request.target)
+        if request.kind is RunKind.WORKFLOW and request.workflow_id != definition_id:
+            raise InvalidRequest(
+                f"request.workflow_id must be {definition_id!r}, the id in the target "
+                f"{request.target!r}",
+                field="request.workflow_id",
+            )
         self._catalog.require(request.target)
         for name in ("config", "input", "metadata"):
             value = getattr(request, name)
@@ -193,6 +199,11 @@ class RunService:
         return store.run_from_row(values | {"lease_owner": None, "lease_expires_at": None})
 
     # -- reading --------------------------------------------------------------------------
+
+    def load(self, run_id: str) -> Run | None:
+        """A run by id, whatever its project (for workers, never for callers)."""
+        with self._auto.connect() as conn:
+            return store.get_run(conn, run_id)
 
     def get(self, project: Project, run_id: str) -> Run:
         if not RUN_ID_PATTERN.fullmatch(run_id):
@@ -254,8 +265,11 @@ class RunService:
             )
             if cancelled is not None:
                 final = [ev.terminal_event("cancelled", error.message)]
-                if cancelled.started_at is not None:
+                if cancelled.kind is RunKind.WORKFLOW:
+                    nodes.cancel_active_nodes(conn, run_id, now)
+                elif cancelled.started_at is not None:
                     final.insert(0, ev.step_finished_event(cancelled.target, "cancelled"))
+                if cancelled.started_at is not None:
                     duration_ms = _duration_ms(cancelled.started_at, now)
                     store.set_cancelled_duration(conn, run_id, duration_ms)
                     cancelled = replace(cancelled, duration_ms=duration_ms)
@@ -264,7 +278,14 @@ class RunService:
         if cancelled is None:
             return False, self.get(project, run_id)
         self._events.publish(run_id, published)
+        self._cancel_children(project, run_id)
         return True, cancelled
+
+    def _cancel_children(self, project: Project, run_id: str) -> None:
+        with self._auto.connect() as conn:
+            children = store.active_children(conn, run_id)
+        for child_id in children:
+            self.cancel(project, child_id)
 
     # -- executing (called by workers) ----------------------------------------------------
 
@@ -284,20 +305,22 @@ class RunService:
         """Append events of a running run. False once the run is closed (cancelled)."""
         return bool(self._events.append(run_id, events)) or not events
 
-    def finish(self, run: Run, outcome: Outcome) -> bool:
+    def finish(self, run: Run, outcome: Outcome, *, stop_work: bool = False) -> bool:
         """Write the terminal record in one transaction, then publish the final events.
 
-        False when the attempt no longer owns the run (cancelled, or reclaimed): nothing changes.
+        Task runs end with STEP_FINISHED then RUN_FINISHED/RUN_ERROR; workflow runs (whose steps
+        report themselves) with the terminal event alone. ``stop_work`` raises the cancel flag
+        for whatever of the run still executes. False when the attempt no longer owns the run
+        (cancelled, or reclaimed): nothing changes.
         """
-        first, so_far = self._events.close(run.run_id, 2)
-        now = self._clock()
         status = outcome.status.value
         message = outcome.error.message if outcome.error else None
-        final = _number(
-            [ev.step_finished_event(run.target, status), ev.terminal_event(status, message)],
-            first,
-            now,
-        )
+        closing = [ev.terminal_event(status, message)]
+        if run.kind is RunKind.TASK:
+            closing.insert(0, ev.step_finished_event(run.target, status))
+        first, so_far = self._events.close(run.run_id, len(closing), cancel=stop_work)
+        now = self._clock()
+        final = _number(closing, first, now)
         values = {
             "status": status,
             "output": outcome.output,

@@ -135,7 +135,15 @@ class RecordingDispatcher:
     sent: list[tuple[str, str, str]]
     fail: bool = False
 
-    def dispatch(self, target: str, run_id: str, queue: str) -> None:
+    def dispatch(
+        self,
+        target: str,
+        run_id: str,
+        queue: str,
+        *,
+        node_id: str | None = None,
+        countdown: float | None = None,
+    ) -> None:
         if self.fail:
             raise ConnectionError("broker unreachable")
         self.sent.append((target, run_id, queue))

@@ -48,3 +48,119 @@ def bad_output(ctx: TaskContext) -> Any:
 @task("test/crash")
 def crash(ctx: TaskContext) -> None:
     raise ValueError("boom")
+
+
+# -- workflows -----------------------------------------------------------------------------
+
+from workers.dsl import (  # noqa: E402
+    Retry,
+    branch,
+    parallel,
+    step,
+    wait_for_approval,
+    wait_for_event,
+    when,
+)
+from workers.registry import workflow  # noqa: E402
+
+
+def _flaky(ctx: TaskContext) -> dict[str, Any]:
+    if ctx.attempt < 3:
+        raise RuntimeError(f"flaky attempt {ctx.attempt}")
+    return {"attempts": ctx.attempt}
+
+
+def _spawn_child(ctx: TaskContext) -> dict[str, Any]:
+    return {"child": ctx.start_child("task:echo", {"from": "parent"})}
+
+
+workflow(
+    "test/sequence",
+    steps=[
+        step("one", "echo", input=lambda w: {"n": (w.input or {}).get("n", 1)}),
+        step("two", lambda ctx: {"n": ctx.results["one"]["n"] + 1}),
+        step("three", lambda ctx: {"n": ctx.results["two"]["n"] * 10}),
+    ],
+)
+workflow(
+    "test/parallel-sleeps",
+    steps=[
+        parallel(
+            "both",
+            [
+                step("left", "sleep", input={"seconds": 1}),
+                step("right", "sleep", input={"seconds": 1}),
+            ],
+        )
+    ],
+)
+workflow(
+    "test/race",
+    steps=[
+        parallel(
+            "first",
+            [
+                step("fast", "echo", input={"won": "fast"}),
+                step("slow", "sleep", input={"seconds": 20}),
+            ],
+            strategy="race",
+        )
+    ],
+)
+workflow(
+    "test/all-settled",
+    steps=[
+        parallel(
+            "settle",
+            [step("good", "echo", input={"ok": 1}), step("bad", "fail", input={"message": "no"})],
+            strategy="all_settled",
+        ),
+        step("after", lambda ctx: {"seen": sorted(ctx.results["settle"])}),
+    ],
+)
+workflow(
+    "test/branch",
+    steps=[
+        branch(
+            "pick",
+            lambda w: bool((w.input or {}).get("big")),
+            then=[step("big", "echo", input={"size": "big"})],
+            otherwise=[step("small", "echo", input={"size": "small"})],
+        ),
+        when(
+            "extra",
+            lambda w: bool((w.input or {}).get("extra")),
+            [step("bonus", "echo", input={"b": 1})],
+        ),
+    ],
+    output=lambda w: {"pick": w.results["pick"], "statuses": w.statuses},
+)
+workflow(
+    "test/retry",
+    steps=[step("flaky", _flaky, retry=Retry(max_attempts=3, backoff="fixed", initial_delay=0.1))],
+)
+workflow(
+    "test/failing",
+    steps=[
+        step("ok", "echo", input={}),
+        step("boom", "fail", input={"message": "bad step"}),
+        step("never", "echo"),
+    ],
+)
+workflow(
+    "test/approval",
+    steps=[
+        wait_for_approval("review", timeout=60),
+        step("publish", lambda ctx: {"approved": ctx.results["review"]["approved"]}),
+    ],
+)
+workflow("test/approval-timeout", steps=[wait_for_approval("gate", timeout=1)])
+workflow(
+    "test/event",
+    steps=[
+        wait_for_event("hook", event="payment.received", timeout=60),
+        step("use", lambda ctx: ctx.results["hook"]),
+    ],
+)
+workflow("test/long", steps=[step("nap", "sleep", input={"seconds": 60}), step("after", "echo")])
+workflow("test/child", steps=[step("spawn", _spawn_child)])

@@ -17,7 +17,7 @@ from runs.persistence import migrate
 from runs.persistence.engine import create_engine
 from runs.persistence.tables import metadata
 
-MODEL_TABLES = {"projects", "api_tokens", "definitions", "runs", "run_events"}
+MODEL_TABLES = {"projects", "api_tokens", "definitions", "runs", "run_events", "workflow_nodes"}
 
 
 def schema_diff(database_url: str) -> list[Any]:

@@ -280,13 +280,16 @@ def test_a_stale_attempt_cannot_finish_the_run(
     assert lease_of(conn, run.run_id)[0] == "w"
 
 
-@pytest.mark.parametrize("status", ["pending", "waiting"])
-def test_a_run_that_is_not_running_cannot_be_finished(
-    conn: sa.Connection, project: Project, status: str
-) -> None:
-    run = insert(conn, project, status=status, attempt=1)
+def test_a_pending_run_cannot_be_finished(conn: sa.Connection, project: Project) -> None:
+    run = insert(conn, project, status="pending", attempt=1)
     assert not store.finish_run(conn, run.run_id, 1, finish_values())
     assert store.get_run(conn, run.run_id) == run
+
+
+def test_a_waiting_run_can_be_finished(conn: sa.Connection, project: Project) -> None:
+    """A workflow parked on a wait ends when the wait times out."""
+    run = insert(conn, project, status="waiting", attempt=1)
+    assert store.finish_run(conn, run.run_id, 1, finish_values("failed"))
 
 
 def test_finishing_an_unknown_run_is_false(conn: sa.Connection) -> None:

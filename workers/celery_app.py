@@ -17,6 +17,7 @@ from runs.celery_config import celery_config
 from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
 from runs.settings import Settings
+from workers.engine import WorkflowEngine
 from workers.execute import execute
 from workers.registry import Registry
 from workers.registry import registry as default_registry
@@ -48,8 +49,16 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
 
 
 def _register_job(app: Celery, settings: Settings, registry: Registry, target: str) -> None:
-    def job(run_id: str) -> str:
-        return execute(get_runtime(settings, registry), run_id)
+    if target.startswith("workflow:"):
+
+        def job(run_id: str, node_id: str | None = None) -> str:
+            engine = WorkflowEngine(get_runtime(settings, registry))
+            return engine.advance(run_id) if node_id is None else engine.run_step(run_id, node_id)
+
+    else:
+
+        def job(run_id: str, node_id: str | None = None) -> str:
+            return execute(get_runtime(settings, registry), run_id)
 
     job.__name__ = job.__qualname__ = re.sub(r"\W", "_", target)
     app.task(name=target, typing=False, ignore_result=True)(job)

@@ -41,6 +41,8 @@ class TaskContext:
         input: Any,
         publish: Callable[[Sequence[NewEvent]], None],
         cancel_event: threading.Event | None = None,
+        results: dict[str, Any] | None = None,
+        start_child: Callable[..., str] | None = None,
     ) -> None:
         self.run_id = run_id
         self.project_id = project_id
@@ -49,6 +51,8 @@ class TaskContext:
         self.config = config if config is not None else {}
         self.input = input
         self._publish = publish
+        self.results = results if results is not None else {}  # earlier workflow steps' outputs
+        self._start_child = start_child
         self._cancel = cancel_event or threading.Event()
         self._lines: list[str] = []
         self.artifacts: list[dict[str, Any]] = []
@@ -104,6 +108,14 @@ class TaskContext:
             if value is not None:
                 artifact[key] = value
         self.artifacts.append(artifact)
+
+    def start_child(
+        self, target: str, config: dict[str, Any] | None = None, *, name: str | None = None
+    ) -> str:
+        """Start a task run as a child of this run (``parent_run_id`` set); returns its id."""
+        if self._start_child is None:
+            raise RuntimeError("this context cannot start child runs")
+        return self._start_child(target, config, name)
 
     # -- cancellation ---------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from runs.domain.runs import DEFINITION_ID_PATTERN
 from runs.persistence.store import Definition
+from workers.dsl import Node, Retry, WorkflowDefinition, compile_workflow
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -51,6 +52,7 @@ class TaskDefinition:
 class Registry:
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDefinition] = {}
+        self._workflows: dict[str, WorkflowDefinition] = {}
 
     def task(
         self,
@@ -91,6 +93,35 @@ class Registry:
             )
         self._tasks[definition.id] = definition
 
+    def workflow(
+        self,
+        id: str,
+        steps: Sequence[Node],
+        *,
+        input_model: type[BaseModel] | None = None,
+        output_model: type[BaseModel] | None = None,
+        timeout: float | None = None,
+        retry: Retry | None = None,
+        output: Callable[[Any], Any] | None = None,
+        description: str | None = None,
+    ) -> WorkflowDefinition:
+        """Register ``workflow:<id>``. Tasks its steps name must be registered first."""
+        definition = compile_workflow(
+            id,
+            steps,
+            known_tasks=lambda task_id: task_id in self._tasks,
+            input_model=input_model,
+            output_model=output_model,
+            timeout=timeout,
+            retry=retry,
+            output=output,
+            description=description,
+        )
+        if id in self._workflows:
+            raise DefinitionError(f"workflow {id!r} is defined twice")
+        self._workflows[id] = definition
+        return definition
+
     def resolve(self, target: str) -> TaskDefinition:
         kind, _, definition_id = target.partition(":")
         found = self._tasks.get(definition_id) if kind == "task" else None
@@ -98,11 +129,31 @@ class Registry:
             raise LookupError(f"no definition for target {target!r} in this worker")
         return found
 
+    def resolve_workflow(self, target: str) -> WorkflowDefinition:
+        kind, _, definition_id = target.partition(":")
+        found = self._workflows.get(definition_id) if kind == "workflow" else None
+        if found is None:
+            raise LookupError(f"no definition for target {target!r} in this worker")
+        return found
+
     def targets(self) -> list[str]:
-        return sorted(d.target for d in self._tasks.values())
+        return sorted(
+            [d.target for d in self._tasks.values()] + [w.target for w in self._workflows.values()]
+        )
 
     def catalog_entries(self) -> list[Definition]:
-        return [d.catalog_entry() for d in self._tasks.values()]
+        workflows = [
+            Definition(
+                target=w.target,
+                kind="workflow",
+                name=w.id,
+                description=w.description,
+                input_schema=w.input_model.model_json_schema() if w.input_model else None,
+                output_schema=w.output_model.model_json_schema() if w.output_model else None,
+            )
+            for w in self._workflows.values()
+        ]
+        return [d.catalog_entry() for d in self._tasks.values()] + workflows
 
     def load(self, modules: Iterable[str]) -> None:
         """Import the modules whose import registers definitions into this registry."""
@@ -121,3 +172,4 @@ def _where(fn: Callable[..., Any]) -> str:
 
 registry = Registry()
 task = registry.task
+workflow = registry.workflow

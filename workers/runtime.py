@@ -6,6 +6,7 @@ import os
 import socket
 from dataclasses import dataclass
 
+from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.dispatch import CeleryDispatcher
 from runs.events import RedisEventLog
@@ -13,6 +14,7 @@ from runs.persistence.engine import create_engine
 from runs.routing import Router
 from runs.service import RunService
 from runs.settings import Settings
+from runs.workflow_state import WorkflowState
 from workers.monitor import CancelMonitor
 from workers.registry import Registry
 
@@ -22,6 +24,8 @@ class WorkerRuntime:
     settings: Settings
     registry: Registry
     service: RunService
+    workflows: WorkflowState
+    access: AccessService
     events: RedisEventLog
     monitor: CancelMonitor
     worker_id: str
@@ -44,11 +48,13 @@ def _build(settings: Settings, registry: Registry, pid: int) -> WorkerRuntime:
     events = RedisEventLog.from_url(
         settings.redis_url, ttl_seconds=settings.event_stream_ttl_seconds
     )
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    router = Router(settings.route_table, settings.default_queue)
     service = RunService(
         engine,
-        dispatcher=CeleryDispatcher.from_settings(settings),
+        dispatcher=dispatcher,
         events=events,
-        router=Router(settings.route_table, settings.default_queue),
+        router=router,
         catalog=DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds),
         max_input_bytes=settings.max_input_bytes,
     )
@@ -56,6 +62,10 @@ def _build(settings: Settings, registry: Registry, pid: int) -> WorkerRuntime:
         settings=settings,
         registry=registry,
         service=service,
+        workflows=WorkflowState(
+            engine, runs=service, events=events, dispatcher=dispatcher, router=router
+        ),
+        access=AccessService(engine, cache_seconds=60),
         events=events,
         monitor=CancelMonitor(events, interval=settings.worker_heartbeat_seconds),
         worker_id=f"{socket.gethostname()}:{pid}",

@@ -20,6 +20,7 @@ from runs.persistence.engine import create_engine
 from runs.routing import Router
 from runs.service import RunService
 from runs.settings import Settings
+from runs.workflow_state import WorkflowState
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -31,20 +32,25 @@ def create_app(settings: Settings) -> FastAPI:
         )
         dispatcher = CeleryDispatcher.from_settings(settings)
         catalog = DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds)
+        router = Router(settings.route_table, settings.default_queue)
+        runs = RunService(
+            engine,
+            dispatcher=dispatcher,
+            events=events,
+            router=router,
+            catalog=catalog,
+            max_input_bytes=settings.max_input_bytes,
+        )
         app.state.engine = engine
         app.state.events = events
         app.state.services = Services(
             settings=settings,
-            runs=RunService(
-                engine,
-                dispatcher=dispatcher,
-                events=events,
-                router=Router(settings.route_table, settings.default_queue),
-                catalog=catalog,
-                max_input_bytes=settings.max_input_bytes,
-            ),
+            runs=runs,
             access=AccessService(engine, cache_seconds=settings.auth_cache_seconds),
             catalog=catalog,
+            workflows=WorkflowState(
+                engine, runs=runs, events=events, dispatcher=dispatcher, router=router
+            ),
         )
         try:
             yield

@@ -11,6 +11,7 @@ from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
 from runs.service import RunService
 from runs.settings import Settings
+from runs.workflow_state import WorkflowState
 
 
 @dataclass
@@ -19,6 +20,7 @@ class Services:
     runs: RunService
     access: AccessService
     catalog: DefinitionCatalog
+    workflows: WorkflowState
 
 
 def services(request: Request) -> Services:

@@ -19,6 +19,8 @@ from runs.domain.runs import (
 )
 from runs.persistence.store import RunFilters
 from runs.schemas import (
+    ApprovalIn,
+    ApprovalOut,
     CancelRunOut,
     CreateRunIn,
     CreateRunOut,
@@ -26,6 +28,8 @@ from runs.schemas import (
     RunEventListOut,
     RunListOut,
     RunOut,
+    SignalIn,
+    SignalOut,
     event_to_wire,
     page_info,
     run_to_wire,
@@ -92,6 +96,22 @@ def list_events(
 def cancel_run(run_id: str, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     cancelled, run = svc.runs.cancel(project, run_id)
     return JSONResponse({"cancelled": cancelled, "run": run_to_wire(run)})
+
+
+@router.post("/runs/{run_id}/approvals", response_model=ApprovalOut, tags=["workflows"])
+def approve(run_id: str, body: ApprovalIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
+    """Resume a workflow run parked on ``wait_for_approval(node_id)``."""
+    run = svc.workflows.approve(
+        project, run_id, body.node_id, approved=body.approved, comment=body.comment
+    )
+    return JSONResponse({"run": run_to_wire(run)})
+
+
+@router.post("/runs/{run_id}/signals", response_model=SignalOut, tags=["workflows"])
+def signal(run_id: str, body: SignalIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
+    """Deliver an event to a workflow run parked on ``wait_for_event(event=...)``."""
+    resumed = svc.workflows.signal(project, run_id, body.event, body.payload)
+    return JSONResponse({"resumed": resumed, "run": run_to_wire(svc.runs.get(project, run_id))})
 
 
 @router.get("/projects/{project_reference}/runs", response_model=RunListOut, tags=["runs"])

@@ -258,7 +258,7 @@ _FINISH = (
     runs.update()
     .where(
         runs.c.run_id == sa.bindparam("b_run_id"),
-        runs.c.status == RunStatus.RUNNING.value,
+        runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]),
         runs.c.attempt == sa.bindparam("b_attempt"),
     )
     .values(
@@ -314,6 +314,18 @@ def cancel_run(conn: sa.Connection, run_id: str, values: Mapping[str, Any]) -> R
         .first()
     )
     return run_from_row(row) if row is not None else None
+
+
+def active_children(conn: sa.Connection, run_id: str) -> list[str]:
+    """Runs started by ``run_id`` that have not ended."""
+    return list(
+        conn.execute(
+            sa.select(runs.c.run_id).where(
+                runs.c.parent_run_id == run_id,
+                runs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
+            )
+        ).scalars()
+    )
 
 
 def set_cancelled_duration(conn: sa.Connection, run_id: str, duration_ms: int) -> None:

@@ -146,3 +146,27 @@ run_events = sa.Table(
     sa.Column("payload", JSONType, nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
+
+# The nodes of workflow runs: their state is the engine's only memory between jobs.
+workflow_nodes = sa.Table(
+    "workflow_nodes",
+    metadata,
+    sa.Column(
+        "run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("node_id", sa.String(200), primary_key=True),
+    sa.Column("position", sa.Integer(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("arm", sa.String(16), nullable=True),
+    sa.Column("output", JSONType, nullable=True),
+    sa.Column("error", JSONType, nullable=True),
+    sa.Column("logs", sa.Text(), nullable=True),
+    sa.Column("wait_event", sa.String(200), nullable=True),
+    sa.Column("deadline", UTCDateTime(), nullable=True),
+    sa.Column("lease_owner", sa.String(200), nullable=True),
+    sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
+    sa.Column("started_at", UTCDateTime(), nullable=True),
+    sa.Column("completed_at", UTCDateTime(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,149 @@
+"""Store functions for workflow nodes: conditional transitions, never read-modify-write."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from runs.domain.runs import RunStatus
+from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
+from runs.persistence.tables import runs, workflow_nodes
+
+_NODE_FIELDS = (
+    "run_id",
+    "node_id",
+    "position",
+    "status",
+    "attempt",
+    "arm",
+    "output",
+    "error",
+    "logs",
+    "wait_event",
+    "deadline",
+    "started_at",
+    "completed_at",
+)
+
+
+def _record(row: Mapping[Any, Any]) -> NodeRecord:
+    data = {k: row[k] for k in _NODE_FIELDS}
+    data["status"] = NodeStatus(data["status"])
+    return NodeRecord(**data)
+
+
+def insert_nodes(conn: sa.Connection, run_id: str, node_ids: Sequence[str], now: datetime) -> bool:
+    """Create the nodes of a run once; False when they exist already."""
+    exists = conn.execute(
+        sa.select(sa.func.count()).where(workflow_nodes.c.run_id == run_id)
+    ).scalar_one()
+    if exists:
+        return False
+    conn.execute(
+        workflow_nodes.insert(),
+        [
+            {
+                "run_id": run_id,
+                "node_id": node_id,
+                "position": i,
+                "status": NodeStatus.PENDING.value,
+                "attempt": 0,
+                "updated_at": now,
+            }
+            for i, node_id in enumerate(node_ids)
+        ],
+    )
+    return True
+
+
+def get_nodes(conn: sa.Connection, run_id: str) -> dict[str, NodeRecord]:
+    rows = conn.execute(
+        workflow_nodes.select()
+        .where(workflow_nodes.c.run_id == run_id)
+        .order_by(workflow_nodes.c.position)
+    ).mappings()
+    return {r["node_id"]: _record(r) for r in rows}
+
+
+def transition(
+    conn: sa.Connection,
+    run_id: str,
+    node_id: str,
+    from_statuses: Iterable[NodeStatus],
+    values: Mapping[str, Any],
+    *,
+    attempt: int | None = None,
+) -> bool:
+    """Move one node out of ``from_statuses`` (and ``attempt``, when given). True if it moved."""
+    query = workflow_nodes.update().where(
+        workflow_nodes.c.run_id == run_id,
+        workflow_nodes.c.node_id == node_id,
+        workflow_nodes.c.status.in_([s.value for s in from_statuses]),
+    )
+    if attempt is not None:
+        query = query.where(workflow_nodes.c.attempt == attempt)
+    values = {k: (v.value if isinstance(v, NodeStatus) else v) for k, v in values.items()}
+    return conn.execute(query.values(**values)).rowcount == 1
+
+
+def claim_node(
+    conn: sa.Connection, run_id: str, node_id: str, *, now: datetime, worker: str
+) -> NodeRecord | None:
+    """queued -> running with one attempt more; ``None`` when it is not queued."""
+    row = (
+        conn.execute(
+            workflow_nodes.update()
+            .where(
+                workflow_nodes.c.run_id == run_id,
+                workflow_nodes.c.node_id == node_id,
+                workflow_nodes.c.status == NodeStatus.QUEUED.value,
+            )
+            .values(
+                status=NodeStatus.RUNNING.value,
+                attempt=workflow_nodes.c.attempt + 1,
+                started_at=sa.func.coalesce(workflow_nodes.c.started_at, now),
+                lease_owner=worker,
+                updated_at=now,
+            )
+            .returning(*workflow_nodes.c)
+        )
+        .mappings()
+        .first()
+    )
+    return _record(row) if row is not None else None
+
+
+def cancel_active_nodes(conn: sa.Connection, run_id: str, now: datetime) -> None:
+    """Every node that has not ended ends: active ones cancelled, pending ones skipped."""
+    conn.execute(
+        workflow_nodes.update()
+        .where(
+            workflow_nodes.c.run_id == run_id,
+            workflow_nodes.c.status.in_([s.value for s in NODE_ACTIVE]),
+        )
+        .values(status=NodeStatus.CANCELLED.value, completed_at=now, updated_at=now)
+    )
+    conn.execute(
+        workflow_nodes.update()
+        .where(
+            workflow_nodes.c.run_id == run_id,
+            workflow_nodes.c.status == NodeStatus.PENDING.value,
+        )
+        .values(status=NodeStatus.SKIPPED.value, completed_at=now, updated_at=now)
+    )
+
+
+def set_run_waiting(conn: sa.Connection, run_id: str, reason: str | None, now: datetime) -> bool:
+    """running <-> waiting, with the reason while waiting (``None`` resumes)."""
+    source, target = (
+        (RunStatus.RUNNING, RunStatus.WAITING) if reason else (RunStatus.WAITING, RunStatus.RUNNING)
+    )
+    result = conn.execute(
+        runs.update()
+        .where(runs.c.run_id == run_id, runs.c.status == source.value)
+        .values(status=target.value, waiting_reason=reason, updated_at=now)
+    )
+    return result.rowcount == 1

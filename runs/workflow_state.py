@@ -1,0 +1,184 @@
+"""Use cases on workflow nodes: create, read, move, and resume waits (approvals, signals).
+
+The engine (workers) plans; this module owns the node transactions and their events, and
+the API uses it to resume parked runs, after which a job re-plans the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from runs.domain.clock import utcnow
+from runs.domain.errors import Conflict
+from runs.domain.events import STEP_FINISHED, STEP_STARTED, NewEvent
+from runs.domain.projects import Project
+from runs.domain.runs import Run, RunKind, RunStatus
+from runs.domain.workflows import NodeRecord, NodeStatus
+from runs.persistence import nodes
+from runs.persistence.engine import autocommit
+from runs.ports import Dispatcher, EventLog
+from runs.routing import Router
+from runs.service import RunService
+
+
+def step_event(event_type: str, node_id: str, status: str, attempt: int, **extra: Any) -> NewEvent:
+    payload = {"type": event_type, "stepName": node_id, "status": status, "attempt": attempt}
+    return NewEvent(event_type, {**payload, **extra})
+
+
+class WorkflowState:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        runs: RunService,
+        events: EventLog,
+        dispatcher: Dispatcher,
+        router: Router,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._auto = autocommit(engine)
+        self._runs = runs
+        self._events = events
+        self._dispatcher = dispatcher
+        self._router = router
+        self._clock = clock
+
+    # -- for the engine -------------------------------------------------------------------
+
+    def create(self, run_id: str, node_ids: Sequence[str]) -> None:
+        with self._engine.begin() as conn:
+            nodes.insert_nodes(conn, run_id, node_ids, self._clock())
+
+    def nodes(self, run_id: str) -> dict[str, NodeRecord]:
+        with self._auto.connect() as conn:
+            return nodes.get_nodes(conn, run_id)
+
+    def move(
+        self,
+        run_id: str,
+        node_id: str,
+        from_statuses: Iterable[NodeStatus],
+        values: Mapping[str, Any],
+        *,
+        attempt: int | None = None,
+        event: NewEvent | None = None,
+    ) -> bool:
+        """Conditionally move a node; emit ``event`` only when this call moved it."""
+        with self._auto.connect() as conn:
+            moved = nodes.transition(
+                conn,
+                run_id,
+                node_id,
+                from_statuses,
+                {"updated_at": self._clock(), **values},
+                attempt=attempt,
+            )
+        if moved and event is not None:
+            self._events.append(run_id, [event])
+        return moved
+
+    def claim(self, run_id: str, node_id: str, *, worker: str) -> NodeRecord | None:
+        with self._auto.connect() as conn:
+            return nodes.claim_node(conn, run_id, node_id, now=self._clock(), worker=worker)
+
+    def end_nodes(self, run_id: str) -> None:
+        """After the run ended: nothing of it is left active."""
+        with self._engine.begin() as conn:
+            nodes.cancel_active_nodes(conn, run_id, self._clock())
+
+    def set_waiting(self, run_id: str, reason: str | None) -> bool:
+        with self._auto.connect() as conn:
+            return nodes.set_run_waiting(conn, run_id, reason, self._clock())
+
+    def dispatch(
+        self,
+        run: Run,
+        *,
+        node_id: str | None = None,
+        countdown: float | None = None,
+    ) -> None:
+        self._dispatcher.dispatch(
+            run.target, run.run_id, run.queue, node_id=node_id, countdown=countdown
+        )
+
+    # -- for the API ----------------------------------------------------------------------
+
+    def approve(
+        self, project: Project, run_id: str, node_id: str, *, approved: bool, comment: str | None
+    ) -> Run:
+        run, node = self._waiting_node(project, run_id, node_id)
+        if node.wait_event is not None:
+            raise Conflict(
+                f"node {node_id!r} waits for the event {node.wait_event!r}, not an approval; "
+                "send it to /signals",
+                field="node_id",
+            )
+        now = self._clock()
+        if approved:
+            values: dict[str, Any] = {
+                "status": NodeStatus.COMPLETED,
+                "output": {"approved": True, "comment": comment},
+            }
+        else:
+            values = {
+                "status": NodeStatus.FAILED,
+                "error": {
+                    "message": f"approval {node_id!r} was rejected"
+                    + (f": {comment}" if comment else ""),
+                    "code": "rejected",
+                },
+            }
+        status = values["status"].value
+        self._resume(run, node, {**values, "completed_at": now}, status)
+        return self._runs.get(project, run_id)
+
+    def signal(self, project: Project, run_id: str, event: str, payload: Any) -> list[str]:
+        """Complete every node of the run waiting for ``event``; returns their ids."""
+        run = self._runs.get(project, run_id)
+        waiting = [
+            n
+            for n in self.nodes(run_id).values()
+            if n.status is NodeStatus.WAITING and n.wait_event == event
+        ]
+        if run.kind is not RunKind.WORKFLOW or not waiting:
+            raise Conflict(f"run {run_id!r} is not waiting for the event {event!r}", field="event")
+        now = self._clock()
+        resumed = []
+        for node in waiting:
+            values = {"status": NodeStatus.COMPLETED, "output": payload, "completed_at": now}
+            if self._resume(run, node, values, "completed"):
+                resumed.append(node.node_id)
+        return resumed
+
+    def _waiting_node(self, project: Project, run_id: str, node_id: str) -> tuple[Run, NodeRecord]:
+        run = self._runs.get(project, run_id)
+        node = self.nodes(run_id).get(node_id) if run.kind is RunKind.WORKFLOW else None
+        if (
+            run.status is not RunStatus.WAITING
+            or node is None
+            or node.status is not NodeStatus.WAITING
+        ):
+            raise Conflict(f"run {run_id!r} is not waiting at node {node_id!r}", field="node_id")
+        return run, node
+
+    def _resume(self, run: Run, node: NodeRecord, values: Mapping[str, Any], status: str) -> bool:
+        moved = self.move(
+            run.run_id,
+            node.node_id,
+            [NodeStatus.WAITING],
+            values,
+            event=step_event(STEP_FINISHED, node.node_id, status, node.attempt),
+        )
+        if moved:
+            self.set_waiting(run.run_id, None)
+            self.dispatch(run)  # the engine re-plans the run
+        return moved
+
+
+__all__ = ["STEP_FINISHED", "STEP_STARTED", "WorkflowState", "step_event"]
