@@ -16,6 +16,7 @@ from runs.dispatch import CeleryDispatcher
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunKind, RunRequest, RunStatus
 from runs.events import RedisEventLog
+from runs.persistence.store import RunFilters
 from runs.routing import Router
 from runs.service import RunService
 from runs.workflow_state import WorkflowState
@@ -121,3 +122,153 @@ def test_the_demo_pipeline_completes(live: RunService, project: Project) -> None
     done = wait_status(live, project, run.run_id, TERMINAL)
     assert done.status is RunStatus.COMPLETED and done.output == {"summary": "3 words"}
     assert done.logs is not None and done.logs.startswith("[analyze] INFO counting words")
+
+
+def node_statuses(waits: WorkflowState, run_id: str) -> dict[str, str]:
+    return {k: v.status.value for k, v in waits.nodes(run_id).items()}
+
+
+def test_parallel_steps_run_at_the_same_time_on_two_workers(
+    live: RunService, project: Project, waits: WorkflowState
+) -> None:
+    run = start(live, project, "test/parallel-sleeps")
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED, done.error
+    nodes = waits.nodes(run.run_id)
+    left, right = nodes["left"], nodes["right"]
+    assert left.started_at and right.started_at and left.completed_at and right.completed_at
+    overlap = min(left.completed_at, right.completed_at) - max(left.started_at, right.started_at)
+    assert overlap.total_seconds() > 0.5, "the two 1-second steps did not overlap"
+    assert done.output == {"left": {"slept": 1.0}, "right": {"slept": 1.0}}
+
+
+def test_a_race_takes_the_first_result_and_cancels_the_rest(
+    live: RunService, project: Project, waits: WorkflowState
+) -> None:
+    run = start(live, project, "test/race")
+    done = wait_status(live, project, run.run_id, TERMINAL, timeout=15)
+    assert done.status is RunStatus.COMPLETED and done.output == {"won": "fast"}
+    statuses = node_statuses(waits, run.run_id)
+    assert statuses["fast"] == "completed" and statuses["slow"] in ("cancelled", "skipped")
+
+
+def test_all_settled_reports_every_outcome_and_does_not_fail_the_run(
+    live: RunService, project: Project
+) -> None:
+    run = start(live, project, "test/all-settled")
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED, done.error
+    assert done.output == {"seen": ["bad", "good"]}
+
+
+@pytest.mark.parametrize(
+    ("big", "taken", "skipped"), [(True, "big", "small"), (False, "small", "big")]
+)
+def test_a_branch_runs_one_arm_and_skips_the_other(
+    live: RunService, project: Project, waits: WorkflowState, big: bool, taken: str, skipped: str
+) -> None:
+    run = start(live, project, "test/branch", {"big": big})
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED, done.error
+    assert done.output["pick"] == {"size": taken}
+    statuses = node_statuses(waits, run.run_id)
+    assert statuses[taken] == "completed" and statuses[skipped] == "skipped"
+    assert statuses["bonus"] == "skipped" and statuses["extra"] == "completed"
+
+
+def test_a_step_is_retried_until_it_succeeds(live: RunService, project: Project) -> None:
+    run = start(live, project, "test/retry")
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED and done.output == {"attempts": 3}
+    finished = [p for t, p in events(live, project, run.run_id) if t == "STEP_FINISHED"]
+    assert [(p["status"], p["attempt"]) for p in finished] == [
+        ("failed", 1),
+        ("failed", 2),
+        ("completed", 3),
+    ]
+
+
+def test_a_failed_step_fails_the_run_and_names_the_node(
+    live: RunService, project: Project, waits: WorkflowState
+) -> None:
+    run = start(live, project, "test/failing")
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.FAILED and done.error is not None
+    assert "boom" in done.error["message"] and done.error["detail"]["node_id"] == "boom"
+    assert node_statuses(waits, run.run_id)["never"] == "skipped"
+    assert events(live, project, run.run_id)[-1][0] == "RUN_ERROR"
+
+
+def test_an_approval_resumes_a_waiting_run(
+    live: RunService, project: Project, waits: WorkflowState
+) -> None:
+    run = start(live, project, "test/approval")
+    parked = wait_status(live, project, run.run_id, {RunStatus.WAITING})
+    assert parked.waiting_reason == "approval:review"
+    waits.approve(project, run.run_id, "review", approved=True, comment="fine")
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED and done.output == {"approved": True}
+
+
+def test_a_rejected_approval_fails_the_run(
+    live: RunService, project: Project, waits: WorkflowState
+) -> None:
+    run = start(live, project, "test/approval")
+    wait_status(live, project, run.run_id, {RunStatus.WAITING})
+    waits.approve(project, run.run_id, "review", approved=False, comment="no")
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.FAILED and done.error is not None
+    assert done.error["code"] == "rejected"
+
+
+def test_a_signal_resumes_a_run_waiting_for_that_event(
+    live: RunService, project: Project, waits: WorkflowState
+) -> None:
+    run = start(live, project, "test/event")
+    parked = wait_status(live, project, run.run_id, {RunStatus.WAITING})
+    assert parked.waiting_reason == "event:payment.received:hook"
+    from runs.domain.errors import Conflict
+
+    with pytest.raises(Conflict):
+        waits.signal(project, run.run_id, "other.event", {})
+    assert waits.signal(project, run.run_id, "payment.received", {"amount": 5}) == ["hook"]
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED and done.output == {"amount": 5}
+
+
+def test_a_wait_that_times_out_fails_the_run(live: RunService, project: Project) -> None:
+    run = start(live, project, "test/approval-timeout")
+    done = wait_status(live, project, run.run_id, TERMINAL, timeout=15)
+    assert done.status is RunStatus.FAILED and done.error is not None
+    assert done.error["code"] == "timeout"
+
+
+def test_cancelling_a_workflow_stops_its_running_step(
+    live: RunService, project: Project, waits: WorkflowState
+) -> None:
+    run = start(live, project, "test/long")
+    deadline = time.monotonic() + 15
+    while node_statuses(waits, run.run_id).get("nap") != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    cancelled, after = live.cancel(project, run.run_id)
+    assert cancelled and after.status is RunStatus.CANCELLED
+    assert node_statuses(waits, run.run_id) == {"nap": "cancelled", "after": "skipped"}
+    time.sleep(1.0)
+    assert live.get(project, run.run_id).status is RunStatus.CANCELLED
+    assert events(live, project, run.run_id)[-1][0] == "RUN_ERROR"
+
+
+def test_a_step_can_start_a_child_run_that_lists_under_its_parent(
+    live: RunService, project: Project
+) -> None:
+    run = start(live, project, "test/child")
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED, done.error
+    child_id = done.output["child"]
+    child = wait_status(live, project, child_id, TERMINAL)
+    assert child.parent_run_id == run.run_id and child.root_run_id == run.run_id
+    children = live.list(project, RunFilters(parent_run_id=run.run_id), cursor=None, limit=10)
+    assert [c.run_id for c in children.items] == [child_id]
+    roots = live.list(project, RunFilters(root_only=True), cursor=None, limit=10)
+    assert child_id not in [r.run_id for r in roots.items]
