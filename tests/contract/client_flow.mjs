@@ -367,6 +367,39 @@ async function main() {
     });
     return { checks };
   });
+
+  // h. a workflow run: createWorkflowRun -> poll -> events
+  await step("h", async () => {
+    const res = await client.createWorkflowRun({
+      projectId,
+      workflowId: "demo-pipeline",
+      target: "workflow:demo-pipeline",
+      input: { text: "one two three" },
+      startMode: "manual",
+    });
+    check(res.accepted === true, "accepted is not true");
+    check(res.run.kind === "workflow", `run.kind is ${res.run.kind}, expected workflow`);
+    check(res.run.workflow_id === "demo-pipeline", `workflow_id is ${res.run.workflow_id}`);
+    const { run, seen } = await pollUntil(res.run.run_id, (r) => TERMINAL.has(r.status));
+    check(run.status === "completed", `workflow ended ${run.status}`, { statuses_seen: seen, error: run.error });
+    check(isDeepStrictEqual(run.input, { text: "one two three" }), "run.input does not echo the request");
+    const events = [];
+    let afterEventId;
+    for (let page = 0; page < 50; page++) {
+      const list = await client.events(run.run_id, { afterEventId, limit: 3 });
+      events.push(...list.data);
+      if (list.page_info.next === null) break;
+      afterEventId = list.data.at(-1).event_id;
+    }
+    const types = events.map((e) => e.event_type);
+    check(types[0] === "RUN_STARTED", `first event is ${types[0]}`, { types });
+    check(types.at(-1) === "RUN_FINISHED", `last event is ${types.at(-1)}`, { types });
+    const stepNames = events.filter((e) => e.event_type === "STEP_FINISHED").map((e) => e.payload.stepName);
+    check(isDeepStrictEqual(stepNames, ["fetch", "analyze", "summarize"]), "steps did not finish in order", {
+      stepNames,
+    });
+    return { run_id: run.run_id, output: run.output, event_types: types };
+  });
 }
 
 try {
