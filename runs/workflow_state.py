@@ -7,7 +7,7 @@ the API uses it to resume parked runs, after which a job re-plans the run.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -83,9 +83,33 @@ class WorkflowState:
             self._events.append(run_id, [event])
         return moved
 
-    def claim(self, run_id: str, node_id: str, *, worker: str) -> NodeRecord | None:
+    def claim(
+        self, run_id: str, node_id: str, *, worker: str, lease_seconds: float, reclaim: bool = False
+    ) -> NodeRecord | None:
+        """Take a queued node (or, with ``reclaim``, one whose worker's lease expired)."""
+        now = self._clock()
         with self._auto.connect() as conn:
-            return nodes.claim_node(conn, run_id, node_id, now=self._clock(), worker=worker)
+            return nodes.claim_node(
+                conn,
+                run_id,
+                node_id,
+                now=now,
+                worker=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                reclaim=reclaim,
+            )
+
+    def renew(self, run_id: str, node_id: str, attempt: int, lease_seconds: float) -> bool:
+        with self._auto.connect() as conn:
+            return nodes.renew_node_lease(
+                conn, run_id, node_id, attempt, self._clock() + timedelta(seconds=lease_seconds)
+            )
+
+    def lease_left(self, run_id: str, node_id: str) -> float:
+        """Seconds until a running node's lease expires (0 when it has)."""
+        with self._auto.connect() as conn:
+            until = nodes.lease_of(conn, run_id, node_id)
+        return max(0.0, (until - self._clock()).total_seconds()) if until else 0.0
 
     def end_nodes(self, run_id: str) -> None:
         """After the run ended: nothing of it is left active."""

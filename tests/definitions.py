@@ -164,3 +164,11 @@ workflow(
 )
 workflow("test/long", steps=[step("nap", "sleep", input={"seconds": 60}), step("after", "echo")])
 workflow("test/child", steps=[step("spawn", _spawn_child)])
+workflow(
+    "test/crashable",
+    steps=[
+        step("before", "echo", input={"x": 1}),
+        step("slow", "sleep", input={"seconds": 3}, retry=Retry(max_attempts=2, initial_delay=0.1)),
+        step("after", "echo", input={"y": 2}),
+    ],
+)

@@ -68,6 +68,8 @@ class WorkflowEngine:
                 run, FinishRun("failed", error={"message": str(exc), "code": "unknown_target"}), {}
             )
             return "failed: unknown target"
+        if not self._state.nodes(run.run_id):  # a job died between claiming and creating them
+            self._state.create(run.run_id, list(definition.nodes))
         return self._plan_until_still(run, definition)
 
     def _start(self, run: Run) -> Run | None:
@@ -301,15 +303,38 @@ class WorkflowEngine:
         if run is None or run.status.is_terminal:
             return "skipped: run ended"
         definition = self._rt.registry.resolve_workflow(run.target)
-        node = self._state.claim(run_id, node_id, worker=self._rt.worker_id)
-        if node is None:
-            return "skipped: node not queued"
         step = definition.nodes[node_id].node
         assert isinstance(step, Step)
+        lease = self._rt.settings.worker_lease_seconds
+        claim = self._state.claim
+        node = claim(run_id, node_id, worker=self._rt.worker_id, lease_seconds=lease)
+        if node is None:
+            # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
+            node = claim(
+                run_id, node_id, worker=self._rt.worker_id, lease_seconds=lease, reclaim=True
+            )
+            if node is None:
+                left = self._state.lease_left(run_id, node_id)
+                if left > 0:
+                    self._state.dispatch(run, node_id=node_id, countdown=left + 0.2)
+                    return "deferred: the node's lease is still held"
+                return "skipped: node not queued"
+            retry = step.retry or definition.retry
+            if node.attempt > (retry.max_attempts if retry else 1):
+                lost = Outcome(
+                    RunStatus.FAILED,
+                    error=RunError(
+                        f"the worker running step {node_id!r} was lost", code="worker_lost"
+                    ),
+                    exit_code=1,
+                )
+                self._record(run, definition, step, node, lost, retry_allowed=False)
+                return self.advance(run_id)
         self._runs.emit(run_id, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
         nodes = self._state.nodes(run_id)
         wctx = context_for(run_id, run.input, nodes)
-        outcome = self._execute(run, step, node, wctx)
+        with _LeaseKeeper(self._state, node, lease):
+            outcome = self._execute(run, step, node, wctx)
         self._record(run, definition, step, node, outcome)
         return self.advance(run_id)
 
@@ -375,6 +400,8 @@ class WorkflowEngine:
         step: Step,
         node: NodeRecord,
         outcome: Outcome,
+        *,
+        retry_allowed: bool = True,
     ) -> None:
         logs = "\n".join(x for x in (node.logs, outcome.logs) if x) or None
         if outcome.status is RunStatus.COMPLETED:
@@ -394,7 +421,7 @@ class WorkflowEngine:
             )
             return
         error = outcome.error.to_json() if outcome.error else {"message": "step failed"}
-        retry = step.retry or definition.retry
+        retry = (step.retry or definition.retry) if retry_allowed else None
         if (
             outcome.status is RunStatus.FAILED
             and retry is not None
@@ -448,6 +475,33 @@ class WorkflowEngine:
             ),
         )
         return child.run_id
+
+
+class _LeaseKeeper:
+    """Renews a running node's lease every third of its length while the step runs."""
+
+    def __init__(self, state: Any, node: NodeRecord, lease_seconds: float) -> None:
+        self._state = state
+        self._node = node
+        self._lease = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runs-node-lease", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            try:
+                self._state.renew(
+                    self._node.run_id, self._node.node_id, self._node.attempt, self._lease
+                )
+            except Exception:
+                log.warning("could not renew the lease of %s", self._node.node_id, exc_info=True)
 
 
 def _joined_logs(nodes: dict[str, NodeRecord]) -> str | None:

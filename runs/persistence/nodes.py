@@ -90,22 +90,36 @@ def transition(
 
 
 def claim_node(
-    conn: sa.Connection, run_id: str, node_id: str, *, now: datetime, worker: str
+    conn: sa.Connection,
+    run_id: str,
+    node_id: str,
+    *,
+    now: datetime,
+    worker: str,
+    lease_until: datetime,
+    reclaim: bool = False,
 ) -> NodeRecord | None:
-    """queued -> running with one attempt more; ``None`` when it is not queued."""
+    """queued -> running with one attempt more; with ``reclaim``, running whose lease expired
+    (its worker died) -> running with one attempt more. ``None`` when neither holds."""
+    if reclaim:
+        condition = sa.and_(
+            workflow_nodes.c.status == NodeStatus.RUNNING.value,
+            workflow_nodes.c.lease_expires_at < now,
+        )
+    else:
+        condition = workflow_nodes.c.status == NodeStatus.QUEUED.value
     row = (
         conn.execute(
             workflow_nodes.update()
             .where(
-                workflow_nodes.c.run_id == run_id,
-                workflow_nodes.c.node_id == node_id,
-                workflow_nodes.c.status == NodeStatus.QUEUED.value,
+                workflow_nodes.c.run_id == run_id, workflow_nodes.c.node_id == node_id, condition
             )
             .values(
                 status=NodeStatus.RUNNING.value,
                 attempt=workflow_nodes.c.attempt + 1,
                 started_at=sa.func.coalesce(workflow_nodes.c.started_at, now),
                 lease_owner=worker,
+                lease_expires_at=lease_until,
                 updated_at=now,
             )
             .returning(*workflow_nodes.c)
@@ -114,6 +128,30 @@ def claim_node(
         .first()
     )
     return _record(row) if row is not None else None
+
+
+def renew_node_lease(
+    conn: sa.Connection, run_id: str, node_id: str, attempt: int, lease_until: datetime
+) -> bool:
+    result = conn.execute(
+        workflow_nodes.update()
+        .where(
+            workflow_nodes.c.run_id == run_id,
+            workflow_nodes.c.node_id == node_id,
+            workflow_nodes.c.status == NodeStatus.RUNNING.value,
+            workflow_nodes.c.attempt == attempt,
+        )
+        .values(lease_expires_at=lease_until)
+    )
+    return result.rowcount == 1
+
+
+def lease_of(conn: sa.Connection, run_id: str, node_id: str) -> datetime | None:
+    return conn.execute(
+        sa.select(workflow_nodes.c.lease_expires_at).where(
+            workflow_nodes.c.run_id == run_id, workflow_nodes.c.node_id == node_id
+        )
+    ).scalar_one_or_none()
 
 
 def cancel_active_nodes(conn: sa.Connection, run_id: str, now: datetime) -> None:
