@@ -22,6 +22,7 @@ from workers.execute import execute
 from workers.registry import Registry
 from workers.registry import registry as default_registry
 from workers.runtime import get_runtime
+from workers.steps import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +53,11 @@ def _register_job(app: Celery, settings: Settings, registry: Registry, target: s
     if target.startswith("workflow:"):
 
         def job(run_id: str, node_id: str | None = None) -> str:
-            engine = WorkflowEngine(get_runtime(settings, registry))
-            return engine.advance(run_id) if node_id is None else engine.run_step(run_id, node_id)
+            runtime = get_runtime(settings, registry)
+            engine = WorkflowEngine(runtime)
+            if node_id is None:
+                return engine.advance(run_id)
+            return StepRunner(runtime, engine.advance).run(run_id, node_id)
 
     else:
 

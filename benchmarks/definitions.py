@@ -1,0 +1,23 @@
+"""Workflows the workflow benchmark runs (RUNS_DEFINITIONS includes this module)."""
+
+from __future__ import annotations
+
+from workers.context import TaskContext
+from workers.dsl import parallel, step
+from workers.registry import workflow
+
+
+def _noop(ctx: TaskContext) -> None:
+    return None
+
+
+workflow("bench/seq20", steps=[step(f"s{i:02d}", _noop) for i in range(20)])
+workflow(
+    "bench/parallel-1s",
+    steps=[
+        parallel(
+            "both",
+            [step("a", "sleep", input={"seconds": 1}), step("b", "sleep", input={"seconds": 1})],
+        )
+    ],
+)

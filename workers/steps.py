@@ -1,0 +1,236 @@
+"""Running one workflow step: claim its node (or take it over from a dead worker), call the
+task, record the outcome with a retry when the policy allows, then re-plan the run."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from runs.domain.clock import utcnow
+from runs.domain.events import STEP_FINISHED, STEP_STARTED
+from runs.domain.runs import Outcome, Run, RunError, RunKind, RunRequest, RunStatus
+from runs.domain.workflows import NodeRecord, NodeStatus
+from runs.workflow_state import WorkflowState, step_event
+from workers.adapters import run_in_process
+from workers.context import TaskContext
+from workers.dsl import Step, WorkflowDefinition
+from workers.registry import TaskDefinition
+from workers.runtime import WorkerRuntime
+from workers.workflows import WorkflowContext, context_for
+
+log = logging.getLogger(__name__)
+
+
+class StepRunner:
+    def __init__(self, runtime: WorkerRuntime, advance: Callable[[str], str]) -> None:
+        self._rt = runtime
+        self._runs = runtime.service
+        self._state = runtime.workflows
+        self._advance = advance
+
+    def run(self, run_id: str, node_id: str) -> str:
+        run = self._runs.load(run_id)
+        if run is None or run.status.is_terminal:
+            return "skipped: run ended"
+        definition = self._rt.registry.resolve_workflow(run.target)
+        step = definition.nodes[node_id].node
+        assert isinstance(step, Step)
+        lease = self._rt.settings.worker_lease_seconds
+        claim = self._state.claim
+        node = claim(run_id, node_id, worker=self._rt.worker_id, lease_seconds=lease)
+        if node is None:
+            # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
+            node = claim(
+                run_id, node_id, worker=self._rt.worker_id, lease_seconds=lease, reclaim=True
+            )
+            if node is None:
+                left = self._state.lease_left(run_id, node_id)
+                if left > 0:
+                    self._state.dispatch(run, node_id=node_id, countdown=left + 0.2)
+                    return "deferred: the node's lease is still held"
+                return "skipped: node not queued"
+            retry = step.retry or definition.retry
+            if node.attempt > (retry.max_attempts if retry else 1):
+                lost = Outcome(
+                    RunStatus.FAILED,
+                    error=RunError(
+                        f"the worker running step {node_id!r} was lost", code="worker_lost"
+                    ),
+                    exit_code=1,
+                )
+                self._record(run, definition, step, node, lost, retry_allowed=False)
+                return self._advance(run_id)
+        self._runs.emit(run_id, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
+        nodes = self._state.nodes(run_id)
+        wctx = context_for(run_id, run.input, nodes)
+        with _LeaseKeeper(self._state, node, lease):
+            outcome = self._execute(run, step, node, wctx)
+        self._record(run, definition, step, node, outcome)
+        return self._advance(run_id)
+
+    def _execute(self, run: Run, step: Step, node: NodeRecord, wctx: WorkflowContext) -> Outcome:
+        try:
+            config = step.input(wctx) if callable(step.input) else step.input
+        except Exception as exc:
+            return Outcome(
+                RunStatus.FAILED,
+                error=RunError(f"step input raised: {exc}", code="invalid_input"),
+                exit_code=1,
+            )
+        definition = (
+            self._rt.registry.resolve(f"task:{step.task}")
+            if step.task is not None
+            else TaskDefinition(id=step.id, fn=step.fn)  # type: ignore[arg-type]
+        )
+        flag = threading.Event()
+        timed_out = threading.Event()
+        ctx = TaskContext(
+            run_id=run.run_id,
+            project_id=run.project_id,
+            target=run.target,
+            attempt=node.attempt,
+            config=config,
+            input=run.input,
+            publish=lambda events: None if self._runs.emit(run.run_id, events) else flag.set(),
+            cancel_event=flag,
+            results=dict(wctx.results),
+            start_child=lambda target, cfg, name: self._start_child(run, target, cfg, name),
+        )
+        timer = None
+        if step.timeout:
+
+            def expire() -> None:
+                timed_out.set()
+                flag.set()
+
+            timer = threading.Timer(step.timeout, expire)
+            timer.daemon = True
+            timer.start()
+        try:
+            with self._rt.monitor.watch(f"{run.run_id}", flag):
+                outcome = run_in_process(definition, ctx)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        if timed_out.is_set() and outcome.status is not RunStatus.COMPLETED:
+            outcome = Outcome(
+                RunStatus.FAILED,
+                error=RunError(
+                    f"step {step.id!r} timed out after {step.timeout} s", code="timeout"
+                ),
+                logs=outcome.logs,
+                exit_code=1,
+            )
+        return outcome
+
+    def _record(
+        self,
+        run: Run,
+        definition: WorkflowDefinition,
+        step: Step,
+        node: NodeRecord,
+        outcome: Outcome,
+        *,
+        retry_allowed: bool = True,
+    ) -> None:
+        logs = "\n".join(x for x in (node.logs, outcome.logs) if x) or None
+        if outcome.status is RunStatus.COMPLETED:
+            self._state.move(
+                run.run_id,
+                node.node_id,
+                [NodeStatus.RUNNING],
+                {
+                    "status": NodeStatus.COMPLETED,
+                    "output": outcome.output,
+                    "logs": logs,
+                    "error": None,
+                    "completed_at": utcnow(),
+                },
+                attempt=node.attempt,
+                event=step_event(STEP_FINISHED, node.node_id, "completed", node.attempt),
+            )
+            return
+        error = outcome.error.to_json() if outcome.error else {"message": "step failed"}
+        retry = (step.retry or definition.retry) if retry_allowed else None
+        if (
+            outcome.status is RunStatus.FAILED
+            and retry is not None
+            and node.attempt < retry.max_attempts
+        ):
+            delay = retry.delay(node.attempt)
+            if self._state.move(
+                run.run_id,
+                node.node_id,
+                [NodeStatus.RUNNING],
+                {"status": NodeStatus.QUEUED, "error": error, "logs": logs},
+                attempt=node.attempt,
+                event=step_event(
+                    STEP_FINISHED,
+                    node.node_id,
+                    "failed",
+                    node.attempt,
+                    retrying=True,
+                    message=error["message"],
+                ),
+            ):
+                self._state.dispatch(run, node_id=node.node_id, countdown=delay)
+            return
+        status = (
+            NodeStatus.CANCELLED if outcome.status is RunStatus.CANCELLED else NodeStatus.FAILED
+        )
+        self._state.move(
+            run.run_id,
+            node.node_id,
+            [NodeStatus.RUNNING],
+            {"status": status, "error": error, "logs": logs, "completed_at": utcnow()},
+            attempt=node.attempt,
+            event=step_event(
+                STEP_FINISHED, node.node_id, status.value, node.attempt, message=error["message"]
+            ),
+        )
+
+    def _start_child(self, run: Run, target: str, config: Any, name: str | None) -> str:
+        project = self._rt.access.find_project(run.project_id)
+        child, _ = self._runs.submit(
+            project,
+            RunRequest(
+                kind=RunKind.TASK,
+                owner_kind="project",
+                owner_id=project.id,
+                target=target,
+                config=config,
+                name=name,
+                parent_run_id=run.run_id,
+                trigger_kind=None,
+            ),
+        )
+        return child.run_id
+
+
+class _LeaseKeeper:
+    """Renews a running node's lease every third of its length while the step runs."""
+
+    def __init__(self, state: WorkflowState, node: NodeRecord, lease_seconds: float) -> None:
+        self._state = state
+        self._node = node
+        self._lease = lease_seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runs-node-lease", daemon=True)
+
+    def __enter__(self) -> None:
+        self._thread.start()
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._lease / 3):
+            try:
+                self._state.renew(
+                    self._node.run_id, self._node.node_id, self._node.attempt, self._lease
+                )
+            except Exception:
+                log.warning("could not renew the lease of %s", self._node.node_id, exc_info=True)
