@@ -129,14 +129,22 @@ class RedisEventLog:
         )
         return [_decode(e) for e in entries or ()]
 
-    def cancel_requested(self, run_ids: Sequence[str]) -> set[str]:
-        """Which of these runs have been asked to stop (one round trip)."""
-        if not run_ids:
+    def request_stop(self, run_id: str, node_id: str) -> None:
+        """Ask the worker running one node of a run to stop (a race's losers, for example)."""
+        self._client.hset(_meta_key(run_id), f"cancel:{node_id}", "1")
+
+    def cancel_requested(
+        self, watched: Sequence[tuple[str, str | None]]
+    ) -> set[tuple[str, str | None]]:
+        """Which of these (run, node) pairs have been asked to stop, in one round trip."""
+        if not watched:
             return set()
         pipe = self._client.pipeline(transaction=False)
-        for run_id in run_ids:
-            pipe.hget(_meta_key(run_id), "cancel")
-        return {rid for rid, flag in zip(run_ids, pipe.execute(), strict=True) if flag}
+        for run_id, node_id in watched:
+            fields = ["cancel"] if node_id is None else ["cancel", f"cancel:{node_id}"]
+            pipe.hmget(_meta_key(run_id), fields)
+        replies = pipe.execute()
+        return {key for key, flags in zip(watched, replies, strict=True) if any(flags)}
 
     def ping(self) -> bool:
         return bool(self._client.ping())

@@ -111,6 +111,10 @@ class WorkflowState:
             until = nodes.lease_of(conn, run_id, node_id)
         return max(0.0, (until - self._clock()).total_seconds()) if until else 0.0
 
+    def stop_node(self, run_id: str, node_id: str) -> None:
+        """Tell the worker running this node to stop (its result would be discarded)."""
+        self._events.request_stop(run_id, node_id)
+
     def end_nodes(self, run_id: str) -> None:
         """After the run ended: nothing of it is left active."""
         with self._engine.begin() as conn:

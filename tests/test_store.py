@@ -661,7 +661,7 @@ def test_closing_refuses_later_appends_and_reserves_the_next_ids(
     assert so_far == event_log.read(run_id, after=0, limit=10)
     assert event_log.append(run_id, [log_event("too late")]) == []
     assert [e.event_id for e in event_log.read(run_id, after=0, limit=10)] == [1, 2, 3]
-    assert event_log.cancel_requested([run_id]) == set()
+    assert event_log.cancel_requested([(run_id, None)]) == set()
 
 
 def test_closing_a_run_with_no_events_reserves_from_one(
@@ -669,8 +669,17 @@ def test_closing_a_run_with_no_events_reserves_from_one(
 ) -> None:
     first, so_far = event_log.close(run_id, 1, cancel=True)
     assert (first, so_far) == (1, [])
-    assert event_log.cancel_requested([run_id, f"{run_id}-other"]) == {run_id}
+    other = (f"{run_id}-other", None)
+    assert event_log.cancel_requested([(run_id, None), other]) == {(run_id, None)}
     assert event_log.cancel_requested([]) == set()
+
+
+def test_a_stop_request_for_one_node_flags_only_that_node(
+    event_log: RedisEventLog, run_id: str
+) -> None:
+    event_log.request_stop(run_id, "slow")
+    watched = [(run_id, "slow"), (run_id, "fast"), (run_id, None)]
+    assert event_log.cancel_requested(watched) == {(run_id, "slow")}
 
 
 def test_publish_adds_the_final_events_last_and_lets_the_stream_expire(

@@ -150,6 +150,12 @@ def test_a_race_takes_the_first_result_and_cancels_the_rest(
     assert done.status is RunStatus.COMPLETED and done.output == {"won": "fast"}
     statuses = node_statuses(waits, run.run_id)
     assert statuses["fast"] == "completed" and statuses["slow"] in ("cancelled", "skipped")
+    stopped = [
+        p
+        for t, p in events(live, project, run.run_id)
+        if t == "STEP_FINISHED" and p["stepName"] == "slow"
+    ]
+    assert [p["status"] for p in stopped] == ["cancelled"]
 
 
 def test_all_settled_reports_every_outcome_and_does_not_fail_the_run(

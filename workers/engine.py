@@ -192,13 +192,16 @@ class WorkflowEngine:
                 ),
             )
         if isinstance(action, Cancel):
-            return move(
+            cancelled = move(
                 rid,
                 action.node_id,
                 NODE_ACTIVE,
                 {"status": NodeStatus.CANCELLED, "completed_at": now},
                 event=step_event(STEP_FINISHED, action.node_id, "cancelled", 0),
             )
+            if cancelled:
+                self._state.stop_node(rid, action.node_id)
+            return cancelled
         raise TypeError(action)
 
     def _park_if_only_waiting(self, run: Run, definition: WorkflowDefinition) -> None:

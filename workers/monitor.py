@@ -16,14 +16,18 @@ class CancelMonitor:
     def __init__(self, events: RedisEventLog, *, interval: float) -> None:
         self._events = events
         self._interval = interval
-        self._watched: dict[str, threading.Event] = {}
+        self._watched: dict[tuple[str, str | None], threading.Event] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
-    def watch(self, run_id: str, flag: threading.Event) -> Iterator[None]:
+    def watch(
+        self, run_id: str, flag: threading.Event, node_id: str | None = None
+    ) -> Iterator[None]:
+        """Set ``flag`` once the run (or this node of it) is asked to stop."""
+        key = (run_id, node_id)
         with self._lock:
-            self._watched[run_id] = flag
+            self._watched[key] = flag
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._loop, name="runs-cancel-monitor", daemon=True
@@ -33,7 +37,7 @@ class CancelMonitor:
             yield
         finally:
             with self._lock:
-                self._watched.pop(run_id, None)
+                self._watched.pop(key, None)
 
     def _loop(self) -> None:
         stop = threading.Event()
@@ -47,5 +51,5 @@ class CancelMonitor:
             except Exception:  # Redis briefly away: try again next tick
                 log.warning("cancel monitor could not reach Redis", exc_info=True)
                 continue
-            for run_id in flagged:
-                watched[run_id].set()
+            for key in flagged:
+                watched[key].set()

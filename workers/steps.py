@@ -109,7 +109,7 @@ class StepRunner:
             timer.daemon = True
             timer.start()
         try:
-            with self._rt.monitor.watch(f"{run.run_id}", flag):
+            with self._rt.monitor.watch(run.run_id, flag, node.node_id):
                 outcome = run_in_process(definition, ctx)
         finally:
             if timer is not None:
