@@ -66,8 +66,6 @@ class WorkflowEngine:
             if started is None:
                 return "skipped: not pending"
             run = started
-        if not self._state.nodes(run.run_id):  # a job died between claiming and creating them
-            self._state.create(run.run_id, list(definition.nodes))
         return self._plan_until_still(run, definition)
 
     def _start(self, run: Run, definition: WorkflowDefinition) -> Run | None:
@@ -97,6 +95,9 @@ class WorkflowEngine:
         nodes: dict[str, NodeRecord] = {}
         for _ in range(MAX_PLANNING_ROUNDS):
             nodes = self._state.nodes(run.run_id)
+            if not nodes:  # a job died between claiming the run and creating its nodes
+                self._state.create(run.run_id, list(definition.nodes))
+                continue
             ctx = context_for(run.run_id, run.input, nodes)
             now = utcnow()
             if (
@@ -121,7 +122,7 @@ class WorkflowEngine:
                 moved = self._apply(run, action) or moved
             if not moved:
                 break
-        self._park_if_only_waiting(run, definition)
+        self._park_if_only_waiting(run, definition, nodes)
         return "advanced"
 
     def _apply(self, run: Run, action: Action) -> bool:
@@ -204,9 +205,10 @@ class WorkflowEngine:
             return cancelled
         raise TypeError(action)
 
-    def _park_if_only_waiting(self, run: Run, definition: WorkflowDefinition) -> None:
+    def _park_if_only_waiting(
+        self, run: Run, definition: WorkflowDefinition, fresh: dict[str, NodeRecord]
+    ) -> None:
         """A run whose only live nodes wait on approvals or events is ``waiting``."""
-        fresh = self._state.nodes(run.run_id)
         steps_busy = any(
             n.status in (NodeStatus.QUEUED, NodeStatus.RUNNING)
             and isinstance(definition.nodes[n.node_id].node, Step)
