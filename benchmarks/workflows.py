@@ -1,7 +1,7 @@
 """Workflow engine overhead: a 20-step sequential workflow of no-op steps (time per step) and
 two parallel 1-second steps end to end, next to a plain Celery chain of 20 no-op tasks.
 
-Runs a prefork ×2 worker on the local Redis and a fresh PostgreSQL database.
+Runs a prefork worker of 2 processes on the local Redis and a fresh PostgreSQL database.
 Usage: python benchmarks/workflows.py [--rounds N]
 """
 

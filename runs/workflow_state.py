@@ -16,7 +16,7 @@ from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict
 from runs.domain.events import STEP_FINISHED, STEP_STARTED, NewEvent
 from runs.domain.projects import Project
-from runs.domain.runs import Run, RunKind, RunStatus
+from runs.domain.runs import Run, RunKind
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.persistence import nodes
 from runs.persistence.engine import autocommit
@@ -174,28 +174,34 @@ class WorkflowState:
             for n in self.nodes(run_id).values()
             if n.status is NodeStatus.WAITING and n.wait_event == event
         ]
-        if run.kind is not RunKind.WORKFLOW or not waiting:
+        if run.kind is not RunKind.WORKFLOW or run.status.is_terminal or not waiting:
             raise Conflict(f"run {run_id!r} is not waiting for the event {event!r}", field="event")
         now = self._clock()
         resumed = []
         for node in waiting:
             values = {"status": NodeStatus.COMPLETED, "output": payload, "completed_at": now}
-            if self._resume(run, node, values, "completed"):
+            if self._resume(run, node, values, "completed", dispatch=False):
                 resumed.append(node.node_id)
+        if resumed:
+            self.dispatch(run)  # one re-plan for every node this event resumed
         return resumed
 
     def _waiting_node(self, project: Project, run_id: str, node_id: str) -> tuple[Run, NodeRecord]:
         run = self._runs.get(project, run_id)
         node = self.nodes(run_id).get(node_id) if run.kind is RunKind.WORKFLOW else None
-        if (
-            run.status is not RunStatus.WAITING
-            or node is None
-            or node.status is not NodeStatus.WAITING
-        ):
+        if run.status.is_terminal or node is None or node.status is not NodeStatus.WAITING:
             raise Conflict(f"run {run_id!r} is not waiting at node {node_id!r}", field="node_id")
         return run, node
 
-    def _resume(self, run: Run, node: NodeRecord, values: Mapping[str, Any], status: str) -> bool:
+    def _resume(
+        self,
+        run: Run,
+        node: NodeRecord,
+        values: Mapping[str, Any],
+        status: str,
+        *,
+        dispatch: bool = True,
+    ) -> bool:
         moved = self.move(
             run.run_id,
             node.node_id,
@@ -205,7 +211,8 @@ class WorkflowState:
         )
         if moved:
             self.set_waiting(run.run_id, None)
-            self.dispatch(run)  # the engine re-plans the run
+            if dispatch:
+                self.dispatch(run)  # the engine re-plans the run
         return moved
 
 

@@ -37,7 +37,7 @@ class Retry:
         elif self.backoff == "linear":
             base = self.initial_delay * attempt
         else:
-            base = self.initial_delay * 2 ** (attempt - 1)
+            base = self.initial_delay * 2 ** min(attempt - 1, 64)
         base = min(base, self.max_delay)
         return max(0.0, base * (1 + random.uniform(-self.jitter, self.jitter)))
 
@@ -188,15 +188,14 @@ class WorkflowDefinition:
     retry: Retry | None = None
     output: Callable[[Any], Any] | None = None
     description: str | None = None
-    members: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    members: dict[tuple[str, str | None], tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def target(self) -> str:
         return f"workflow:{self.id}"
 
     def members_of(self, container: str, arm: str | None = None) -> tuple[str, ...]:
-        key = f"{container}/{arm}" if arm else container
-        return self.members.get(key, ())
+        return self.members.get((container, arm), ())
 
 
 def compile_workflow(
@@ -211,7 +210,7 @@ def compile_workflow(
     if not steps:
         raise WorkflowDefinitionError(f"workflow {id!r} has no steps")
     placed: dict[str, Placed] = {}
-    members: dict[str, tuple[str, ...]] = {}
+    members: dict[tuple[str, str | None], tuple[str, ...]] = {}
 
     def place_sequence(
         items: Sequence[Node], container: str | None, arm: Literal["then", "otherwise"] | None
@@ -219,6 +218,8 @@ def compile_workflow(
         previous: str | None = None
         ids: list[str] = []
         for item in items:
+            if not isinstance(item, Node):
+                raise WorkflowDefinitionError(f"workflow {id!r}: {item!r} is not a node")
             deps = (
                 item.depends_on
                 if item.depends_on is not None
@@ -254,15 +255,17 @@ def compile_workflow(
             if not item.children:
                 raise WorkflowDefinitionError(f"workflow {id!r}: parallel {item.id!r} is empty")
             for child in item.children:
+                if not isinstance(child, Node):
+                    raise WorkflowDefinitionError(f"workflow {id!r}: {child!r} is not a node")
                 place(child, item.id, None, child.depends_on or ())
-            members[item.id] = tuple(c.id for c in item.children)
+            members[(item.id, None)] = tuple(c.id for c in item.children)
         elif isinstance(item, Branch):
             if item.condition is None:
                 raise WorkflowDefinitionError(
                     f"workflow {id!r}: branch {item.id!r} has no condition"
                 )
-            members[f"{item.id}/then"] = place_sequence(item.then, item.id, "then")
-            members[f"{item.id}/otherwise"] = place_sequence(item.otherwise, item.id, "otherwise")
+            members[(item.id, "then")] = place_sequence(item.then, item.id, "then")
+            members[(item.id, "otherwise")] = place_sequence(item.otherwise, item.id, "otherwise")
         elif isinstance(item, Wait) and item.kind == "event" and not item.event:
             raise WorkflowDefinitionError(f"workflow {id!r}: wait {item.id!r} names no event")
 

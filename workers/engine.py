@@ -135,12 +135,13 @@ class WorkflowEngine:
                 return True
             return False
         if isinstance(action, Skip):
+            status = NodeStatus.CANCELLED if action.broken else NodeStatus.SKIPPED
             return move(
                 rid,
                 action.node_id,
                 [NodeStatus.PENDING],
-                {"status": NodeStatus.SKIPPED, "completed_at": now},
-                event=step_event(STEP_FINISHED, action.node_id, "skipped", 0),
+                {"status": status, "completed_at": now},
+                event=step_event(STEP_FINISHED, action.node_id, status.value, 0),
             )
         if isinstance(action, Park):
             parked = move(

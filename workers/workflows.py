@@ -31,7 +31,11 @@ class Start:
 
 @dataclass(frozen=True, slots=True)
 class Skip:
+    """Never run the node: ``skipped``, or ``cancelled`` when what it needed failed (so that
+    whatever depends on it is not run either)."""
+
     node_id: str
+    broken: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,13 +100,17 @@ def plan(
         return [finish]
     actions: list[Action] = []
     actions.extend(_expired_waits(nodes, now))
+    closing: set[str] = set()  # groups this plan completes or fails: start nothing inside them
     for node_id, placed in definition.nodes.items():
         record = nodes[node_id]
         if record.status is NodeStatus.RUNNING and isinstance(placed.node, Parallel | Branch):
-            actions.extend(_settle_group(definition, placed.node, record, nodes))
+            settled = _settle_group(definition, placed.node, record, nodes)
+            if settled:
+                closing.add(node_id)
+            actions.extend(settled)
     for node_id in definition.nodes:
         if nodes[node_id].status is NodeStatus.PENDING:
-            action = _next_for_pending(definition, node_id, nodes, ctx, now)
+            action = _next_for_pending(definition, node_id, nodes, ctx, now, closing)
             if action is not None:
                 actions.append(action)
     return actions
@@ -193,11 +201,12 @@ def _next_for_pending(
     nodes: dict[str, NodeRecord],
     ctx: WorkflowContext,
     now: datetime,
+    closing: set[str],
 ) -> Action | None:
     placed = definition.nodes[node_id]
     if placed.container is not None:
         container = nodes[placed.container]
-        if container.status.is_terminal:
+        if container.status.is_terminal or placed.container in closing:
             return Skip(node_id)
         if container.status is not NodeStatus.RUNNING:
             return None
@@ -205,7 +214,7 @@ def _next_for_pending(
             return Skip(node_id)
     deps = [nodes[d].status for d in placed.deps]
     if any(s in _BROKEN for s in deps):
-        return Skip(node_id)
+        return Skip(node_id, broken=True)
     if not all(s in NODE_SUCCEEDED for s in deps):
         return None
     node = placed.node

@@ -264,6 +264,7 @@ _FINISH = (
     .values(
         lease_owner=None,
         lease_expires_at=None,
+        waiting_reason=None,
         **{name: sa.bindparam(f"b_{name}", type_=runs.c[name].type) for name in FINISH_FIELDS},
     )
 )
@@ -306,6 +307,7 @@ def cancel_run(conn: sa.Connection, run_id: str, values: Mapping[str, Any]) -> R
                 status=RunStatus.CANCELLED.value,
                 lease_owner=None,
                 lease_expires_at=None,
+                waiting_reason=None,
                 **values,
             )
             .returning(*_RUN_COLUMNS)
