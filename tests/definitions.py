@@ -172,3 +172,13 @@ workflow(
         step("after", "echo", input={"y": 2}),
     ],
 )
+
+
+def _spawn_sleeper_and_wait(ctx: TaskContext) -> dict[str, Any]:
+    child = ctx.start_child("task:sleep", {"seconds": 60})
+    ctx.emit("CHILD_STARTED", {"child": child})
+    ctx.wait(60)
+    return {"child": child}
+
+
+workflow("test/parent-of-sleeper", steps=[step("spawn", _spawn_sleeper_and_wait)])

@@ -278,3 +278,28 @@ def test_a_step_can_start_a_child_run_that_lists_under_its_parent(
     assert [c.run_id for c in children.items] == [child_id]
     roots = live.list(project, RunFilters(root_only=True), cursor=None, limit=10)
     assert child_id not in [r.run_id for r in roots.items]
+
+
+def test_cancelling_a_workflow_cancels_its_child_runs(live: RunService, project: Project) -> None:
+    run = start(live, project, "test/parent-of-sleeper")
+    deadline = time.monotonic() + 15
+    child_id = None
+    while child_id is None:
+        assert time.monotonic() < deadline, "no child started"
+        started = [p for t, p in events(live, project, run.run_id) if t == "CHILD_STARTED"]
+        child_id = started[0]["child"] if started else None
+        time.sleep(0.05)
+    cancelled, _ = live.cancel(project, run.run_id)
+    assert cancelled
+    child = live.get(project, child_id)
+    assert child.status is RunStatus.CANCELLED and child.parent_run_id == run.run_id
+
+
+@pytest.mark.parametrize(("text", "route"), [("a b c d e", "long"), ("a b", "short")])
+def test_the_fan_out_example_runs_a_parallel_group_then_a_branch(
+    live: RunService, project: Project, text: str, route: str
+) -> None:
+    run = start(live, project, "fan-out", {"text": text})
+    done = wait_status(live, project, run.run_id, TERMINAL)
+    assert done.status is RunStatus.COMPLETED, done.error
+    assert done.output == {"shout": text.upper(), "route": route}
