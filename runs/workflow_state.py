@@ -14,14 +14,13 @@ import sqlalchemy as sa
 
 from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict
-from runs.domain.events import STEP_FINISHED, STEP_STARTED, NewEvent
+from runs.domain.events import STEP_FINISHED, NewEvent
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunKind
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.persistence import nodes
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
-from runs.routing import Router
 from runs.service import RunService
 
 
@@ -38,7 +37,6 @@ class WorkflowState:
         runs: RunService,
         events: EventLog,
         dispatcher: Dispatcher,
-        router: Router,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
@@ -46,7 +44,6 @@ class WorkflowState:
         self._runs = runs
         self._events = events
         self._dispatcher = dispatcher
-        self._router = router
         self._clock = clock
 
     # -- for the engine -------------------------------------------------------------------
@@ -214,6 +211,3 @@ class WorkflowState:
             if dispatch:
                 self.dispatch(run)  # the engine re-plans the run
         return moved
-
-
-__all__ = ["STEP_FINISHED", "STEP_STARTED", "WorkflowState", "step_event"]

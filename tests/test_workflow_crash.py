@@ -59,9 +59,7 @@ def test_a_step_interrupted_by_sigkill_is_retried_and_finished_steps_are_not_rer
             catalog=DefinitionCatalog(pg_engine, cache_seconds=0),
             max_input_bytes=65536,
         )
-        state = WorkflowState(
-            pg_engine, runs=runs, events=event_log, dispatcher=dispatcher, router=router
-        )
+        state = WorkflowState(pg_engine, runs=runs, events=event_log, dispatcher=dispatcher)
         project = AccessService(pg_engine).create_project(f"k-{uuid.uuid4().hex[:10]}")
         run, _ = runs.submit(
             project,

@@ -41,7 +41,7 @@ def services(
     )
     yield (
         runs,
-        WorkflowState(pg_engine, runs=runs, events=event_log, dispatcher=dispatcher, router=router),
+        WorkflowState(pg_engine, runs=runs, events=event_log, dispatcher=dispatcher),
     )
     dispatcher.close()
 

@@ -62,9 +62,7 @@ def _build(settings: Settings, registry: Registry, pid: int) -> WorkerRuntime:
         settings=settings,
         registry=registry,
         service=service,
-        workflows=WorkflowState(
-            engine, runs=service, events=events, dispatcher=dispatcher, router=router
-        ),
+        workflows=WorkflowState(engine, runs=service, events=events, dispatcher=dispatcher),
         access=AccessService(engine, cache_seconds=60),
         events=events,
         monitor=CancelMonitor(events, interval=settings.worker_heartbeat_seconds),

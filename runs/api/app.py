@@ -48,9 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
             runs=runs,
             access=AccessService(engine, cache_seconds=settings.auth_cache_seconds),
             catalog=catalog,
-            workflows=WorkflowState(
-                engine, runs=runs, events=events, dispatcher=dispatcher, router=router
-            ),
+            workflows=WorkflowState(engine, runs=runs, events=events, dispatcher=dispatcher),
         )
         try:
             yield
