@@ -287,6 +287,29 @@ class RunService:
         for child_id in children:
             self.cancel(project, child_id)
 
+    # -- recovering -----------------------------------------------------------------------
+
+    def redispatch_stale(self, *, older_than_seconds: float, limit: int = 200) -> int:
+        """Send the job again for runs left pending too long (the broker was down, or the
+        message was lost). Safe in several places at once: a conditional touch picks one
+        sender, and a duplicate job is dropped by the conditional claim anyway."""
+        now = self._clock()
+        before = now - timedelta(seconds=older_than_seconds)
+        with self._auto.connect() as conn:
+            stale = store.stale_pending(conn, before, limit)
+        sent = 0
+        for run_id, target, queue in stale:
+            with self._auto.connect() as conn:
+                if not store.touch_pending(conn, run_id, before, now):
+                    continue
+            try:
+                self._dispatcher.dispatch(target, run_id, queue)
+            except Exception:
+                log.warning("re-dispatch of %s failed; next sweep tries again", run_id)
+                continue
+            sent += 1
+        return sent
+
     # -- executing (called by workers) ----------------------------------------------------
 
     def claim(self, run_id: str, *, worker: str, lease_seconds: float) -> Run | None:

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     broker_visibility_timeout_seconds: int = Field(default=43_200, ge=60)
     worker_lease_seconds: float = Field(default=60.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
+    # Runs still pending after this long get their job sent again (each worker sweeps).
+    pending_redispatch_seconds: float = Field(default=30.0, gt=0)
+    sweep_interval_seconds: float = Field(default=10.0, gt=0)
     log_level: str = "INFO"
     logging_config: Path | None = None
 

@@ -23,6 +23,7 @@ from workers.registry import Registry
 from workers.registry import registry as default_registry
 from workers.runtime import get_runtime
 from workers.steps import StepRunner
+from workers.sweeper import Sweeper
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,17 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
             register_definitions(settings, registry)
 
     signals.worker_init.connect(on_worker_init, weak=False)
+    sweeper = Sweeper(settings)
+
+    def on_worker_ready(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "app", None) is app:
+            sweeper.start()
+
+    def on_worker_shutdown(**_: Any) -> None:
+        sweeper.stop()
+
+    signals.worker_ready.connect(on_worker_ready, weak=False)
+    signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
     if settings.logging_config is not None:
 
         def on_setup_logging(**_: Any) -> None:

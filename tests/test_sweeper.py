@@ -1,0 +1,112 @@
+"""Runs left pending (the broker was down when they were accepted) are sent again."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from runs.access import AccessService
+from runs.catalog import DefinitionCatalog
+from runs.domain.clock import utcnow
+from runs.domain.projects import Project
+from runs.domain.runs import RunStatus
+from runs.events import RedisEventLog
+from runs.routing import Router
+from runs.service import RunService
+from tests.conftest import (
+    RecordingDispatcher,
+    base_settings,
+    start_worker,
+    stop_worker,
+    wait_until_consuming,
+)
+from tests.helpers import task_request
+
+
+def service_at(
+    engine: sa.Engine,
+    events: RedisEventLog,
+    dispatcher: RecordingDispatcher,
+    ahead: float,
+    queue: str = "runs",
+) -> RunService:
+    return RunService(
+        engine,
+        dispatcher=dispatcher,
+        events=events,
+        router=Router([], queue),
+        catalog=DefinitionCatalog(engine, cache_seconds=0),
+        max_input_bytes=4096,
+        clock=lambda: utcnow() + timedelta(seconds=ahead),
+    )
+
+
+def test_a_run_pending_too_long_is_sent_again_exactly_once_by_racing_sweepers(
+    engine: sa.Engine, event_log: RedisEventLog, project: Project
+) -> None:
+    down = RecordingDispatcher(sent=[], fail=True)
+    run, _ = service_at(engine, event_log, down, 0).submit(project, task_request(project))
+    first, second = RecordingDispatcher(sent=[]), RecordingDispatcher(sent=[])
+    later_a = service_at(engine, event_log, first, 120)
+    later_b = service_at(engine, event_log, second, 120)
+    later_a.redispatch_stale(older_than_seconds=60, limit=100_000)
+    later_b.redispatch_stale(older_than_seconds=60, limit=100_000)
+    sent = [s for s in first.sent + second.sent if s[1] == run.run_id]
+    assert sent == [("task:echo", run.run_id, "runs")]
+
+
+def test_a_recent_or_started_run_is_not_sent_again(
+    engine: sa.Engine, event_log: RedisEventLog, project: Project
+) -> None:
+    recorder = RecordingDispatcher(sent=[])
+    now_service = service_at(engine, event_log, recorder, 0)
+    fresh, _ = now_service.submit(project, task_request(project))
+    started, _ = now_service.submit(project, task_request(project))
+    assert now_service.claim(started.run_id, worker="w", lease_seconds=30) is not None
+    recorder.sent.clear()
+    now_service.redispatch_stale(older_than_seconds=60, limit=100_000)
+    later = RecordingDispatcher(sent=[])
+    service_at(engine, event_log, later, 120).redispatch_stale(older_than_seconds=60, limit=100_000)
+    assert fresh.run_id not in {s[1] for s in recorder.sent}
+    assert started.run_id not in {s[1] for s in later.sent}
+
+
+@pytest.mark.worker
+def test_a_run_accepted_while_the_broker_was_down_completes_once_a_worker_sweeps(
+    postgres_url: str,
+    redis_url: str,
+    pg_engine: sa.Engine,
+    event_log: RedisEventLog,
+    tmp_path: Path,
+) -> None:
+    settings = base_settings(
+        database_url=postgres_url,
+        redis_url=redis_url,
+        default_queue=f"runs-sweep-{uuid.uuid4().hex[:8]}",
+    )
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(
+        settings,
+        log_path,
+        concurrency=1,
+        extra_env={"RUNS_PENDING_REDISPATCH_SECONDS": "1", "RUNS_SWEEP_INTERVAL_SECONDS": "0.3"},
+    )
+    try:
+        wait_until_consuming(settings, worker, log_path)
+        project: Project = AccessService(pg_engine).create_project(f"s-{uuid.uuid4().hex[:10]}")
+        down = RecordingDispatcher(sent=[], fail=True)
+        service = service_at(pg_engine, event_log, down, 0, queue=settings.default_queue)
+        run, _ = service.submit(project, task_request(project))
+        assert service.get(project, run.run_id).status is RunStatus.PENDING
+        deadline = time.monotonic() + 20
+        while (current := service.get(project, run.run_id)).status is not RunStatus.COMPLETED:
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.1)
+        assert current.attempt == 1 and current.output == {"hello": "world"}
+    finally:
+        stop_worker(worker)

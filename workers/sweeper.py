@@ -1,0 +1,59 @@
+"""The sweeper: a thread in each worker's main process that re-sends the jobs of runs left
+pending too long. Several sweepers at once are safe (see ``RunService.redispatch_stale``)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from runs.catalog import DefinitionCatalog
+from runs.dispatch import CeleryDispatcher
+from runs.events import RedisEventLog
+from runs.persistence.engine import create_engine
+from runs.routing import Router
+from runs.service import RunService
+from runs.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class Sweeper:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runs-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _loop(self) -> None:
+        settings = self._settings
+        engine = create_engine(settings.database_url, pool_size=1)
+        dispatcher = CeleryDispatcher.from_settings(settings)
+        service = RunService(
+            engine,
+            dispatcher=dispatcher,
+            events=RedisEventLog.from_url(
+                settings.redis_url, ttl_seconds=settings.event_stream_ttl_seconds
+            ),
+            router=Router(settings.route_table, settings.default_queue),
+            catalog=DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds),
+            max_input_bytes=settings.max_input_bytes,
+        )
+        try:
+            while not self._stop.wait(settings.sweep_interval_seconds):
+                try:
+                    sent = service.redispatch_stale(
+                        older_than_seconds=settings.pending_redispatch_seconds
+                    )
+                except Exception:
+                    log.warning("sweep failed; trying again next interval", exc_info=True)
+                    continue
+                if sent:
+                    log.info("re-sent the jobs of %d stale pending runs", sent)
+        finally:
+            dispatcher.close()
+            engine.dispose()
