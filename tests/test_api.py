@@ -11,22 +11,19 @@ import base64
 import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import pytest
-import redis
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from httpx import Response
 
 from runs.access import AccessService
-from runs.api.app import create_app
 from runs.domain.projects import Project
 from runs.persistence.tables import runs as runs_table
 from runs.schemas import CancelRunOut, CreateRunOut, RunEventListOut, RunListOut, RunOut
-from tests.conftest import base_settings
+from tests.api_support import Api, Caller, new_caller, open_api
 from tests.helpers import create_body
 
 MAX_BODY_BYTES = 8192
@@ -97,59 +94,22 @@ PAGE_INFO_KEYS = {"self", "first", "next", "prev"}
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@dataclass
-class Api:
-    client: TestClient
-    queue: str
-    broker: redis.Redis
-
-    def queued(self) -> int:
-        """Jobs waiting on this app's queue in the Redis broker (nothing consumes them)."""
-        return int(self.broker.llen(self.queue))
-
-
-@dataclass
-class Caller:
-    """A project and a bearer token of it."""
-
-    project: Project
-    token: str
-    token_id: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        # The official client sends Content-Type: application/json on every request (§1).
-        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-
-
 @pytest.fixture(scope="module")
 def api(postgres_url: str, redis_url: str, pg_engine: sa.Engine) -> Iterator[Api]:
-    queue = f"api-test-{uuid.uuid4().hex[:10]}"
-    settings = base_settings(
-        database_url=postgres_url,
-        redis_url=redis_url,
-        default_queue=queue,
-        auth_cache_seconds=0,
+    with open_api(
+        postgres_url,
+        redis_url,
+        "api-test",
         max_body_bytes=MAX_BODY_BYTES,
         max_input_bytes=MAX_INPUT_BYTES,
         max_page_size=MAX_PAGE_SIZE,
-    )
-    broker = redis.Redis.from_url(redis_url)
-    with TestClient(create_app(settings), follow_redirects=False) as client:
-        yield Api(client=client, queue=queue, broker=broker)
-    broker.delete(queue)
-    broker.close()
+    ) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
 def access_service(pg_engine: sa.Engine) -> AccessService:
     return AccessService(pg_engine)
-
-
-def new_caller(access: AccessService, prefix: str) -> Caller:
-    project = access.create_project(f"{prefix}-{uuid.uuid4().hex[:12]}")
-    token, secret = access.create_token(project.id)
-    return Caller(project=project, token=secret, token_id=token.id)
 
 
 @pytest.fixture

@@ -9,22 +9,16 @@ mark the run ``waiting``).
 
 from __future__ import annotations
 
-import base64
-import json
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-import redis
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 from httpx import Response
 
 from runs.access import AccessService
-from runs.api.app import create_app
 from runs.catalog import DefinitionCatalog
 from runs.domain.clock import utcnow
 from runs.domain.projects import Project
@@ -33,7 +27,7 @@ from runs.persistence import nodes, store
 from runs.persistence.store import Definition
 from runs.persistence.tables import runs as runs_table
 from runs.schemas import ApprovalOut, CancelRunOut, CreateRunOut, RunEventListOut, RunOut, SignalOut
-from tests.conftest import base_settings
+from tests.api_support import Api, Caller, new_caller, open_api
 
 MAX_BODY_BYTES = 32768  # above the 10 000 characters a comment may have
 MAX_INPUT_BYTES = 1024
@@ -48,37 +42,6 @@ NODES = ("review", "hook", "later")
 # -- fixtures ------------------------------------------------------------------------------
 
 
-@dataclass
-class Api:
-    client: TestClient
-    queue: str
-    broker: redis.Redis
-
-    def queued(self) -> int:
-        """Jobs waiting on this app's queue in the Redis broker (nothing consumes them)."""
-        return int(self.broker.llen(self.queue))
-
-    def newest_job(self) -> tuple[str, list[Any]]:
-        """(job name, args) of the job sent last: kombu pushes to the head of the list."""
-        raw = self.broker.lindex(self.queue, 0)
-        assert raw is not None, "no job on the queue"
-        message = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        return message["headers"]["task"], args
-
-
-@dataclass
-class Caller:
-    """A project and a bearer token of it."""
-
-    project: Project
-    token: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
-
-
 @pytest.fixture(scope="module")
 def workflow_definitions(pg_engine: sa.Engine) -> None:
     """The workflow targets the API checks POST /runs against (workers would register them)."""
@@ -91,31 +54,19 @@ def workflow_definitions(pg_engine: sa.Engine) -> None:
 def api(
     postgres_url: str, redis_url: str, pg_engine: sa.Engine, workflow_definitions: None
 ) -> Iterator[Api]:
-    queue = f"api-wf-test-{uuid.uuid4().hex[:10]}"
-    settings = base_settings(
-        database_url=postgres_url,
-        redis_url=redis_url,
-        default_queue=queue,
-        auth_cache_seconds=0,
+    with open_api(
+        postgres_url,
+        redis_url,
+        "api-wf-test",
         max_body_bytes=MAX_BODY_BYTES,
         max_input_bytes=MAX_INPUT_BYTES,
-    )
-    broker = redis.Redis.from_url(redis_url)
-    with TestClient(create_app(settings), follow_redirects=False) as client:
-        yield Api(client=client, queue=queue, broker=broker)
-    broker.delete(queue)
-    broker.close()
+    ) as opened:
+        yield opened
 
 
 @pytest.fixture(scope="module")
 def access_service(pg_engine: sa.Engine) -> AccessService:
     return AccessService(pg_engine)
-
-
-def new_caller(access: AccessService, prefix: str) -> Caller:
-    project = access.create_project(f"{prefix}-{uuid.uuid4().hex[:12]}")
-    _, secret = access.create_token(project.id)
-    return Caller(project=project, token=secret)
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""What the API test modules share: the app under a TestClient, and callers with tokens."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from fastapi.testclient import TestClient
+
+from runs.access import AccessService
+from runs.api.app import create_app
+from runs.domain.projects import Project
+from tests.conftest import base_settings
+
+
+@dataclass
+class Api:
+    client: TestClient
+    queue: str
+    broker: redis.Redis
+
+    def queued(self) -> int:
+        """Jobs waiting on this app's queue in the Redis broker (nothing consumes them)."""
+        return int(self.broker.llen(self.queue))
+
+    def newest_job(self) -> tuple[str, list[Any]]:
+        """(job name, args) of the job sent last: kombu pushes to the head of the list."""
+        raw = self.broker.lindex(self.queue, 0)
+        assert raw is not None, "no job on the queue"
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        return message["headers"]["task"], args
+
+
+@dataclass
+class Caller:
+    """A project and a bearer token of it."""
+
+    project: Project
+    token: str
+    token_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # The official client sends Content-Type: application/json on every request (§1).
+        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
+
+
+@contextmanager
+def open_api(postgres_url: str, redis_url: str, prefix: str, **limits: Any) -> Iterator[Api]:
+    """The app on the test database, sending jobs to a queue of its own that nothing consumes."""
+    queue = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    settings = base_settings(
+        database_url=postgres_url,
+        redis_url=redis_url,
+        default_queue=queue,
+        auth_cache_seconds=0,
+        **limits,
+    )
+    broker = redis.Redis.from_url(redis_url)
+    with TestClient(create_app(settings), follow_redirects=False) as client:
+        yield Api(client=client, queue=queue, broker=broker)
+    broker.delete(queue)
+    broker.close()
+
+
+def new_caller(access: AccessService, prefix: str) -> Caller:
+    project = access.create_project(f"{prefix}-{uuid.uuid4().hex[:12]}")
+    token, secret = access.create_token(project.id)
+    return Caller(project=project, token=secret, token_id=token.id)
