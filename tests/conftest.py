@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +134,7 @@ class RecordingDispatcher:
 
     sent: list[tuple[str, str, str]]
     fail: bool = False
+    nodes_sent: list[tuple[str, str]] = field(default_factory=list)
 
     def dispatch(
         self,
@@ -146,6 +147,9 @@ class RecordingDispatcher:
     ) -> None:
         if self.fail:
             raise ConnectionError("broker unreachable")
+        if node_id is not None:
+            self.nodes_sent.append((run_id, node_id))
+            return
         self.sent.append((target, run_id, queue))
 
 

@@ -15,9 +15,12 @@ from runs.catalog import DefinitionCatalog
 from runs.domain.clock import utcnow
 from runs.domain.projects import Project
 from runs.domain.runs import RunStatus
+from runs.domain.workflows import NodeStatus
 from runs.events import RedisEventLog
+from runs.persistence import nodes
 from runs.routing import Router
 from runs.service import RunService
+from runs.workflow_state import WorkflowState
 from tests.conftest import (
     RecordingDispatcher,
     base_settings,
@@ -110,3 +113,31 @@ def test_a_run_accepted_while_the_broker_was_down_completes_once_a_worker_sweeps
         assert current.attempt == 1 and current.output == {"hello": "world"}
     finally:
         stop_worker(worker)
+
+
+def test_a_workflow_step_left_queued_is_sent_again_once(
+    engine: sa.Engine, event_log: RedisEventLog, project: Project
+) -> None:
+    recorder = RecordingDispatcher(sent=[])
+    runs = service_at(engine, event_log, recorder, 0)
+    run, _ = runs.submit(project, task_request(project))
+    assert runs.claim(run.run_id, worker="w", lease_seconds=30) is not None
+    now = utcnow()
+    with engine.begin() as conn:
+        nodes.insert_nodes(conn, run.run_id, ["a", "b"], now)
+        nodes.transition(
+            conn, run.run_id, "a", [NodeStatus.PENDING], {"status": "queued", "updated_at": now}
+        )
+    first, second = RecordingDispatcher(sent=[]), RecordingDispatcher(sent=[])
+    for dispatcher in (first, second):
+        later = service_at(engine, event_log, dispatcher, 120)
+        state = WorkflowState(
+            engine,
+            runs=later,
+            events=event_log,
+            dispatcher=dispatcher,
+            clock=lambda: utcnow() + timedelta(seconds=120),
+        )
+        state.redispatch_stale(older_than_seconds=60, limit=100_000)
+    sent = [s for s in first.nodes_sent + second.nodes_sent if s[0] == run.run_id]
+    assert sent == [(run.run_id, "a")]

@@ -1,5 +1,5 @@
 """The sweeper: a thread in each worker's main process that re-sends the jobs of runs left
-pending too long. Several sweepers at once are safe (see ``RunService.redispatch_stale``)."""
+pending, and of workflow steps left queued, too long. Several sweepers at once are safe."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from runs.persistence.engine import create_engine
 from runs.routing import Router
 from runs.service import RunService
 from runs.settings import Settings
+from runs.workflow_state import WorkflowState
 
 log = logging.getLogger(__name__)
 
@@ -33,27 +34,29 @@ class Sweeper:
         settings = self._settings
         engine = create_engine(settings.database_url, pool_size=1)
         dispatcher = CeleryDispatcher.from_settings(settings)
+        events = RedisEventLog.from_url(
+            settings.redis_url, ttl_seconds=settings.event_stream_ttl_seconds
+        )
         service = RunService(
             engine,
             dispatcher=dispatcher,
-            events=RedisEventLog.from_url(
-                settings.redis_url, ttl_seconds=settings.event_stream_ttl_seconds
-            ),
+            events=events,
             router=Router(settings.route_table, settings.default_queue),
             catalog=DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds),
             max_input_bytes=settings.max_input_bytes,
         )
+        workflows = WorkflowState(engine, runs=service, events=events, dispatcher=dispatcher)
         try:
             while not self._stop.wait(settings.sweep_interval_seconds):
                 try:
-                    sent = service.redispatch_stale(
-                        older_than_seconds=settings.pending_redispatch_seconds
-                    )
+                    older = settings.pending_redispatch_seconds
+                    sent = service.redispatch_stale(older_than_seconds=older)
+                    sent += workflows.redispatch_stale(older_than_seconds=older)
                 except Exception:
                     log.warning("sweep failed; trying again next interval", exc_info=True)
                     continue
                 if sent:
-                    log.info("re-sent the jobs of %d stale pending runs", sent)
+                    log.info("re-sent %d jobs of stale pending runs and queued steps", sent)
         finally:
             dispatcher.close()
             engine.dispose()

@@ -154,6 +154,41 @@ def lease_of(conn: sa.Connection, run_id: str, node_id: str) -> datetime | None:
     ).scalar_one_or_none()
 
 
+def stale_queued(
+    conn: sa.Connection, before: datetime, limit: int
+) -> list[tuple[str, str, str, str]]:
+    """(run_id, node_id, target, queue) of nodes queued since before ``before`` in live runs."""
+    rows = conn.execute(
+        sa.select(workflow_nodes.c.run_id, workflow_nodes.c.node_id, runs.c.target, runs.c.queue)
+        .join(runs, runs.c.run_id == workflow_nodes.c.run_id)
+        .where(
+            workflow_nodes.c.status == NodeStatus.QUEUED.value,
+            workflow_nodes.c.updated_at < before,
+            runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]),
+        )
+        .order_by(workflow_nodes.c.updated_at)
+        .limit(limit)
+    )
+    return [(r.run_id, r.node_id, r.target, r.queue) for r in rows]
+
+
+def touch_queued(
+    conn: sa.Connection, run_id: str, node_id: str, before: datetime, now: datetime
+) -> bool:
+    """Take the right to re-send a stale queued node's job; one sweeper wins."""
+    result = conn.execute(
+        workflow_nodes.update()
+        .where(
+            workflow_nodes.c.run_id == run_id,
+            workflow_nodes.c.node_id == node_id,
+            workflow_nodes.c.status == NodeStatus.QUEUED.value,
+            workflow_nodes.c.updated_at < before,
+        )
+        .values(updated_at=now)
+    )
+    return result.rowcount == 1
+
+
 def cancel_active_nodes(conn: sa.Connection, run_id: str, now: datetime) -> None:
     """Every node that has not ended ends: active ones cancelled, pending ones skipped."""
     conn.execute(
