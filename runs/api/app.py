@@ -8,54 +8,35 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from runs import __version__
-from runs.access import AccessService
 from runs.api import health, routes
 from runs.api.deps import Services
 from runs.api.errors import install_error_handlers
 from runs.api.limits import BodySizeLimit
-from runs.catalog import DefinitionCatalog
-from runs.dispatch import CeleryDispatcher
-from runs.events import RedisEventLog
-from runs.persistence.engine import create_engine
-from runs.routing import Router
-from runs.service import RunService
 from runs.settings import Settings
-from runs.workflow_state import WorkflowState
+from runs.wiring import wire
 
 
 def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, pool_size=settings.database_pool_size)
-        events = RedisEventLog.from_url(
-            settings.redis_url, ttl_seconds=settings.event_stream_ttl_seconds
+        wired = wire(
+            settings,
+            pool_size=settings.database_pool_size,
+            auth_cache_seconds=settings.auth_cache_seconds,
         )
-        dispatcher = CeleryDispatcher.from_settings(settings)
-        catalog = DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds)
-        router = Router(settings.route_table, settings.default_queue)
-        runs = RunService(
-            engine,
-            dispatcher=dispatcher,
-            events=events,
-            router=router,
-            catalog=catalog,
-            max_input_bytes=settings.max_input_bytes,
-        )
-        app.state.engine = engine
-        app.state.events = events
+        app.state.engine = wired.engine
+        app.state.events = wired.events
         app.state.services = Services(
             settings=settings,
-            runs=runs,
-            access=AccessService(engine, cache_seconds=settings.auth_cache_seconds),
-            catalog=catalog,
-            workflows=WorkflowState(engine, runs=runs, events=events, dispatcher=dispatcher),
+            runs=wired.runs,
+            access=wired.access,
+            catalog=wired.catalog,
+            workflows=wired.workflows,
         )
         try:
             yield
         finally:
-            dispatcher.close()
-            events.client.close()
-            engine.dispose()
+            wired.close()
 
     app = FastAPI(
         title="runs",

@@ -1,0 +1,60 @@
+"""Builds the services of one process from settings: engine, event log, dispatcher and the
+use-case objects over them. Entry points (API, worker, sweeper) call it; tests wire by hand."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from runs.access import AccessService
+from runs.catalog import DefinitionCatalog
+from runs.dispatch import CeleryDispatcher
+from runs.events import RedisEventLog
+from runs.persistence.engine import create_engine
+from runs.routing import Router
+from runs.service import RunService
+from runs.settings import Settings
+from runs.workflow_state import WorkflowState
+
+
+@dataclass
+class Wired:
+    engine: sa.Engine
+    events: RedisEventLog
+    dispatcher: CeleryDispatcher
+    catalog: DefinitionCatalog
+    runs: RunService
+    workflows: WorkflowState
+    access: AccessService
+
+    def close(self) -> None:
+        self.dispatcher.close()
+        self.events.client.close()
+        self.engine.dispose()
+
+
+def wire(settings: Settings, *, pool_size: int, auth_cache_seconds: float) -> Wired:
+    engine = create_engine(settings.database_url, pool_size=pool_size)
+    events = RedisEventLog.from_url(
+        settings.redis_url, ttl_seconds=settings.event_stream_ttl_seconds
+    )
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    catalog = DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds)
+    runs = RunService(
+        engine,
+        dispatcher=dispatcher,
+        events=events,
+        router=Router(settings.route_table, settings.default_queue),
+        catalog=catalog,
+        max_input_bytes=settings.max_input_bytes,
+    )
+    return Wired(
+        engine=engine,
+        events=events,
+        dispatcher=dispatcher,
+        catalog=catalog,
+        runs=runs,
+        workflows=WorkflowState(engine, runs=runs, events=events, dispatcher=dispatcher),
+        access=AccessService(engine, cache_seconds=auth_cache_seconds),
+    )
