@@ -50,37 +50,26 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         process.kill()
 
 
-def plain_celery(n: int, logdir: Path) -> float:
-    queue = f"bench-plain-{uuid.uuid4().hex[:6]}"
-    counter = f"bench:plain:{queue}"
+def start_plain_worker(
+    queue: str, counter: str, log: Path
+) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """A prefork worker (2 processes) of plain Celery no-op jobs that count themselves in ``counter``."""
     env = {
         **os.environ,
         "BENCH_QUEUE": queue,
         "BENCH_COUNTER": counter,
         "BENCH_REDIS_URL": REDIS_URL,
     }
-    worker = start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "benchmarks.plain_celery",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-Q",
-            queue,
-            "-l",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env,
-        logdir / "plain-worker.log",
-    )
+    argv = [sys.executable, "-m", "celery", "-A", "benchmarks.plain_celery", "worker"]
+    argv += ["-P", "prefork", "-c", "2", "-Q", queue, "-l", "WARNING"]
+    argv += ["--without-mingle", "--without-gossip"]
+    return start(argv, env, log), env
+
+
+def plain_celery(n: int, logdir: Path) -> float:
+    queue = f"bench-plain-{uuid.uuid4().hex[:6]}"
+    counter = f"bench:plain:{queue}"
+    worker, env = start_plain_worker(queue, counter, logdir / "plain-worker.log")
     client = redis.Redis.from_url(REDIS_URL)
     try:
         os.environ.update(env)

@@ -21,35 +21,20 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.throughput import POSTGRES_URL, REDIS_URL, start, stop, wait_for  # noqa: E402
+from benchmarks.throughput import (  # noqa: E402
+    POSTGRES_URL,
+    REDIS_URL,
+    start,
+    start_plain_worker,
+    stop,
+    wait_for,
+)
 
 
 def plain_chain(rounds: int, logdir: Path) -> list[float]:
     queue = f"bench-chain-{uuid.uuid4().hex[:6]}"
     counter = f"bench:chain:{queue}"
-    env = {**os.environ, "BENCH_QUEUE": queue, "BENCH_COUNTER": counter}
-    worker = start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "benchmarks.plain_celery",
-            "worker",
-            "-P",
-            "prefork",
-            "-c",
-            "2",
-            "-Q",
-            queue,
-            "-l",
-            "WARNING",
-            "--without-mingle",
-            "--without-gossip",
-        ],
-        env,
-        logdir / "chain-worker.log",
-    )
+    worker, env = start_plain_worker(queue, counter, logdir / "chain-worker.log")
     os.environ.update(env)
     from celery import chain
 
