@@ -36,6 +36,12 @@ local last = redis.call('HINCRBY', KEYS[2], 'seq', tonumber(ARGV[1]))
 return {last - tonumber(ARGV[1]) + 1, redis.call('XRANGE', KEYS[1], '-', '+')}
 """
 
+_REOPEN = """
+if redis.call('HGET', KEYS[1], 'cancel') then return 0 end
+redis.call('HDEL', KEYS[1], 'closed')
+return 1
+"""
+
 _PUBLISH = """
 for i = 2, #ARGV, 4 do
   redis.call('XADD', KEYS[1], '0-' .. ARGV[i], 't', ARGV[i + 1], 'p', ARGV[i + 2], 'c', ARGV[i + 3])
@@ -80,6 +86,7 @@ class RedisEventLog:
         self._append = client.register_script(_APPEND)
         self._close = client.register_script(_CLOSE)
         self._publish = client.register_script(_PUBLISH)
+        self._reopen = client.register_script(_REOPEN)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_seconds: int) -> RedisEventLog:
@@ -108,6 +115,10 @@ class RedisEventLog:
             keys=[_stream_key(run_id), _meta_key(run_id)], args=[count, "1" if cancel else "0"]
         )
         return int(first), [_decode(e) for e in entries]
+
+    def reopen(self, run_id: str) -> bool:
+        """Accept appends again for a new attempt, unless the run was cancelled meanwhile."""
+        return bool(self._reopen(keys=[_meta_key(run_id)]))
 
     def publish(self, run_id: str, events: Sequence[RunEvent]) -> None:
         """Add the final events under their reserved ids and let the run's keys expire."""

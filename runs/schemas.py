@@ -126,6 +126,11 @@ class OwnerOut(BaseModel):
     id: str
 
 
+class CancellationOut(BaseModel):
+    requested_at: str
+    stopped_at: str | None
+
+
 class RunOut(BaseModel):
     run_id: str
     kind: RunKindWire
@@ -158,6 +163,9 @@ class RunOut(BaseModel):
     created_by: str | None
     name: str | None = None
     attempt: int = 0
+    # Extra keys the official client strips: each ended attempt, and when a cancel stopped.
+    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    cancellation: CancellationOut | None = None
     updated_at: str
     created_at: str
     started_at: str | None
@@ -258,10 +266,21 @@ def run_to_wire(run: Run) -> dict[str, Any]:
         "created_by": run.created_by,
         "name": run.name,
         "attempt": run.attempt,
+        "attempts": list(run.attempts),
+        "cancellation": _cancellation(run),
         "updated_at": timestamp(run.updated_at),
         "created_at": timestamp(run.created_at),
         "started_at": timestamp(run.started_at),
         "completed_at": timestamp(run.completed_at),
+    }
+
+
+def _cancellation(run: Run) -> dict[str, Any] | None:
+    if run.cancel_requested_at is None:
+        return None
+    return {
+        "requested_at": timestamp(run.cancel_requested_at),
+        "stopped_at": timestamp(run.cancel_stopped_at),
     }
 
 

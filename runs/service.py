@@ -31,6 +31,7 @@ from runs.domain.runs import (
     RunKind,
     RunRequest,
     RunStatus,
+    attempt_record,
     check_run_id,
     check_target_matches_kind,
     new_run_id,
@@ -91,6 +92,7 @@ class RunService:
         router: Router,
         catalog: DefinitionCatalog,
         max_input_bytes: int,
+        max_timeout_seconds: int | None = None,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
@@ -100,6 +102,7 @@ class RunService:
         self._router = router
         self._catalog = catalog
         self._max_input_bytes = max_input_bytes
+        self._max_timeout_seconds = max_timeout_seconds
         self._clock = clock
 
     # -- creating -------------------------------------------------------------------------
@@ -152,6 +155,12 @@ class RunService:
                     "pass a reference to the data instead",
                     field=f"request.{name}",
                 )
+        limit = self._max_timeout_seconds
+        if limit is not None and (request.timeout_seconds or 0) > limit:
+            raise InvalidRequest(
+                f"request.timeout_seconds may be at most {limit} on this server",
+                field="request.timeout_seconds",
+            )
         run_id = check_run_id(request.public_id) if request.public_id else new_run_id()
         root_run_id = run_id
         if request.parent_run_id is not None:
@@ -188,6 +197,7 @@ class RunService:
             "attempt": 0,
             "created_at": now,
             "updated_at": now,
+            "available_at": now,
         }
 
     def _dispatch(self, values: dict[str, Any]) -> Run:
@@ -256,12 +266,8 @@ class RunService:
             cancelled = store.cancel_run(
                 conn,
                 run_id,
-                {
-                    "completed_at": now,
-                    "updated_at": now,
-                    "cancel_requested_at": now,
-                    "error": error.to_json(),
-                },
+                now,
+                {"completed_at": now, "updated_at": now, "error": error.to_json()},
             )
             if cancelled is not None:
                 final = [ev.terminal_event("cancelled", error.message)]
@@ -270,10 +276,10 @@ class RunService:
                 elif cancelled.started_at is not None:
                     final.insert(0, ev.step_finished_event(cancelled.target, "cancelled"))
                 if cancelled.started_at is not None:
-                    duration_ms = _duration_ms(cancelled.started_at, now)
-                    store.set_cancelled_duration(conn, run_id, duration_ms)
-                    cancelled = replace(cancelled, duration_ms=duration_ms)
-                published = _number(final, first + 2 - len(final), now)
+                    ran_ms = duration_ms(cancelled.started_at, now)
+                    store.set_cancelled_duration(conn, run_id, ran_ms)
+                    cancelled = replace(cancelled, duration_ms=ran_ms)
+                published = ev.numbered(final, first + 2 - len(final), now)
                 store.insert_events(conn, run_id, [*so_far, *published])
         if cancelled is None:
             return False, self.get(project, run_id)
@@ -316,13 +322,17 @@ class RunService:
         """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
         now = self._clock()
         with self._auto.connect() as conn:
-            return store.claim_run(
+            run = store.claim_run(
                 conn,
                 run_id,
                 worker=worker,
                 lease_until=now + timedelta(seconds=lease_seconds),
                 now=now,
             )
+        if run is not None and run.attempt > 1:
+            # An earlier attempt may have closed the stream and died before its record landed.
+            self._events.reopen(run_id)
+        return run
 
     def emit(self, run_id: str, events: Sequence[NewEvent]) -> bool:
         """Append events of a running run. False once the run is closed (cancelled)."""
@@ -343,7 +353,10 @@ class RunService:
             closing.insert(0, ev.step_finished_event(run.target, status))
         first, so_far = self._events.close(run.run_id, len(closing), cancel=stop_work)
         now = self._clock()
-        final = _number(closing, first, now)
+        final = ev.numbered(closing, first, now)
+        attempts = run.attempts
+        if run.kind is RunKind.TASK:
+            attempts = [*attempts, attempt_record(run, outcome.status, outcome.error, now)]
         values = {
             "status": status,
             "output": outcome.output,
@@ -351,9 +364,10 @@ class RunService:
             "logs": outcome.logs,
             "artifacts": outcome.artifacts,
             "exit_code": outcome.exit_code,
-            "duration_ms": _duration_ms(run.started_at or now, now),
+            "duration_ms": duration_ms(run.started_at or now, now),
             "completed_at": now,
             "updated_at": now,
+            "attempts": attempts or None,
         }
         with self._engine.begin() as conn:
             owned = store.finish_run(conn, run.run_id, run.attempt, values)
@@ -364,12 +378,5 @@ class RunService:
         return owned
 
 
-def _number(events: Sequence[NewEvent], first: int, now: datetime) -> list[RunEvent]:
-    return [
-        RunEvent(event_id=first + i, event_type=e.event_type, payload=e.payload, created_at=now)
-        for i, e in enumerate(events)
-    ]
-
-
-def _duration_ms(started_at: datetime, ended_at: datetime) -> int:
+def duration_ms(started_at: datetime, ended_at: datetime) -> int:
     return max(0, int((ended_at - started_at).total_seconds() * 1000))

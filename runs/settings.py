@@ -47,12 +47,35 @@ class Settings(BaseSettings):
     event_stream_ttl_seconds: int = Field(default=86_400, ge=60)
 
     # Workers
+    # A Redis broker re-delivers an unacknowledged message after this; it must exceed the
+    # longest run (max_timeout_seconds plus the stop grace), which the validator checks.
     broker_visibility_timeout_seconds: int = Field(default=43_200, ge=60)
     worker_lease_seconds: float = Field(default=60.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
     # Runs still pending after this long get their job sent again (each worker sweeps).
     pending_redispatch_seconds: float = Field(default=30.0, gt=0)
     sweep_interval_seconds: float = Field(default=10.0, gt=0)
+
+    # Retries, timeouts and stops of task runs
+    # Retries when neither the run nor its definition sets backoff_limit (0 = no retry).
+    default_backoff_limit: int = Field(default=0, ge=0, le=100)
+    # Delay before attempt n+1: min(base * 2^(n-1), max), then jittered down by up to half.
+    retry_backoff_seconds: float = Field(default=1.0, ge=0)
+    retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
+    # Every attempt has a timeout: the run's, else its definition's, capped at this.
+    max_timeout_seconds: int = Field(default=21_600, ge=1)
+    # A run that waited longer than this for a worker fails with error.code "expired".
+    queue_ttl_seconds: float | None = Field(default=None, gt=0)
+    # After a cancel, timeout or lost lease: cooperative flag, then this long before the task
+    # is interrupted (a subprocess gets SIGTERM at once and SIGKILL after it), and as long
+    # again before the worker process itself is killed.
+    cancel_grace_seconds: float = Field(default=10.0, gt=0)
+    # How long a worker keeps trying to record an outcome while Redis or SQL is unreachable.
+    finish_retry_seconds: float = Field(default=30.0, ge=0)
+
+    # Limits of what a run stores
+    max_output_bytes: int = Field(default=1_048_576, ge=16)
+    max_log_bytes: int = Field(default=1_048_576, ge=64)
     log_level: str = "INFO"
     logging_config: Path | None = None
 
@@ -60,6 +83,12 @@ class Settings(BaseSettings):
     def _page_sizes_agree(self) -> Settings:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        longest_run = self.max_timeout_seconds + 2 * self.cancel_grace_seconds
+        if self.broker_visibility_timeout_seconds <= longest_run:
+            raise ValueError(
+                "broker_visibility_timeout_seconds must exceed max_timeout_seconds plus twice "
+                "cancel_grace_seconds, or a long run would be delivered to a second worker"
+            )
         return self
 
     @property

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from runs.access import AccessService
+from runs.attempts import AttemptService
 from runs.catalog import DefinitionCatalog
 from runs.dispatch import CeleryDispatcher
 from runs.events import RedisEventLog
@@ -25,6 +26,7 @@ class Wired:
     dispatcher: CeleryDispatcher
     catalog: DefinitionCatalog
     runs: RunService
+    attempts: AttemptService
     workflows: WorkflowState
     access: AccessService
 
@@ -48,6 +50,7 @@ def wire(settings: Settings, *, pool_size: int, auth_cache_seconds: float) -> Wi
         router=Router(settings.route_table, settings.default_queue),
         catalog=catalog,
         max_input_bytes=settings.max_input_bytes,
+        max_timeout_seconds=settings.max_timeout_seconds,
     )
     return Wired(
         engine=engine,
@@ -55,6 +58,7 @@ def wire(settings: Settings, *, pool_size: int, auth_cache_seconds: float) -> Wi
         dispatcher=dispatcher,
         catalog=catalog,
         runs=runs,
+        attempts=AttemptService(engine, dispatcher=dispatcher, events=events),
         workflows=WorkflowState(engine, runs=runs, events=events, dispatcher=dispatcher),
         access=AccessService(engine, cache_seconds=auth_cache_seconds),
     )

@@ -130,6 +130,10 @@ def test_a_run_keeps_every_field_through_insert_and_get(
         started_at=datetime(2026, 3, 1, 14, 0, 1, 500, tzinfo=plus_two),
         completed_at=T0 + timedelta(seconds=4, microseconds=999999),
         cancel_requested_at=T0 + timedelta(seconds=3),
+        cancel_stopped_at=T0 + timedelta(seconds=3, microseconds=250_000),
+        attempts=[{"attempt": 1, "status": "failed", "error": {"message": "x"}}],
+        available_at=T0 + timedelta(seconds=1),
+        attempt_started_at=T0 + timedelta(seconds=2),
     )
     store.insert_run(conn, values)
     run = store.get_run(conn, values["run_id"])
@@ -244,6 +248,7 @@ def finish_values(status: str = "completed", **changes: Any) -> dict[str, Any]:
         "duration_ms": 9000,
         "completed_at": done,
         "updated_at": done,
+        "attempts": [{"attempt": 1, "status": status}],
     }
     values.update(changes)
     return values
@@ -299,12 +304,13 @@ def test_finishing_an_unknown_run_is_false(conn: sa.Connection) -> None:
 # -- cancel --------------------------------------------------------------------------------
 
 
+CANCEL_AT = T0 + timedelta(seconds=2)
+
+
 def cancel_values() -> dict[str, Any]:
-    now = T0 + timedelta(seconds=2)
     return {
-        "completed_at": now,
-        "updated_at": now,
-        "cancel_requested_at": now,
+        "completed_at": CANCEL_AT,
+        "updated_at": CANCEL_AT,
         "error": {"message": "Run cancelled", "code": "cancelled"},
     }
 
@@ -317,25 +323,31 @@ def test_an_active_run_can_be_cancelled(conn: sa.Connection, project: Project, s
         .where(runs_table.c.run_id == run.run_id)
         .values(lease_owner="w", lease_expires_at=T0)
     )
-    cancelled = store.cancel_run(conn, run.run_id, cancel_values())
+    cancelled = store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values())
     assert cancelled is not None
     assert cancelled.status is RunStatus.CANCELLED
     assert cancelled.completed_at == T0 + timedelta(seconds=2) and is_utc(cancelled.completed_at)
     assert cancelled.error == {"message": "Run cancelled", "code": "cancelled"}
+    assert cancelled.cancel_requested_at == CANCEL_AT
     assert store.get_run(conn, run.run_id) == cancelled
-    assert lease_of(conn, run.run_id) == (None, None)
+    if status == "running":  # its worker still has to stop: the lease stays until it says so
+        assert cancelled.cancel_stopped_at is None
+        assert lease_of(conn, run.run_id) == ("w", T0)
+    else:
+        assert cancelled.cancel_stopped_at == CANCEL_AT
+        assert lease_of(conn, run.run_id) == (None, None)
 
 
 def test_a_cancelled_run_cannot_be_cancelled_again(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    first = store.cancel_run(conn, run.run_id, cancel_values())
+    first = store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values())
     assert first is not None
-    assert store.cancel_run(conn, run.run_id, {"updated_at": T0 + timedelta(hours=1)}) is None
+    assert store.cancel_run(conn, run.run_id, T0, {"updated_at": T0 + timedelta(hours=1)}) is None
     assert store.get_run(conn, run.run_id) == first
 
 
 def test_cancelling_an_unknown_run_is_none(conn: sa.Connection) -> None:
-    assert store.cancel_run(conn, "run_nobody", cancel_values()) is None
+    assert store.cancel_run(conn, "run_nobody", CANCEL_AT, cancel_values()) is None
 
 
 # -- invariant 2: terminal is final --------------------------------------------------------
@@ -361,14 +373,14 @@ def test_a_terminal_run_never_changes_whatever_is_tried(
             assert not store.finish_run(
                 conn, run.run_id, attempt, finish_values(outcome, output={"late": True})
             )
-    assert store.cancel_run(conn, run.run_id, cancel_values()) is None
+    assert store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values()) is None
     assert store.get_run(conn, run.run_id) == run
     assert lease_of(conn, run.run_id) == (None, None)
 
 
 def test_a_late_finish_after_cancel_changes_nothing(conn: sa.Connection, project: Project) -> None:
     run = claimed(conn, project)
-    cancelled = store.cancel_run(conn, run.run_id, cancel_values())
+    cancelled = store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values())
     assert cancelled is not None
     assert not store.finish_run(conn, run.run_id, run.attempt, finish_values())
     assert store.get_run(conn, run.run_id) == cancelled

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,33 @@ def log_event(line: str) -> NewEvent:
 
 def step_finished_event(step_name: str, status: str) -> NewEvent:
     return NewEvent(STEP_FINISHED, {"type": STEP_FINISHED, "stepName": step_name, "status": status})
+
+
+def attempt_started_event(step_name: str, attempt: int) -> NewEvent:
+    """A task run's later attempt starts (the first one opens with ``started_events``)."""
+    payload = {"type": STEP_STARTED, "stepName": step_name, "status": "running", "attempt": attempt}
+    return NewEvent(STEP_STARTED, payload)
+
+
+def attempt_failed_event(step_name: str, attempt: int, message: str, *, retrying: bool) -> NewEvent:
+    """An attempt failed; ``retrying`` says another one follows."""
+    payload = {
+        "type": STEP_FINISHED,
+        "stepName": step_name,
+        "status": "failed",
+        "attempt": attempt,
+        "retrying": retrying,
+        "message": message,
+    }
+    return NewEvent(STEP_FINISHED, payload)
+
+
+def numbered(events: Sequence[NewEvent], first: int, now: datetime) -> list[RunEvent]:
+    """Give ``events`` the ids reserved for them, starting at ``first``."""
+    return [
+        RunEvent(event_id=first + i, event_type=e.event_type, payload=e.payload, created_at=now)
+        for i, e in enumerate(events)
+    ]
 
 
 def terminal_event(status: str, message: str | None = None) -> NewEvent:

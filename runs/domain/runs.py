@@ -146,6 +146,10 @@ class Run:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     cancel_requested_at: datetime | None = None
+    cancel_stopped_at: datetime | None = None
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    available_at: datetime | None = None
+    attempt_started_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,10 +162,26 @@ class Outcome:
     logs: str | None = None
     artifacts: list[Any] = field(default_factory=list)
     exit_code: int | None = None
+    # False for failures another attempt cannot fix (bad input, a non-retryable error).
+    retryable: bool = True
 
     def __post_init__(self) -> None:
         if not self.status.is_terminal:
             raise ValueError(f"an outcome must be terminal, not {self.status}")
+
+
+def attempt_record(
+    run: Run, status: RunStatus, error: RunError | None, finished_at: datetime
+) -> dict[str, Any]:
+    """What ``run.attempts`` keeps of the attempt ``run.attempt`` once it ended."""
+    started = run.attempt_started_at
+    return {
+        "attempt": run.attempt,
+        "status": status.value,
+        "error": error.to_json() if error is not None else None,
+        "started_at": started.isoformat() if started is not None else None,
+        "finished_at": finished_at.isoformat(),
+    }
 
 
 @dataclass(frozen=True, slots=True)

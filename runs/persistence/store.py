@@ -55,6 +55,7 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
     data["kind"] = RunKind(data["kind"])
     data["status"] = RunStatus(data["status"])
     data["artifacts"] = data["artifacts"] or []
+    data["attempts"] = data.get("attempts") or []
     return Run(**data)
 
 
@@ -237,6 +238,7 @@ _CLAIM = (
         attempt=runs.c.attempt + 1,
         started_at=sa.func.coalesce(runs.c.started_at, sa.bindparam("b_now", type_=UTCDateTime())),
         updated_at=sa.bindparam("b_now", type_=UTCDateTime()),
+        attempt_started_at=sa.bindparam("b_now", type_=UTCDateTime()),
         lease_owner=sa.bindparam("b_worker"),
         lease_expires_at=sa.bindparam("b_lease", type_=UTCDateTime()),
     )
@@ -253,6 +255,7 @@ FINISH_FIELDS = (
     "duration_ms",
     "completed_at",
     "updated_at",
+    "attempts",
 )
 _FINISH = (
     runs.update()
@@ -294,8 +297,15 @@ def finish_run(conn: sa.Connection, run_id: str, attempt: int, values: Mapping[s
     return result.rowcount == 1
 
 
-def cancel_run(conn: sa.Connection, run_id: str, values: Mapping[str, Any]) -> Run | None:
-    """Any active status -> cancelled. Returns the cancelled run, or ``None`` if not active."""
+def cancel_run(
+    conn: sa.Connection, run_id: str, now: datetime, values: Mapping[str, Any]
+) -> Run | None:
+    """Any active status -> cancelled. Returns the cancelled run, or ``None`` if not active.
+
+    A running task run keeps its lease: the work has stopped only once its worker says so
+    (``recovery.record_stop``) or the lease runs out. Anything else stopped now.
+    """
+    executing = sa.and_(runs.c.kind == RunKind.TASK.value, runs.c.status == RunStatus.RUNNING.value)
     row = (
         conn.execute(
             runs.update()
@@ -305,9 +315,11 @@ def cancel_run(conn: sa.Connection, run_id: str, values: Mapping[str, Any]) -> R
             )
             .values(
                 status=RunStatus.CANCELLED.value,
-                lease_owner=None,
-                lease_expires_at=None,
                 waiting_reason=None,
+                cancel_requested_at=now,
+                cancel_stopped_at=sa.case((executing, None), else_=now),
+                lease_owner=sa.case((executing, runs.c.lease_owner), else_=None),
+                lease_expires_at=sa.case((executing, runs.c.lease_expires_at), else_=None),
                 **values,
             )
             .returning(*_RUN_COLUMNS)
@@ -319,11 +331,11 @@ def cancel_run(conn: sa.Connection, run_id: str, values: Mapping[str, Any]) -> R
 
 
 def stale_pending(conn: sa.Connection, before: datetime, limit: int) -> list[tuple[str, str, str]]:
-    """(run_id, target, queue) of runs still pending since before ``before``, oldest first."""
+    """(run_id, target, queue) of runs runnable but still pending since before ``before``."""
     rows = conn.execute(
         sa.select(runs.c.run_id, runs.c.target, runs.c.queue)
-        .where(runs.c.status == RunStatus.PENDING.value, runs.c.updated_at < before)
-        .order_by(runs.c.updated_at)
+        .where(runs.c.status == RunStatus.PENDING.value, runs.c.available_at < before)
+        .order_by(runs.c.available_at)
         .limit(limit)
     )
     return [(r.run_id, r.target, r.queue) for r in rows]
@@ -336,9 +348,9 @@ def touch_pending(conn: sa.Connection, run_id: str, before: datetime, now: datet
         .where(
             runs.c.run_id == run_id,
             runs.c.status == RunStatus.PENDING.value,
-            runs.c.updated_at < before,
+            runs.c.available_at < before,
         )
-        .values(updated_at=now)
+        .values(available_at=now)
     )
     return result.rowcount == 1
 

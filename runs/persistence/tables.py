@@ -125,6 +125,13 @@ runs = sa.Table(
     sa.Column("lease_owner", sa.String(200), nullable=True),
     sa.Column("lease_expires_at", UTCDateTime(), nullable=True),
     sa.Column("cancel_requested_at", UTCDateTime(), nullable=True),
+    # When the cancelled work actually stopped (the worker confirmed it, or its lease ran out).
+    sa.Column("cancel_stopped_at", UTCDateTime(), nullable=True),
+    # One record per ended attempt: number, status, error, started/finished times.
+    sa.Column("attempts", JSONType, nullable=True),
+    # When a pending run became runnable (accepted, or due after a retry's backoff).
+    sa.Column("available_at", UTCDateTime(), nullable=True),
+    sa.Column("attempt_started_at", UTCDateTime(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("started_at", UTCDateTime(), nullable=True),
@@ -132,6 +139,8 @@ runs = sa.Table(
     sa.Index("ix_runs_project_created", "project_id", "created_at", "run_id"),
     sa.Index("ix_runs_parent", "parent_run_id"),
     sa.Index("ix_runs_status_updated", "status", "updated_at"),
+    sa.Index("ix_runs_status_available", "status", "available_at"),
+    sa.Index("ix_runs_status_lease", "status", "lease_expires_at"),
 )
 
 # Events of finished runs, copied from the Redis stream in the run's terminal transaction.

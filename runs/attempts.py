@@ -1,0 +1,198 @@
+"""Use cases of task-run attempts: lease renewal, retry, stop records, and the sweeper's
+recoveries (reclaim attempts whose worker died, expire runs that waited too long).
+
+Like ``service``, it owns its transactions and never imports FastAPI, Celery or redis.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+from functools import partial
+
+import sqlalchemy as sa
+
+from runs.domain import events as ev
+from runs.domain.clock import utcnow
+from runs.domain.events import NewEvent
+from runs.domain.runs import Outcome, Run, RunError, RunStatus, attempt_record
+from runs.persistence import recovery, store
+from runs.persistence.engine import autocommit
+from runs.ports import Dispatcher, EventLog
+from runs.service import duration_ms
+
+log = logging.getLogger(__name__)
+
+WORKER_LOST = "the worker running this attempt stopped renewing its lease (it died or hung)"
+
+
+class AttemptService:
+    def __init__(
+        self,
+        engine: sa.Engine,
+        *,
+        dispatcher: Dispatcher,
+        events: EventLog,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._engine = engine
+        self._auto = autocommit(engine)
+        self._dispatcher = dispatcher
+        self._events = events
+        self._clock = clock
+
+    # -- the worker's side ----------------------------------------------------------------
+
+    def renew(self, run: Run, lease_seconds: float) -> bool:
+        """Extend the lease of the attempt ``run.attempt``; False once it lost the run."""
+        until = self._clock() + timedelta(seconds=lease_seconds)
+        with self._auto.connect() as conn:
+            return recovery.renew_lease(conn, run.run_id, run.attempt, until)
+
+    def retry(self, run: Run, outcome: Outcome, delay: float) -> bool:
+        """Record the failed attempt and queue the next one ``delay`` seconds from now.
+
+        False when the attempt no longer owns the run (it was cancelled meanwhile)."""
+        now = self._clock()
+        record = attempt_record(run, outcome.status, outcome.error, now)
+        with self._auto.connect() as conn:
+            queued = recovery.requeue(
+                conn,
+                run.run_id,
+                run.attempt,
+                attempts=[*run.attempts, record],
+                due=now + timedelta(seconds=delay),
+                now=now,
+            )
+        if queued:
+            message = outcome.error.message if outcome.error else "attempt failed"
+            self._next_attempt(run, message, delay)
+        return queued
+
+    def record_stop(self, run: Run) -> bool:
+        """The attempt of a cancelled run has stopped working: note the time."""
+        with self._auto.connect() as conn:
+            return recovery.record_stop(conn, run.run_id, run.attempt, self._clock())
+
+    def _next_attempt(self, run: Run, message: str, delay: float) -> None:
+        event = ev.attempt_failed_event(run.target, run.attempt, message, retrying=True)
+        try:
+            self._events.append(run.run_id, [event])
+            self._dispatcher.dispatch(run.target, run.run_id, run.queue, countdown=delay or None)
+        except Exception:
+            log.warning("could not send the next attempt of %s; the sweeper will", run.run_id)
+
+    # -- the sweeper's side ---------------------------------------------------------------
+
+    def reclaim_expired(
+        self,
+        *,
+        max_attempts: Callable[[Run], int],
+        backoff: Callable[[int], float],
+        limit: int = 200,
+    ) -> int:
+        """Runs whose worker stopped renewing its lease: a new attempt when the run has one
+        left, else ``failed`` with ``worker_lost``. Returns how many runs were reclaimed."""
+        now = self._clock()
+        with self._auto.connect() as conn:
+            lost = recovery.expired_leases(conn, now, limit)
+        reclaimed = 0
+        for run in lost:
+            error = RunError(WORKER_LOST, code="worker_lost")
+            if run.attempt < max_attempts(run):
+                delay = backoff(run.attempt)
+                record = attempt_record(run, RunStatus.FAILED, error, now)
+                with self._auto.connect() as conn:
+                    queued = recovery.requeue(
+                        conn,
+                        run.run_id,
+                        run.attempt,
+                        attempts=[*run.attempts, record],
+                        due=now + timedelta(seconds=delay),
+                        now=now,
+                        lease_expired_before=now,
+                    )
+                if queued:
+                    self._next_attempt(run, error.message, delay)
+                    reclaimed += 1
+                continue
+            closing = [
+                ev.attempt_failed_event(run.target, run.attempt, error.message, retrying=False),
+                ev.terminal_event(RunStatus.FAILED.value, error.message),
+            ]
+            values = {
+                "status": RunStatus.FAILED.value,
+                "output": None,
+                "error": error.to_json(),
+                "logs": run.logs,
+                "artifacts": run.artifacts,
+                "exit_code": None,
+                "duration_ms": duration_ms(run.started_at or now, now),
+                "completed_at": now,
+                "updated_at": now,
+                "attempts": [*run.attempts, attempt_record(run, RunStatus.FAILED, error, now)],
+            }
+            if self._end(
+                run.run_id,
+                partial(
+                    recovery.fail_lost,
+                    run_id=run.run_id,
+                    attempt=run.attempt,
+                    lease_expired_before=now,
+                    values=values,
+                ),
+                closing,
+                now,
+            ):
+                reclaimed += 1
+        return reclaimed
+
+    def record_lost_stops(self) -> int:
+        """Cancelled runs whose worker never confirmed the stop stopped when its lease ended."""
+        with self._auto.connect() as conn:
+            return recovery.record_lost_stops(conn, self._clock())
+
+    def expire_stale(self, *, ttl_seconds: float, limit: int = 200) -> int:
+        """Fail runs that waited longer than ``ttl_seconds`` for a worker (``expired``)."""
+        now = self._clock()
+        cutoff = now - timedelta(seconds=ttl_seconds)
+        with self._auto.connect() as conn:
+            stale = recovery.expirable(conn, cutoff, limit)
+        expired = 0
+        for run in stale:
+            message = f"the run waited more than {ttl_seconds:g} s for a worker"
+            error = RunError(message, code="expired")
+            values = {
+                "status": RunStatus.FAILED.value,
+                "error": error.to_json(),
+                "completed_at": now,
+                "updated_at": now,
+            }
+            closing = [ev.terminal_event(RunStatus.FAILED.value, message)]
+            if self._end(
+                run.run_id,
+                partial(recovery.expire, run_id=run.run_id, available_before=cutoff, values=values),
+                closing,
+                now,
+            ):
+                expired += 1
+        return expired
+
+    def _end(
+        self,
+        run_id: str,
+        update: Callable[[sa.Connection], bool],
+        closing: Sequence[NewEvent],
+        now: datetime,
+    ) -> bool:
+        """End a run on the sweeper's behalf: the conditional update first, then the events,
+        all in one transaction (a live worker that won the race keeps its stream open)."""
+        with self._engine.begin() as conn:
+            if not update(conn):
+                return False
+            first, so_far = self._events.close(run_id, len(closing))
+            final = ev.numbered(closing, first, now)
+            store.insert_events(conn, run_id, [*so_far, *final])
+        self._events.publish(run_id, final)
+        return True

@@ -1,0 +1,162 @@
+"""Statements that keep task runs moving when attempts fail, stall or die.
+
+Every one is a single conditional UPDATE: it changes the run only while the attempt it names
+still owns it (``status`` and ``attempt`` match, and for a reclaim the lease has run out), so a
+sweeper, a late worker and a cancel can race without read-modify-write.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from runs.domain.runs import Run, RunKind, RunStatus
+from runs.persistence.store import FINISH_FIELDS, run_from_row
+from runs.persistence.tables import UTCDateTime, runs
+
+_RUNNING_TASK = (runs.c.kind == RunKind.TASK.value, runs.c.status == RunStatus.RUNNING.value)
+
+_RENEW = (
+    runs.update()
+    .where(
+        runs.c.run_id == sa.bindparam("b_run_id"),
+        runs.c.status == RunStatus.RUNNING.value,
+        runs.c.attempt == sa.bindparam("b_attempt"),
+    )
+    .values(lease_expires_at=sa.bindparam("b_until", type_=UTCDateTime()))
+)
+
+
+def renew_lease(conn: sa.Connection, run_id: str, attempt: int, until: datetime) -> bool:
+    """Extend a running attempt's lease. False once the attempt no longer owns the run."""
+    result = conn.execute(_RENEW, {"b_run_id": run_id, "b_attempt": attempt, "b_until": until})
+    return result.rowcount == 1
+
+
+def _owned_by(run_id: str, attempt: int, *, lease_expired_before: datetime | None) -> Any:
+    condition = sa.and_(
+        runs.c.run_id == run_id,
+        runs.c.status == RunStatus.RUNNING.value,
+        runs.c.attempt == attempt,
+    )
+    if lease_expired_before is not None:
+        condition = sa.and_(
+            condition,
+            runs.c.kind == RunKind.TASK.value,
+            runs.c.lease_expires_at < lease_expired_before,
+        )
+    return condition
+
+
+def requeue(
+    conn: sa.Connection,
+    run_id: str,
+    attempt: int,
+    *,
+    attempts: list[dict[str, Any]],
+    due: datetime,
+    now: datetime,
+    lease_expired_before: datetime | None = None,
+) -> bool:
+    """running -> pending for another attempt, due at ``due``; records the attempt that ended.
+
+    With ``lease_expired_before``, only when that attempt's lease ran out (a reclaim)."""
+    result = conn.execute(
+        runs.update()
+        .where(_owned_by(run_id, attempt, lease_expired_before=lease_expired_before))
+        .values(
+            status=RunStatus.PENDING.value,
+            attempts=attempts,
+            available_at=due,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
+def fail_lost(
+    conn: sa.Connection, run_id: str, attempt: int, lease_expired_before: datetime, values: Any
+) -> bool:
+    """running -> terminal for an attempt whose lease ran out (every field of FINISH_FIELDS)."""
+    result = conn.execute(
+        runs.update()
+        .where(_owned_by(run_id, attempt, lease_expired_before=lease_expired_before))
+        .values(
+            lease_owner=None,
+            lease_expires_at=None,
+            **{name: values[name] for name in FINISH_FIELDS},
+        )
+    )
+    return result.rowcount == 1
+
+
+def expired_leases(conn: sa.Connection, now: datetime, limit: int) -> list[Run]:
+    """Running task runs whose worker stopped renewing its lease, oldest lease first."""
+    rows = conn.execute(
+        runs.select()
+        .where(*_RUNNING_TASK, runs.c.lease_expires_at < now)
+        .order_by(runs.c.lease_expires_at)
+        .limit(limit)
+    ).mappings()
+    return [run_from_row(r) for r in rows]
+
+
+def record_stop(conn: sa.Connection, run_id: str, attempt: int, now: datetime) -> bool:
+    """A cancelled run's attempt has stopped working: note when, and release its lease."""
+    result = conn.execute(
+        runs.update()
+        .where(
+            runs.c.run_id == run_id,
+            runs.c.status == RunStatus.CANCELLED.value,
+            runs.c.attempt == attempt,
+            runs.c.cancel_stopped_at.is_(None),
+        )
+        .values(cancel_stopped_at=now, lease_owner=None, lease_expires_at=None)
+    )
+    return result.rowcount == 1
+
+
+def record_lost_stops(conn: sa.Connection, now: datetime) -> int:
+    """Cancelled runs whose worker never confirmed the stop: it stopped when its lease ended."""
+    result = conn.execute(
+        runs.update()
+        .where(
+            runs.c.status == RunStatus.CANCELLED.value,
+            runs.c.cancel_stopped_at.is_(None),
+            runs.c.lease_expires_at < now,
+        )
+        .values(cancel_stopped_at=runs.c.lease_expires_at, lease_owner=None, lease_expires_at=None)
+    )
+    return result.rowcount
+
+
+def expirable(conn: sa.Connection, available_before: datetime, limit: int) -> list[Run]:
+    """Pending runs that have waited for a worker since before ``available_before``."""
+    rows = conn.execute(
+        runs.select()
+        .where(runs.c.status == RunStatus.PENDING.value, runs.c.available_at < available_before)
+        .order_by(runs.c.available_at)
+        .limit(limit)
+    ).mappings()
+    return [run_from_row(r) for r in rows]
+
+
+def expire(
+    conn: sa.Connection, run_id: str, available_before: datetime, values: Mapping[str, Any]
+) -> bool:
+    """pending -> failed (``expired``) while the run is still pending and still that old."""
+    result = conn.execute(
+        runs.update()
+        .where(
+            runs.c.run_id == run_id,
+            runs.c.status == RunStatus.PENDING.value,
+            runs.c.available_at < available_before,
+        )
+        .values(lease_owner=None, lease_expires_at=None, **values)
+    )
+    return result.rowcount == 1
