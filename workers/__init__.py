@@ -1,5 +1,6 @@
 """Worker side of runs: definitions registry, Celery app, job execution and adapters."""
 
+from workers.adapters import NonRetryableError, TaskFailed
 from workers.dsl import (
     Retry,
     branch,
@@ -10,11 +11,14 @@ from workers.dsl import (
     wait_for_event,
     when,
 )
-from workers.registry import registry, task, workflow
+from workers.registry import command, registry, task, workflow
 
 __all__ = [
+    "NonRetryableError",
     "Retry",
+    "TaskFailed",
     "branch",
+    "command",
     "parallel",
     "registry",
     "step",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import traceback
 from typing import Any
@@ -11,11 +12,16 @@ from pydantic import BaseModel, ValidationError
 
 from runs.domain.runs import Outcome, RunError, RunStatus
 from workers.context import RunCancelled, TaskContext
+from workers.guard import Interrupter, RunInterrupted
 from workers.registry import TaskDefinition
 
 
 class TaskFailed(Exception):
-    """Raise from a task to fail its run with a chosen ``code`` and JSON ``detail``."""
+    """Raise from a task to fail this attempt with a chosen ``code`` and JSON ``detail``.
+
+    The run is retried while it has attempts left (``backoff_limit``)."""
+
+    retryable = True
 
     def __init__(self, message: str, *, code: str = "task_failed", detail: Any = None) -> None:
         super().__init__(message)
@@ -23,18 +29,36 @@ class TaskFailed(Exception):
         self.detail = detail
 
 
-def run_in_process(definition: TaskDefinition, ctx: TaskContext) -> Outcome:
-    """Call the task function in this process: exit code 0 on success, 1 on failure."""
+class NonRetryableError(TaskFailed):
+    """Raise from a task to fail its run at once, whatever attempts it has left."""
+
+    retryable = False
+
+
+def run_in_process(
+    definition: TaskDefinition, ctx: TaskContext, interrupter: Interrupter | None = None
+) -> Outcome:
+    """Call the task function in this process: exit code 0 on success, 1 on failure.
+
+    With an ``interrupter``, the worker may stop the call by raising ``RunInterrupted`` in it.
+    """
     try:
-        if definition.input_model is not None:
-            ctx.input = definition.input_model.model_validate(ctx.config)
-        result = definition.fn(ctx)
-        if definition.is_async:
-            result = asyncio.run(result)
+        with interrupter.armed() if interrupter is not None else contextlib.nullcontext():
+            if definition.input_model is not None:
+                ctx.input = definition.input_model.model_validate(ctx.config)
+            result = definition.fn(ctx)
+            if definition.is_async:
+                result = asyncio.run(result)
         output = _to_json(result, definition.output_model)
+    except RunInterrupted:
+        return _failed(ctx, "interrupted", "the worker stopped the task", None)
     except ValidationError as exc:
         return _failed(
-            ctx, "invalid_input", _validation_message(exc), exc.errors(include_url=False)
+            ctx,
+            "invalid_input",
+            _validation_message(exc),
+            exc.errors(include_url=False),
+            retryable=False,
         )
     except RunCancelled:
         return Outcome(
@@ -45,9 +69,9 @@ def run_in_process(definition: TaskDefinition, ctx: TaskContext) -> Outcome:
             exit_code=1,
         )
     except TaskFailed as exc:
-        return _failed(ctx, exc.code, str(exc), exc.detail)
+        return _failed(ctx, exc.code, str(exc), exc.detail, retryable=exc.retryable)
     except _OutputError as exc:
-        return _failed(ctx, "invalid_output", str(exc), None)
+        return _failed(ctx, "invalid_output", str(exc), None, retryable=False)
     except Exception as exc:
         return _failed(
             ctx,
@@ -85,11 +109,14 @@ def _validation_message(exc: ValidationError) -> str:
     return f"config does not match the task's input model: {where}: {first['msg']}"
 
 
-def _failed(ctx: TaskContext, code: str, message: str, detail: Any) -> Outcome:
+def _failed(
+    ctx: TaskContext, code: str, message: str, detail: Any, *, retryable: bool = True
+) -> Outcome:
     return Outcome(
         RunStatus.FAILED,
         error=RunError(message, code=code, detail=detail),
         logs=ctx.logs,
         artifacts=ctx.artifacts,
         exit_code=1,
+        retryable=retryable,
     )

@@ -19,6 +19,7 @@ from runs.persistence.engine import create_engine
 from runs.settings import Settings
 from workers.engine import WorkflowEngine
 from workers.execute import execute
+from workers.guard import mark_pool_process
 from workers.registry import Registry
 from workers.registry import registry as default_registry
 from workers.runtime import get_runtime
@@ -41,7 +42,7 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
             register_definitions(settings, registry)
 
     signals.worker_init.connect(on_worker_init, weak=False)
-    sweeper = Sweeper(settings)
+    sweeper = Sweeper(settings, registry)
 
     def on_worker_ready(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
@@ -50,6 +51,10 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
     def on_worker_shutdown(**_: Any) -> None:
         sweeper.stop()
 
+    def on_worker_process_init(**_: Any) -> None:
+        mark_pool_process()
+
+    signals.worker_process_init.connect(on_worker_process_init, weak=False)
     signals.worker_ready.connect(on_worker_ready, weak=False)
     signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
     if settings.logging_config is not None:

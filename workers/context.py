@@ -13,6 +13,11 @@ from runs.domain.events import LIFECYCLE_EVENT_TYPES, NewEvent, log_event
 CUSTOM_EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
 
 
+TRUNCATED_MARKER = (
+    "[runs] log truncated: this run wrote more than its log limit (RUNS_MAX_LOG_BYTES)"
+)
+
+
 class RunCancelled(Exception):
     """Raised by ``ctx.raise_if_cancelled()`` once the run has been cancelled."""
 
@@ -43,6 +48,7 @@ class TaskContext:
         cancel_event: threading.Event | None = None,
         results: dict[str, Any] | None = None,
         start_child: Callable[..., str] | None = None,
+        max_log_bytes: int | None = None,
     ) -> None:
         self.run_id = run_id
         self.project_id = project_id
@@ -55,6 +61,8 @@ class TaskContext:
         self._start_child = start_child
         self._cancel = cancel_event or threading.Event()
         self._lines: list[str] = []
+        self._log_room = max_log_bytes
+        self._log_lock = threading.Lock()
         self.artifacts: list[dict[str, Any]] = []
         # An unmanaged logger: not kept in logging's registry after the run.
         self.logger = logging.Logger(f"runs.task.{target}")
@@ -64,8 +72,23 @@ class TaskContext:
     # -- logs and events ------------------------------------------------------------------
 
     def _capture(self, line: str) -> None:
-        self._lines.append(line)
+        with self._log_lock:  # a command's stdout and stderr arrive from two threads
+            if self._log_room is not None:
+                size = len(line.encode("utf-8")) + 1
+                if self._log_room < size:
+                    if self._log_room >= 0:
+                        line = TRUNCATED_MARKER
+                        self._log_room = -1
+                    else:
+                        return
+                else:
+                    self._log_room -= size
+            self._lines.append(line)
         self._publish([log_event(line)])
+
+    def log_line(self, line: str) -> None:
+        """Add one line to the run's logs as it is (a command's output, for example)."""
+        self._capture(line)
 
     @property
     def logs(self) -> str | None:

@@ -1,15 +1,23 @@
-"""The job: claim the run, resolve its definition, run it through an adapter, record, emit."""
+"""The job: claim the run, resolve its definition, run one attempt through an adapter under a
+guard (lease, timeout, stop), then record the outcome: a retry, the terminal record, or (for a
+run cancelled meanwhile) the time the work stopped."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 
-from runs.domain.events import NewEvent, started_events
-from runs.domain.runs import Outcome, RunError, RunStatus
+from runs.domain.events import NewEvent, attempt_started_event, started_events
+from runs.domain.runs import Outcome, Run, RunError, RunStatus
+from runs.service import json_size
 from workers.adapters import run_in_process
+from workers.commands import run_command
 from workers.context import TaskContext
+from workers.guard import AttemptGuard, Interrupter, StopReason
+from workers.policy import AttemptPolicy, backoff_delay, policy_for
+from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -22,36 +30,156 @@ def execute(runtime: WorkerRuntime, run_id: str) -> str:
         run_id, worker=runtime.worker_id, lease_seconds=runtime.settings.worker_lease_seconds
     )
     if run is None:
-        return "skipped: not pending"
-    if not service.emit(run_id, started_events(run.target)):
-        return "skipped: cancelled before it started"
-    try:
-        definition = runtime.registry.resolve(run.target)
-    except LookupError as exc:
-        service.finish(
-            run, Outcome(RunStatus.FAILED, error=RunError(str(exc), code="unknown_target"))
-        )
-        return "failed: unknown target"
-    cancel_flag = threading.Event()
-    ctx = TaskContext(
-        run_id=run.run_id,
-        project_id=run.project_id,
-        target=run.target,
-        attempt=run.attempt,
-        config=run.config,
-        input=run.input,
-        publish=lambda events: _publish(runtime, run_id, events, cancel_flag),
-        cancel_event=cancel_flag,
+        return "skipped: not pending"  # a duplicate message, or a run already running or ended
+    definition = runtime.registry.find(run.target)
+    policy = policy_for(runtime.settings, definition, run)
+    if definition is None:
+        message = f"no definition for target {run.target!r} in this worker"
+        return _end(runtime, run, _failure(message, "unknown_target"))
+    if policy.waited_too_long(run):
+        message = f"the run waited more than {policy.queue_ttl_seconds:g} s for a worker"
+        return _end(runtime, run, _failure(message, "expired"))
+    opening = (
+        started_events(run.target)
+        if run.attempt == 1
+        else [attempt_started_event(run.target, run.attempt)]
     )
-    with runtime.monitor.watch(run_id, cancel_flag):
-        outcome = run_in_process(definition, ctx)
-    if not service.finish(run, outcome):
-        return "dropped: the run was no longer ours (cancelled)"
-    return outcome.status.value
+    if not service.emit(run_id, opening):
+        runtime.attempts.record_stop(run)
+        return "skipped: cancelled before it started"
+    return Attempt(runtime, run, definition, policy).run()
 
 
-def _publish(
-    runtime: WorkerRuntime, run_id: str, events: Sequence[NewEvent], flag: threading.Event
-) -> None:
-    if not runtime.service.emit(run_id, events):
-        flag.set()  # the stream is closed: the run was cancelled
+class Attempt:
+    def __init__(
+        self,
+        runtime: WorkerRuntime,
+        run: Run,
+        definition: TaskDefinition,
+        policy: AttemptPolicy,
+    ) -> None:
+        self._rt = runtime
+        self._run = run
+        self._definition = definition
+        self._policy = policy
+        self._flag = threading.Event()
+        self._ctx = TaskContext(
+            run_id=run.run_id,
+            project_id=run.project_id,
+            target=run.target,
+            attempt=run.attempt,
+            config=run.config,
+            input=run.input,
+            publish=self._publish,
+            cancel_event=self._flag,
+            max_log_bytes=runtime.settings.max_log_bytes,
+        )
+
+    def run(self) -> str:
+        settings = self._rt.settings
+        command = self._definition.command
+        interrupter = Interrupter() if command is None else None
+        guard = AttemptGuard(
+            flag=self._flag,
+            renew=lambda: self._rt.attempts.renew(self._run, settings.worker_lease_seconds),
+            lease_seconds=settings.worker_lease_seconds,
+            timeout_seconds=self._policy.timeout_seconds,
+            grace_seconds=settings.cancel_grace_seconds,
+            interrupter=interrupter,
+            abandon=self._abandon,
+        )
+        with self._rt.monitor.watch(self._run.run_id, self._flag), guard:
+            if command is not None:
+                outcome = run_command(
+                    command,
+                    self._ctx,
+                    grace_seconds=settings.cancel_grace_seconds,
+                    max_result_bytes=settings.max_output_bytes,
+                )
+            else:
+                outcome = run_in_process(self._definition, self._ctx, interrupter)
+            guard.returned()
+            return self._record_patiently(self._settle(outcome, guard.reason))
+
+    def _publish(self, events: Sequence[NewEvent]) -> None:
+        if not self._rt.service.emit(self._run.run_id, events):
+            self._flag.set()  # the stream is closed: the run was cancelled
+
+    def _settle(self, outcome: Outcome, reason: StopReason | None) -> Outcome:
+        """Name why a stopped attempt failed, and refuse an output over the size limit."""
+        if reason is StopReason.TIMEOUT and outcome.status is not RunStatus.COMPLETED:
+            return self._timed_out(outcome.exit_code)
+        limit = self._rt.settings.max_output_bytes
+        if outcome.status is RunStatus.COMPLETED and json_size(outcome.output) > limit:
+            message = (
+                f"the task's output is larger than {limit} bytes as JSON (RUNS_MAX_OUTPUT_BYTES); "
+                "store it elsewhere and return a reference"
+            )
+            return Outcome(
+                RunStatus.FAILED,
+                error=RunError(message, code="output_too_large"),
+                logs=outcome.logs,
+                artifacts=outcome.artifacts,
+                exit_code=1,
+                retryable=False,
+            )
+        return outcome
+
+    def _timed_out(self, exit_code: int | None) -> Outcome:
+        seconds = self._policy.timeout_seconds
+        return Outcome(
+            RunStatus.FAILED,
+            error=RunError(f"the attempt timed out after {seconds:g} s", code="timeout"),
+            logs=self._ctx.logs,
+            artifacts=self._ctx.artifacts,
+            exit_code=exit_code if exit_code is not None else 1,
+        )
+
+    def _abandon(self, reason: StopReason) -> None:
+        """The task ignored its stop: record what we know before its process is killed."""
+        if reason is StopReason.TIMEOUT:
+            self._record(self._timed_out(None))
+        elif reason is StopReason.CANCELLED:
+            self._rt.attempts.record_stop(self._run)
+
+    def _record_patiently(self, outcome: Outcome) -> str:
+        """Record the outcome, retrying while Redis or SQL is unreachable (the guard keeps the
+        lease meanwhile). Past ``finish_retry_seconds`` the sweeper takes over."""
+        deadline = time.monotonic() + self._rt.settings.finish_retry_seconds
+        delay = 0.2
+        while True:
+            try:
+                return self._record(outcome)
+            except Exception:
+                if time.monotonic() + delay > deadline:
+                    raise
+                log.warning("could not record run %s yet; retrying", self._run.run_id)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _record(self, outcome: Outcome) -> str:
+        run = self._run
+        retry = (
+            outcome.status is RunStatus.FAILED
+            and outcome.retryable
+            and run.attempt < self._policy.max_attempts
+        )
+        if retry:
+            if self._rt.attempts.retry(run, outcome, backoff_delay(self._rt.settings, run.attempt)):
+                return f"retrying: attempt {run.attempt} failed"
+        elif self._rt.service.finish(run, outcome):
+            return outcome.status.value
+        self._rt.attempts.record_stop(run)
+        return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
+
+
+def _end(runtime: WorkerRuntime, run: Run, outcome: Outcome) -> str:
+    if runtime.service.finish(run, outcome):
+        return f"failed: {outcome.error.code if outcome.error else ''}"
+    return "dropped: cancelled"
+
+
+def _failure(message: str, code: str) -> Outcome:
+    return Outcome(
+        RunStatus.FAILED, error=RunError(message, code=code), exit_code=1, retryable=False
+    )

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from runs.domain.runs import DEFINITION_ID_PATTERN
 from runs.persistence.store import Definition
+from workers.commands import DEFAULT_ENV_ALLOW, Command
 from workers.dsl import Node, Retry, WorkflowDefinition, compile_workflow
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,6 +30,11 @@ class TaskDefinition:
     description: str | None = None
     input_model: type[BaseModel] | None = None
     output_model: type[BaseModel] | None = None
+    # Defaults for runs that do not set their own timeout_seconds / backoff_limit.
+    timeout_seconds: float | None = None
+    backoff_limit: int | None = None
+    # Set for process-backed tasks: ``fn`` is then never called.
+    command: Command | None = None
 
     @property
     def target(self) -> str:
@@ -62,6 +68,8 @@ class Registry:
         description: str | None = None,
         input_model: type[BaseModel] | None = None,
         output_model: type[BaseModel] | None = None,
+        timeout_seconds: float | None = None,
+        backoff_limit: int | None = None,
     ) -> Callable[[F], F]:
         """Register ``fn(ctx)`` (sync or async) as the task ``task:<id>``."""
 
@@ -74,11 +82,45 @@ class Registry:
                     description=description or inspect.getdoc(fn),
                     input_model=input_model,
                     output_model=output_model,
+                    timeout_seconds=timeout_seconds,
+                    backoff_limit=backoff_limit,
                 )
             )
             return fn
 
         return decorate
+
+    def command(
+        self,
+        id: str,
+        argv: Sequence[str] | Callable[[dict[str, Any]], Sequence[str]],
+        *,
+        env_allow: Sequence[str] = DEFAULT_ENV_ALLOW,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_seconds: float | None = None,
+        backoff_limit: int | None = None,
+    ) -> TaskDefinition:
+        """Register ``task:<id>`` as a command run in a subprocess (see ``workers.commands``).
+
+        ``argv`` is a list, or a function of the run's config returning one; ``env_allow``
+        names the worker's environment variables the command may see; ``env`` adds fixed ones.
+        """
+        if not callable(argv) and not argv:
+            raise DefinitionError(f"command task {id!r} needs a non-empty argv")
+        definition = TaskDefinition(
+            id=id,
+            fn=_command_placeholder,
+            name=name,
+            description=description,
+            timeout_seconds=timeout_seconds,
+            backoff_limit=backoff_limit,
+            command=Command(argv=argv, env_allow=tuple(env_allow), env=dict(env or {}), cwd=cwd),
+        )
+        self.add(definition)
+        return definition
 
     def add(self, definition: TaskDefinition) -> None:
         if not DEFINITION_ID_PATTERN.fullmatch(definition.id):
@@ -86,7 +128,9 @@ class Registry:
                 f"task id {definition.id!r} must be letters, digits, '_', '.', '/' or '-'"
             )
         existing = self._tasks.get(definition.id)
-        if existing is not None and existing.fn is not definition.fn:
+        if existing is not None and (
+            existing.fn is not definition.fn or existing.command != definition.command
+        ):
             raise DefinitionError(
                 f"task {definition.id!r} is defined twice: in {_where(existing.fn)} and "
                 f"{_where(definition.fn)}"
@@ -123,11 +167,15 @@ class Registry:
         return definition
 
     def resolve(self, target: str) -> TaskDefinition:
-        kind, _, definition_id = target.partition(":")
-        found = self._tasks.get(definition_id) if kind == "task" else None
+        found = self.find(target)
         if found is None:
             raise LookupError(f"no definition for target {target!r} in this worker")
         return found
+
+    def find(self, target: str) -> TaskDefinition | None:
+        """The task definition of ``target``, or None when this worker has none."""
+        kind, _, definition_id = target.partition(":")
+        return self._tasks.get(definition_id) if kind == "task" else None
 
     def resolve_workflow(self, target: str) -> WorkflowDefinition:
         kind, _, definition_id = target.partition(":")
@@ -166,10 +214,15 @@ class Registry:
                 ) from exc
 
 
+def _command_placeholder(ctx: Any) -> None:
+    raise RuntimeError("a command task runs through workers.commands, not as a function")
+
+
 def _where(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
 
 registry = Registry()
 task = registry.task
+command = registry.command
 workflow = registry.workflow

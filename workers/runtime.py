@@ -7,6 +7,7 @@ import socket
 from dataclasses import dataclass
 
 from runs.access import AccessService
+from runs.attempts import AttemptService
 from runs.events import RedisEventLog
 from runs.service import RunService
 from runs.settings import Settings
@@ -21,6 +22,7 @@ class WorkerRuntime:
     settings: Settings
     registry: Registry
     service: RunService
+    attempts: AttemptService
     workflows: WorkflowState
     access: AccessService
     events: RedisEventLog
@@ -46,6 +48,7 @@ def _build(settings: Settings, registry: Registry, pid: int) -> WorkerRuntime:
         settings=settings,
         registry=registry,
         service=wired.runs,
+        attempts=wired.attempts,
         workflows=wired.workflows,
         access=wired.access,
         events=wired.events,

@@ -1,20 +1,29 @@
-"""The sweeper: a thread in each worker's main process that re-sends the jobs of runs left
-pending, and of workflow steps left queued, too long. Several sweepers at once are safe."""
+"""The sweeper: a thread in each worker's main process that keeps accepted runs moving.
+
+Every interval it re-sends the jobs of runs left pending (and workflow steps left queued) too
+long, reclaims task runs whose worker stopped renewing its lease (a new attempt, or ``failed``
+with ``worker_lost``), notes when the work of cancelled runs stopped, and expires runs that
+waited past the queue TTL. Every step is a conditional update: several sweepers are safe.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 
+from runs.domain.runs import Run
 from runs.settings import Settings
-from runs.wiring import wire
+from runs.wiring import Wired, wire
+from workers.policy import backoff_delay, policy_for
+from workers.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 class Sweeper:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, registry: Registry) -> None:
         self._settings = settings
+        self._registry = registry
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="runs-sweeper", daemon=True)
 
@@ -25,18 +34,38 @@ class Sweeper:
         self._stop.set()
 
     def _loop(self) -> None:
-        settings = self._settings
-        wired = wire(settings, pool_size=1, auth_cache_seconds=0)
-        older = settings.pending_redispatch_seconds
+        wired = wire(self._settings, pool_size=1, auth_cache_seconds=0)
         try:
-            while not self._stop.wait(settings.sweep_interval_seconds):
+            while not self._stop.wait(self._settings.sweep_interval_seconds):
                 try:
-                    sent = wired.runs.redispatch_stale(older_than_seconds=older)
-                    sent += wired.workflows.redispatch_stale(older_than_seconds=older)
+                    self.sweep(wired)
                 except Exception:
                     log.warning("sweep failed; trying again next interval", exc_info=True)
-                    continue
-                if sent:
-                    log.info("re-sent %d jobs of stale pending runs and queued steps", sent)
         finally:
             wired.close()
+
+    def sweep(self, wired: Wired) -> None:
+        settings = self._settings
+        older = settings.pending_redispatch_seconds
+        sent = wired.runs.redispatch_stale(older_than_seconds=older)
+        sent += wired.workflows.redispatch_stale(older_than_seconds=older)
+        reclaimed = wired.attempts.reclaim_expired(
+            max_attempts=self._max_attempts,
+            backoff=lambda attempt: backoff_delay(settings, attempt),
+        )
+        stopped = wired.attempts.record_lost_stops()
+        expired = 0
+        if settings.queue_ttl_seconds is not None:
+            expired = wired.attempts.expire_stale(ttl_seconds=settings.queue_ttl_seconds)
+        if sent or reclaimed or stopped or expired:
+            log.info(
+                "sweep: %d jobs re-sent, %d runs reclaimed from lost workers, %d stops noted, "
+                "%d runs expired",
+                sent,
+                reclaimed,
+                stopped,
+                expired,
+            )
+
+    def _max_attempts(self, run: Run) -> int:
+        return policy_for(self._settings, self._registry.find(run.target), run).max_attempts

@@ -331,10 +331,15 @@ def cancel_run(
 
 
 def stale_pending(conn: sa.Connection, before: datetime, limit: int) -> list[tuple[str, str, str]]:
-    """(run_id, target, queue) of runs runnable but still pending since before ``before``."""
+    """(run_id, target, queue) of runs runnable, and neither sent nor changed, since before
+    ``before`` (``updated_at`` marks the last send)."""
     rows = conn.execute(
         sa.select(runs.c.run_id, runs.c.target, runs.c.queue)
-        .where(runs.c.status == RunStatus.PENDING.value, runs.c.available_at < before)
+        .where(
+            runs.c.status == RunStatus.PENDING.value,
+            runs.c.available_at < before,
+            runs.c.updated_at < before,
+        )
         .order_by(runs.c.available_at)
         .limit(limit)
     )
@@ -349,8 +354,9 @@ def touch_pending(conn: sa.Connection, run_id: str, before: datetime, now: datet
             runs.c.run_id == run_id,
             runs.c.status == RunStatus.PENDING.value,
             runs.c.available_at < before,
+            runs.c.updated_at < before,
         )
-        .values(available_at=now)
+        .values(updated_at=now)
     )
     return result.rowcount == 1
 

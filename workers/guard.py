@@ -1,0 +1,213 @@
+"""Watching one attempt while it runs: the lease heartbeat, the timeout, and the stop.
+
+A stop (the run was cancelled, timed out, or its lease was lost) escalates in three steps:
+
+1. the cooperative flag is raised at once (``ctx.cancelled``; a command gets SIGTERM);
+2. after ``grace`` seconds, ``RunInterrupted`` is raised inside the task's thread: a signal
+   when the task runs on the main thread (it also cuts a blocking ``time.sleep``), else an
+   asynchronous exception, which lands at the task's next Python instruction;
+3. after ``2 * grace`` seconds, the guard records the outcome itself and, in a prefork pool
+   process, kills that process; the pool replaces it and the worker keeps serving.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from enum import StrEnum
+from types import FrameType
+
+log = logging.getLogger(__name__)
+
+_INTERRUPT_SIGNAL = signal.SIGUSR2
+
+
+class RunInterrupted(BaseException):
+    """Raised inside a task the worker is stopping. A ``BaseException``, so that a task's
+    ``except Exception`` does not swallow it."""
+
+
+class StopReason(StrEnum):
+    CANCELLED = "cancelled"
+    TIMEOUT = "timeout"
+    LOST = "lost"  # the lease could not be renewed: the run is no longer this attempt's
+
+
+_in_pool_process = False
+
+
+def mark_pool_process() -> None:
+    """Called in each prefork pool process: the last resort of a stop may kill it."""
+    global _in_pool_process
+    _in_pool_process = True
+
+
+class Interrupter:
+    """Raises ``RunInterrupted`` once in the thread running a task, and only while armed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._armed = False
+        self._fired = False
+        self._ident = 0
+        self._on_main = False
+
+    @contextlib.contextmanager
+    def armed(self) -> Iterator[None]:
+        global _main_interrupter
+        on_main = threading.current_thread() is threading.main_thread()
+        if on_main:
+            _install_signal_handler()
+            _main_interrupter = self
+        with self._lock:
+            self._ident, self._on_main, self._armed = threading.get_ident(), on_main, True
+        try:
+            yield
+        finally:
+            try:
+                with self._lock:
+                    self._armed = False
+                    if not on_main:  # drop an exception fired but not yet raised
+                        _set_async_exc(self._ident, None)
+            finally:
+                self._armed = False
+
+    def fire(self) -> bool:
+        with self._lock:
+            if not self._armed or self._fired:
+                return False
+            self._fired = True
+            if self._on_main:
+                signal.pthread_kill(self._ident, _INTERRUPT_SIGNAL)
+            else:
+                _set_async_exc(self._ident, RunInterrupted)
+            return True
+
+
+_main_interrupter: Interrupter | None = None
+_handler_installed = False
+
+
+def _on_interrupt_signal(signum: int, frame: FrameType | None) -> None:
+    current = _main_interrupter
+    if current is not None and current._armed:
+        raise RunInterrupted("the worker stopped this run")
+
+
+def _install_signal_handler() -> None:
+    global _handler_installed
+    if not _handler_installed:
+        signal.signal(_INTERRUPT_SIGNAL, _on_interrupt_signal)
+        _handler_installed = True
+
+
+def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc) if exc is not None else None
+    )
+
+
+class AttemptGuard:
+    """A thread beside one attempt: renews its lease every third of the lease, raises the
+    flag at the timeout, and escalates a stop as the module docstring says."""
+
+    def __init__(
+        self,
+        *,
+        flag: threading.Event,
+        renew: Callable[[], bool],
+        lease_seconds: float,
+        timeout_seconds: float,
+        grace_seconds: float,
+        interrupter: Interrupter | None,
+        abandon: Callable[[StopReason], None],
+        tick: float = 0.1,
+    ) -> None:
+        self.reason: StopReason | None = None
+        self._flag = flag
+        self._renew = renew
+        self._lease = lease_seconds
+        self._timeout = timeout_seconds
+        self._grace = grace_seconds
+        self._interrupter = interrupter
+        self._abandon = abandon
+        self._tick = tick
+        self._returned = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="runs-attempt-guard", daemon=True)
+
+    def __enter__(self) -> AttemptGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def returned(self) -> None:
+        """The task's code has returned: no timeout or escalation from now on."""
+        self._returned.set()
+
+    def _loop(self) -> None:
+        started = time.monotonic()
+        next_renewal = started + self._lease / 3
+        stop_at: float | None = None
+        step = 0
+        while not self._stop.wait(self._tick):
+            now = time.monotonic()
+            if now >= next_renewal:
+                next_renewal = now + self._lease / 3
+                if not self._renewed() and self.reason is None:
+                    self.reason = StopReason.LOST
+                    self._flag.set()
+            if self._returned.is_set():
+                continue
+            if self.reason is None and now - started >= self._timeout:
+                self.reason = StopReason.TIMEOUT
+                self._flag.set()
+            if stop_at is None and self._flag.is_set():
+                stop_at = now
+                self.reason = self.reason or StopReason.CANCELLED
+            if stop_at is None:
+                continue
+            if step == 0 and now >= stop_at + self._grace:
+                step = 1
+                if self._interrupter is not None and self._interrupter.fire():
+                    log.warning("interrupted a task that did not stop (%s)", self.reason)
+            elif step == 1 and now >= stop_at + 2 * self._grace:
+                step = 2
+                self._give_up()
+
+    def _renewed(self) -> bool:
+        try:
+            return self._renew()
+        except Exception:  # storage briefly away: the lease still has two thirds to run
+            log.warning("could not renew a lease", exc_info=True)
+            return True
+
+    def _give_up(self) -> None:
+        reason = self.reason or StopReason.CANCELLED
+        try:
+            self._abandon(reason)
+        except Exception:
+            log.exception("could not record the outcome of a stuck attempt")
+        if self._returned.is_set():
+            return
+        if _in_pool_process:
+            log.error(
+                "a task ignored its stop (%s) for %.1f s: killing its pool process",
+                reason,
+                2 * self._grace,
+            )
+            os.kill(os.getpid(), signal.SIGKILL)
+        log.error(
+            "a task ignored its stop (%s) and cannot be killed outside a prefork pool "
+            "process; it keeps running, but its outcome is recorded",
+            reason,
+        )
