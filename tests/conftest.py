@@ -307,3 +307,47 @@ def worker_pool(
         yield WorkerPool(settings=settings, process=process, log_path=log_path)
     finally:
         stop_worker(process)
+
+
+# -- a worker pool tuned for durability tests ----------------------------------------------
+
+# Short leases, sweeps, grace periods and backoffs, so that faults resolve in seconds.
+DURABLE_ENV = {
+    "RUNS_WORKER_LEASE_SECONDS": "1.5",
+    "RUNS_SWEEP_INTERVAL_SECONDS": "0.3",
+    "RUNS_PENDING_REDISPATCH_SECONDS": "2",
+    "RUNS_CANCEL_GRACE_SECONDS": "1",
+    "RUNS_RETRY_BACKOFF_SECONDS": "0.1",
+    "RUNS_RETRY_BACKOFF_MAX_SECONDS": "0.4",
+    "RUNS_MAX_OUTPUT_BYTES": "4096",
+    "RUNS_MAX_LOG_BYTES": "2048",
+    "RUNS_FINISH_RETRY_SECONDS": "20",
+    "RUNS_TEST_VISIBLE": "seen",
+    "RUNS_TEST_HIDDEN": "secret",
+}
+
+
+def durable_settings(postgres_url: str, redis_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": postgres_url,
+        "redis_url": redis_url,
+        "default_queue": f"runs-durable-{uuid.uuid4().hex[:8]}",
+        "definitions": ["workers.examples", "tests.definitions", "tests.durability_definitions"],
+    }
+    values.update(overrides)
+    return base_settings(**values)
+
+
+@pytest.fixture(scope="session")
+def durable_pool(
+    postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerPool]:
+    """A real prefork worker (2 processes) with the short timings of DURABLE_ENV."""
+    settings = durable_settings(postgres_url, redis_url)
+    log_path = tmp_path_factory.mktemp("durable") / "worker.log"
+    process = start_worker(settings, log_path, extra_env=DURABLE_ENV)
+    try:
+        wait_until_consuming(settings, process, log_path)
+        yield WorkerPool(settings=settings, process=process, log_path=log_path)
+    finally:
+        stop_worker(process)
