@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from runs.domain.runs import Outcome, RunError, RunStatus
+from workers.commands import run_command
 from workers.context import RunCancelled, TaskContext
 from workers.guard import Interrupter, RunInterrupted
 from workers.registry import TaskDefinition
@@ -33,6 +34,22 @@ class NonRetryableError(TaskFailed):
     """Raise from a task to fail its run at once, whatever attempts it has left."""
 
     retryable = False
+
+
+def run_definition(
+    definition: TaskDefinition,
+    ctx: TaskContext,
+    interrupter: Interrupter | None,
+    *,
+    grace_seconds: float,
+    max_result_bytes: int,
+) -> Outcome:
+    """Run a task through its adapter: a subprocess for a command, else an in-process call."""
+    if definition.command is not None:
+        return run_command(
+            definition.command, ctx, grace_seconds=grace_seconds, max_result_bytes=max_result_bytes
+        )
+    return run_in_process(definition, ctx, interrupter)
 
 
 def run_in_process(

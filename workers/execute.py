@@ -12,8 +12,7 @@ from collections.abc import Sequence
 from runs.domain.events import NewEvent, attempt_started_event, started_events
 from runs.domain.runs import Outcome, Run, RunError, RunStatus
 from runs.service import json_size
-from workers.adapters import run_in_process
-from workers.commands import run_command
+from workers.adapters import run_definition
 from workers.context import TaskContext
 from workers.guard import AttemptGuard, Interrupter, StopReason
 from workers.policy import AttemptPolicy, backoff_delay, policy_for
@@ -77,8 +76,7 @@ class Attempt:
 
     def run(self) -> str:
         settings = self._rt.settings
-        command = self._definition.command
-        interrupter = Interrupter() if command is None else None
+        interrupter = Interrupter() if self._definition.command is None else None
         guard = AttemptGuard(
             flag=self._flag,
             renew=lambda: self._rt.attempts.renew(self._run, settings.worker_lease_seconds),
@@ -89,15 +87,13 @@ class Attempt:
             abandon=self._abandon,
         )
         with self._rt.monitor.watch(self._run.run_id, self._flag), guard:
-            if command is not None:
-                outcome = run_command(
-                    command,
-                    self._ctx,
-                    grace_seconds=settings.cancel_grace_seconds,
-                    max_result_bytes=settings.max_output_bytes,
-                )
-            else:
-                outcome = run_in_process(self._definition, self._ctx, interrupter)
+            outcome = run_definition(
+                self._definition,
+                self._ctx,
+                interrupter,
+                grace_seconds=settings.cancel_grace_seconds,
+                max_result_bytes=settings.max_output_bytes,
+            )
             guard.returned()
             return self._record_patiently(self._settle(outcome, guard.reason))
 

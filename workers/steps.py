@@ -12,10 +12,11 @@ from runs.domain.clock import utcnow
 from runs.domain.events import STEP_FINISHED, STEP_STARTED
 from runs.domain.runs import Outcome, Run, RunError, RunKind, RunRequest, RunStatus
 from runs.domain.workflows import NodeRecord, NodeStatus
-from runs.workflow_state import WorkflowState, step_event
-from workers.adapters import run_in_process
+from runs.workflow_state import step_event
+from workers.adapters import run_definition
 from workers.context import TaskContext
 from workers.dsl import Step, WorkflowDefinition
+from workers.guard import AttemptGuard, Interrupter, StopReason
 from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
 from workers.workflows import WorkflowContext, context_for
@@ -65,12 +66,18 @@ class StepRunner:
         self._runs.emit(run_id, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
         nodes = self._state.nodes(run_id)
         wctx = context_for(run_id, run.input, nodes)
-        with _LeaseKeeper(self._state, node, lease):
-            outcome = self._execute(run, step, node, wctx)
+        outcome = self._execute(run, definition, step, node, wctx)
         self._record(run, definition, step, node, outcome)
         return self._advance(run_id)
 
-    def _execute(self, run: Run, step: Step, node: NodeRecord, wctx: WorkflowContext) -> Outcome:
+    def _execute(
+        self,
+        run: Run,
+        workflow: WorkflowDefinition,
+        step: Step,
+        node: NodeRecord,
+        wctx: WorkflowContext,
+    ) -> Outcome:
         try:
             config = step.input(wctx) if callable(step.input) else step.input
         except Exception as exc:
@@ -84,8 +91,12 @@ class StepRunner:
             if step.task is not None
             else TaskDefinition(id=step.id, fn=step.fn)  # type: ignore[arg-type]
         )
+        settings = self._rt.settings
+        timeout = min(
+            step.timeout or definition.timeout_seconds or settings.max_timeout_seconds,
+            settings.max_timeout_seconds,
+        )
         flag = threading.Event()
-        timed_out = threading.Event()
         ctx = TaskContext(
             run_id=run.run_id,
             project_id=run.project_id,
@@ -97,32 +108,45 @@ class StepRunner:
             cancel_event=flag,
             results=dict(wctx.results),
             start_child=lambda target, cfg, name: self._start_child(run, target, cfg, name),
+            max_log_bytes=settings.max_log_bytes,
         )
-        timer = None
-        if step.timeout:
 
-            def expire() -> None:
-                timed_out.set()
-                flag.set()
-
-            timer = threading.Timer(step.timeout, expire)
-            timer.daemon = True
-            timer.start()
-        try:
-            with self._rt.monitor.watch(run.run_id, flag, node.node_id):
-                outcome = run_in_process(definition, ctx)
-        finally:
-            if timer is not None:
-                timer.cancel()
-        if timed_out.is_set() and outcome.status is not RunStatus.COMPLETED:
-            outcome = Outcome(
+        def timed_out() -> Outcome:
+            message = f"step {step.id!r} timed out after {timeout:g} s"
+            return Outcome(
                 RunStatus.FAILED,
-                error=RunError(
-                    f"step {step.id!r} timed out after {step.timeout} s", code="timeout"
-                ),
-                logs=outcome.logs,
+                error=RunError(message, code="timeout"),
+                logs=ctx.logs,
                 exit_code=1,
             )
+
+        def abandon(reason: StopReason) -> None:
+            if reason is StopReason.TIMEOUT:  # the step ignored its stop: record it, move on
+                self._record(run, workflow, step, node, timed_out())
+                self._advance(run.run_id)
+
+        interrupter = Interrupter() if definition.command is None else None
+        lease = settings.worker_lease_seconds
+        guard = AttemptGuard(
+            flag=flag,
+            renew=lambda: self._state.renew(run.run_id, node.node_id, node.attempt, lease),
+            lease_seconds=lease,
+            timeout_seconds=timeout,
+            grace_seconds=settings.cancel_grace_seconds,
+            interrupter=interrupter,
+            abandon=abandon,
+        )
+        with self._rt.monitor.watch(run.run_id, flag, node.node_id), guard:
+            outcome = run_definition(
+                definition,
+                ctx,
+                interrupter,
+                grace_seconds=settings.cancel_grace_seconds,
+                max_result_bytes=settings.max_output_bytes,
+            )
+            guard.returned()
+        if guard.reason is StopReason.TIMEOUT and outcome.status is not RunStatus.COMPLETED:
+            return timed_out()
         return outcome
 
     def _record(
@@ -207,30 +231,3 @@ class StepRunner:
             ),
         )
         return child.run_id
-
-
-class _LeaseKeeper:
-    """Renews a running node's lease every third of its length while the step runs."""
-
-    def __init__(self, state: WorkflowState, node: NodeRecord, lease_seconds: float) -> None:
-        self._state = state
-        self._node = node
-        self._lease = lease_seconds
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="runs-node-lease", daemon=True)
-
-    def __enter__(self) -> None:
-        self._thread.start()
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self._lease / 3):
-            try:
-                self._state.renew(
-                    self._node.run_id, self._node.node_id, self._node.attempt, self._lease
-                )
-            except Exception:
-                log.warning("could not renew the lease of %s", self._node.node_id, exc_info=True)
