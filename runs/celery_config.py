@@ -12,7 +12,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "broker_url": settings.effective_broker_url,
         "broker_connection_retry_on_startup": True,
         # A Redis broker hands an unacknowledged message to another worker once this expires;
-        # it must exceed the longest run, or a slow run would be delivered twice.
+        # it must exceed the longest run, or a slow run would be delivered twice. Settings
+        # refuse a value not above RUNS_MAX_TIMEOUT_SECONDS (every attempt's cap) plus the stop
+        # grace. A redelivery is harmless anyway (the claim is conditional), and a worker that
+        # died is noticed by its lapsed lease long before this, by the sweeper.
         "broker_transport_options": {
             "visibility_timeout": settings.broker_visibility_timeout_seconds,
             "socket_connect_timeout": 5,
@@ -22,8 +25,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # The run record is the result: no Celery result backend.
         "task_ignore_result": True,
         "result_backend": None,
-        # Durability: acknowledge after the job ran, requeue when the worker process dies,
-        # and take one message at a time so a crash strands at most one.
+        # Durability: acknowledge after the job ran (a worker dying mid-job leaves the message
+        # unacknowledged), requeue at once when a pool process dies (including one the stop
+        # guard killed), and take one message at a time so a crash strands at most one.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,

@@ -44,7 +44,11 @@ class Command:
 def run_command(
     command: Command, ctx: TaskContext, *, grace_seconds: float, max_result_bytes: int
 ) -> Outcome:
-    argv = list(command.argv(ctx.config) if callable(command.argv) else command.argv)
+    try:
+        argv = _argv(command, ctx.config)
+    except Exception as exc:
+        message = f"cannot build the command line from the run's config: {exc!r}"
+        return _failed(ctx, message, "invalid_input", None, False)
     with tempfile.TemporaryDirectory(prefix="runs-") as scratch:
         env = _environment(command, ctx, Path(scratch))
         try:
@@ -57,7 +61,7 @@ def run_command(
                 stderr=subprocess.PIPE,
                 start_new_session=True,
             )
-        except OSError as exc:
+        except (OSError, ValueError) as exc:
             return _failed(ctx, f"cannot start {argv[0]!r}: {exc}", "process_error", None, False)
         readers = [
             threading.Thread(target=_pump, args=(stream, ctx), daemon=True)
@@ -73,6 +77,13 @@ def run_command(
             message = f"command exited with code {code}"
             return _failed(ctx, message, "process_failed", {"argv": argv}, True, code)
         return _completed(ctx, Path(env["RUNS_RESULT_FILE"]), max_result_bytes)
+
+
+def _argv(command: Command, config: dict[str, Any]) -> list[str]:
+    argv = list(command.argv(config) if callable(command.argv) else command.argv)
+    if not argv or not all(isinstance(part, str) for part in argv):
+        raise ValueError(f"argv must be a non-empty list of strings, not {argv!r}")
+    return argv
 
 
 def _resolve(argv: list[str]) -> list[str]:

@@ -87,13 +87,24 @@ class Attempt:
             abandon=self._abandon,
         )
         with self._rt.monitor.watch(self._run.run_id, self._flag), guard:
-            outcome = run_definition(
-                self._definition,
-                self._ctx,
-                interrupter,
-                grace_seconds=settings.cancel_grace_seconds,
-                max_result_bytes=settings.max_output_bytes,
-            )
+            try:
+                outcome = run_definition(
+                    self._definition,
+                    self._ctx,
+                    interrupter,
+                    grace_seconds=settings.cancel_grace_seconds,
+                    max_result_bytes=settings.max_output_bytes,
+                )
+            except Exception as exc:  # an adapter's own failure: record it, do not lose the run
+                log.exception("the runtime adapter of %s failed", self._run.run_id)
+                outcome = Outcome(
+                    RunStatus.FAILED,
+                    error=RunError(
+                        f"the worker could not run the task: {exc!r}", code="worker_error"
+                    ),
+                    logs=self._ctx.logs,
+                    exit_code=1,
+                )
             guard.returned()
             return self._record_patiently(self._settle(outcome, guard.reason))
 
