@@ -351,9 +351,7 @@ class RunService:
         closing = [ev.terminal_event(status, message)]
         if run.kind is RunKind.TASK:
             closing.insert(0, ev.step_finished_event(run.target, status))
-        first, so_far = self._events.close(run.run_id, len(closing), cancel=stop_work)
         now = self._clock()
-        final = ev.numbered(closing, first, now)
         attempts = run.attempts
         if run.kind is RunKind.TASK:
             attempts = [*attempts, attempt_record(run, outcome.status, outcome.error, now)]
@@ -369,13 +367,16 @@ class RunService:
             "updated_at": now,
             "attempts": attempts or None,
         }
+        # The conditional update first (it holds the row until commit), then close the stream:
+        # an attempt that lost the run must not close the stream of the attempt that has it.
         with self._engine.begin() as conn:
-            owned = store.finish_run(conn, run.run_id, run.attempt, values)
-            if owned:
-                store.insert_events(conn, run.run_id, [*so_far, *final])
-        if owned:
-            self._events.publish(run.run_id, final)
-        return owned
+            if not store.finish_run(conn, run.run_id, run.attempt, values):
+                return False
+            first, so_far = self._events.close(run.run_id, len(closing), cancel=stop_work)
+            final = ev.numbered(closing, first, now)
+            store.insert_events(conn, run.run_id, [*so_far, *final])
+        self._events.publish(run.run_id, final)
+        return True
 
 
 def duration_ms(started_at: datetime, ended_at: datetime) -> int:

@@ -232,7 +232,15 @@ def list_runs(
 # The hot path's statements are built once; each call only binds parameters.
 _CLAIM = (
     runs.update()
-    .where(runs.c.run_id == sa.bindparam("b_run_id"), runs.c.status == RunStatus.PENDING.value)
+    .where(
+        runs.c.run_id == sa.bindparam("b_run_id"),
+        runs.c.status == RunStatus.PENDING.value,
+        # Not before a retry's backoff is over: an early duplicate message is dropped.
+        sa.or_(
+            runs.c.available_at.is_(None),
+            runs.c.available_at <= sa.bindparam("b_now", type_=UTCDateTime()),
+        ),
+    )
     .values(
         status=RunStatus.RUNNING.value,
         attempt=runs.c.attempt + 1,
@@ -276,7 +284,8 @@ _FINISH = (
 def claim_run(
     conn: sa.Connection, run_id: str, *, worker: str, lease_until: datetime, now: datetime
 ) -> Run | None:
-    """pending -> running, one attempt more. ``None`` when the run is not pending."""
+    """pending -> running, one attempt more. ``None`` when the run is not pending (or not
+    due yet: a retry still in its backoff)."""
     row = (
         conn.execute(
             _CLAIM, {"b_run_id": run_id, "b_now": now, "b_worker": worker, "b_lease": lease_until}
