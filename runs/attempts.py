@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from runs.domain import events as ev
 from runs.domain.clock import utcnow
 from runs.domain.events import NewEvent
-from runs.domain.runs import Outcome, Run, RunError, RunStatus, attempt_record
+from runs.domain.runs import Lease, Outcome, Run, RunError, RunStatus, attempt_record
 from runs.persistence import recovery, store
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
@@ -44,11 +44,14 @@ class AttemptService:
 
     # -- the worker's side ----------------------------------------------------------------
 
-    def renew(self, run: Run, lease_seconds: float) -> bool:
-        """Extend the lease of the attempt ``run.attempt``; False once it lost the run."""
+    def renew(self, run: Run, lease_seconds: float) -> Lease:
+        """Extend the lease of the attempt ``run.attempt``."""
         until = self._clock() + timedelta(seconds=lease_seconds)
         with self._auto.connect() as conn:
-            return recovery.renew_lease(conn, run.run_id, run.attempt, until)
+            status = recovery.renew_lease(conn, run.run_id, run.attempt, until)
+        if status is None:
+            return Lease.LOST
+        return Lease.HELD if status == RunStatus.RUNNING.value else Lease.STOPPING
 
     def retry(self, run: Run, outcome: Outcome, delay: float) -> bool:
         """Record the failed attempt and queue the next one ``delay`` seconds from now.

@@ -322,17 +322,20 @@ class RunService:
         """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
         now = self._clock()
         with self._auto.connect() as conn:
-            run = store.claim_run(
+            return store.claim_run(
                 conn,
                 run_id,
                 worker=worker,
                 lease_until=now + timedelta(seconds=lease_seconds),
                 now=now,
             )
-        if run is not None and run.attempt > 1:
+
+    def open_attempt(self, run: Run, events: Sequence[NewEvent]) -> bool:
+        """Emit a claimed attempt's opening events. False when the run was cancelled first."""
+        if run.attempt > 1:
             # An earlier attempt may have closed the stream and died before its record landed.
-            self._events.reopen(run_id)
-        return run
+            self._events.reopen(run.run_id)
+        return self.emit(run.run_id, events)
 
     def emit(self, run_id: str, events: Sequence[NewEvent]) -> bool:
         """Append events of a running run. False once the run is closed (cancelled)."""

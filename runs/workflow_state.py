@@ -134,15 +134,16 @@ class WorkflowState:
 
     def redispatch_stale(self, *, older_than_seconds: float, limit: int = 200) -> int:
         """Re-send the jobs of nodes queued too long (a job lost between the node's move to
-        ``queued`` and its send). A duplicate is dropped by the conditional node claim."""
+        ``queued`` and its send) and of running nodes whose worker's lease ran out (the job
+        then takes the node over). A duplicate is dropped by the conditional node claim."""
         now = self._clock()
         before = now - timedelta(seconds=older_than_seconds)
         with self._auto.connect() as conn:
-            stale = nodes.stale_queued(conn, before, limit)
+            stale = nodes.stale_nodes(conn, before, now, limit)
         sent = 0
         for run_id, node_id, target, queue in stale:
             with self._auto.connect() as conn:
-                if not nodes.touch_queued(conn, run_id, node_id, before, now):
+                if not nodes.touch_stale(conn, run_id, node_id, before, now):
                     continue
             self._dispatcher.dispatch(target, run_id, queue, node_id=node_id)
             sent += 1

@@ -38,7 +38,7 @@ from runs.domain.events import (
     started_events,
 )
 from runs.domain.projects import Project
-from runs.domain.runs import Outcome, Run, RunError, RunStatus
+from runs.domain.runs import Lease, Outcome, Run, RunError, RunStatus
 from runs.events import RedisEventLog
 from runs.persistence import recovery, store
 from runs.persistence.tables import runs as runs_table
@@ -147,7 +147,7 @@ def failed(message: str = "boom") -> Outcome:
 # -- renewing a lease ----------------------------------------------------------------------
 
 
-def test_renew_extends_the_lease_of_the_running_attempt_and_not_of_a_stale_or_cancelled_one(
+def test_renew_extends_the_lease_of_the_running_attempt_and_not_of_a_stale_one(
     engine: sa.Engine, event_log: RedisEventLog, project: Project
 ) -> None:
     t0 = utcnow()
@@ -156,16 +156,34 @@ def test_renew_extends_the_lease_of_the_running_attempt_and_not_of_a_stale_or_ca
     assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 30))
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 10))
 
-    assert worker.renew(claimed, 60)
+    assert worker.renew(claimed, 60) is Lease.HELD
     assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 70))
 
-    assert not worker.renew(replace(claimed, attempt=2), 600)
+    assert worker.renew(replace(claimed, attempt=2), 600) is Lease.LOST
     assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 70))
 
+
+def test_a_cancelled_attempt_holds_its_lease_until_it_says_its_work_stopped(
+    engine: sa.Engine, event_log: RedisEventLog, project: Project
+) -> None:
+    t0 = utcnow()
+    runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, project, lease_seconds=30)
     cancelled, _ = runs.cancel(project, claimed.run_id)
     assert cancelled
-    assert not worker.renew(claimed, 600)
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 70))
+    worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 20))
+
+    # Still stopping: the lease goes on, so no sweeper notes a stop that has not happened.
+    assert worker.renew(claimed, 60) is Lease.STOPPING
+    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 80))
+    sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 70))
+    sweeper.record_lost_stops()
+    assert load(runs, claimed.run_id).cancel_stopped_at is None
+
+    assert worker.record_stop(claimed)
+    assert load(runs, claimed.run_id).cancel_stopped_at == later(t0, 20)
+    assert worker.renew(claimed, 600) is Lease.LOST
+    assert lease_of(engine, claimed.run_id) == (None, None)
 
 
 # -- retrying ------------------------------------------------------------------------------
@@ -377,7 +395,7 @@ def test_a_worker_that_renews_after_the_sweeper_read_its_lease_as_expired_keeps_
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     claimed = claimed_run(runs, project, lease_seconds=60)
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 119))
-    renewed: list[bool] = []
+    renewed: list[Lease] = []
 
     def max_attempts(run: Run) -> int:
         # Called after the sweeper read the run as lost and before it writes.
@@ -389,7 +407,7 @@ def test_a_worker_that_renews_after_the_sweeper_read_its_lease_as_expired_keeps_
     sweeper = attempts_at(engine, event_log, sent, later(t0, 120))
     sweeper.reclaim_expired(max_attempts=max_attempts, backoff=lambda n: 0.0, limit=NO_LIMIT)
 
-    assert renewed == [True]
+    assert renewed == [Lease.HELD]
     after = load(runs, claimed.run_id)
     assert after.status is RunStatus.RUNNING and after.attempt == 1
     assert after.attempts == [] and after.error is None
@@ -585,7 +603,7 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
     second_worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(swept_at, 1))
     second = second_worker.claim(claimed.run_id, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
-    assert second_worker.emit(claimed.run_id, [attempt_started_event(second.target, 2)])
+    assert second_worker.open_attempt(second, [attempt_started_event(second.target, 2)])
     assert second_worker.finish(second, Outcome(RunStatus.COMPLETED, output={"ok": True}))
 
     done = load(runs, claimed.run_id)
@@ -616,7 +634,7 @@ def test_a_reclaimed_attempt_reporting_late_leaves_the_stream_of_the_next_attemp
     worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 121))
     second = worker.claim(first.run_id, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
-    assert worker.emit(first.run_id, [attempt_started_event(second.target, 2)])
+    assert worker.open_attempt(second, [attempt_started_event(second.target, 2)])
 
     # The hung attempt 1 wakes up and reports: it no longer owns the run, so nothing changes.
     assert not runs.finish(first, Outcome(RunStatus.COMPLETED, output={"stale": True}))
@@ -661,7 +679,7 @@ def test_claiming_attempt_two_does_not_reopen_the_stream_of_a_run_being_cancelle
     assert len(racing.claimed) == 1
     second = racing.claimed[0]
     assert second is not None and second.attempt == 2
-    assert not worker.emit(claimed.run_id, [attempt_started_event(second.target, 2)])
+    assert not worker.open_attempt(second, [attempt_started_event(second.target, 2)])
     assert not worker.finish(second, Outcome(RunStatus.COMPLETED, output={"late": True}))
     stopper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 3))
     assert stopper.record_stop(second)

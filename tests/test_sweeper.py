@@ -141,3 +141,41 @@ def test_a_workflow_step_left_queued_is_sent_again_once(
         state.redispatch_stale(older_than_seconds=60, limit=100_000)
     sent = [s for s in first.nodes_sent + second.nodes_sent if s[0] == run.run_id]
     assert sent == [(run.run_id, "a")]
+
+
+def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
+    engine: sa.Engine, event_log: RedisEventLog, project: Project
+) -> None:
+    recorder = RecordingDispatcher(sent=[])
+    runs = service_at(engine, event_log, recorder, 0)
+    run, _ = runs.submit(project, task_request(project))
+    assert runs.claim(run.run_id, worker="w", lease_seconds=30) is not None
+    now = utcnow()
+    with engine.begin() as conn:
+        nodes.insert_nodes(conn, run.run_id, ["dead", "alive"], now)
+        for node_id, lease in (("dead", 30), ("alive", 600)):
+            nodes.transition(
+                conn,
+                run.run_id,
+                node_id,
+                [NodeStatus.PENDING],
+                {
+                    "status": "running",
+                    "updated_at": now,
+                    "lease_owner": "w",
+                    "lease_expires_at": now + timedelta(seconds=lease),
+                },
+            )
+    first, second = RecordingDispatcher(sent=[]), RecordingDispatcher(sent=[])
+    for dispatcher in (first, second):
+        later = service_at(engine, event_log, dispatcher, 120)
+        state = WorkflowState(
+            engine,
+            runs=later,
+            events=event_log,
+            dispatcher=dispatcher,
+            clock=lambda: utcnow() + timedelta(seconds=120),
+        )
+        state.redispatch_stale(older_than_seconds=60, limit=100_000)
+    sent = [s for s in first.nodes_sent + second.nodes_sent if s[0] == run.run_id]
+    assert sent == [(run.run_id, "dead")]

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
 from runs.domain.events import NewEvent, attempt_started_event, started_events
 from runs.domain.runs import Outcome, Run, RunError, RunStatus
@@ -20,6 +21,8 @@ from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def execute(runtime: WorkerRuntime, run_id: str) -> str:
@@ -43,7 +46,12 @@ def execute(runtime: WorkerRuntime, run_id: str) -> str:
         if run.attempt == 1
         else [attempt_started_event(run.target, run.attempt)]
     )
-    if not service.emit(run_id, opening):
+    # Redis may be briefly away: keep trying (the lease holds meanwhile) rather than leave a
+    # claimed run for the sweeper to reclaim as lost.
+    opened = patiently(
+        lambda: service.open_attempt(run, opening), runtime.settings.finish_retry_seconds
+    )
+    if not opened:
         runtime.attempts.record_stop(run)
         return "skipped: cancelled before it started"
     return Attempt(runtime, run, definition, policy).run()
@@ -152,17 +160,7 @@ class Attempt:
     def _record_patiently(self, outcome: Outcome) -> str:
         """Record the outcome, retrying while Redis or SQL is unreachable (the guard keeps the
         lease meanwhile). Past ``finish_retry_seconds`` the sweeper takes over."""
-        deadline = time.monotonic() + self._rt.settings.finish_retry_seconds
-        delay = 0.2
-        while True:
-            try:
-                return self._record(outcome)
-            except Exception:
-                if time.monotonic() + delay > deadline:
-                    raise
-                log.warning("could not record run %s yet; retrying", self._run.run_id)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        return patiently(lambda: self._record(outcome), self._rt.settings.finish_retry_seconds)
 
     def _record(self, outcome: Outcome) -> str:
         run = self._run
@@ -180,8 +178,24 @@ class Attempt:
         return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
 
 
+def patiently(call: Callable[[], T], seconds: float) -> T:
+    """``call()``, tried again with growing pauses for up to ``seconds`` while it raises."""
+    deadline = time.monotonic() + seconds
+    delay = 0.2
+    while True:
+        try:
+            return call()
+        except Exception:
+            if time.monotonic() + delay > deadline:
+                raise
+            log.warning("storage unreachable; trying again in %.1f s", delay, exc_info=True)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _end(runtime: WorkerRuntime, run: Run, outcome: Outcome) -> str:
-    if runtime.service.finish(run, outcome):
+    seconds = runtime.settings.finish_retry_seconds
+    if patiently(lambda: runtime.service.finish(run, outcome), seconds):
         return f"failed: {outcome.error.code if outcome.error else ''}"
     return "dropped: cancelled"
 

@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterator
 from enum import StrEnum
 from types import FrameType
 
+from runs.domain.runs import Lease
+
 log = logging.getLogger(__name__)
 
 _INTERRUPT_SIGNAL = signal.SIGUSR2
@@ -121,7 +123,7 @@ class AttemptGuard:
         self,
         *,
         flag: threading.Event,
-        renew: Callable[[], bool],
+        renew: Callable[[], Lease],
         lease_seconds: float,
         timeout_seconds: float,
         grace_seconds: float,
@@ -163,8 +165,10 @@ class AttemptGuard:
             now = time.monotonic()
             if now >= next_renewal:
                 next_renewal = now + self._lease / 3
-                if not self._renewed() and self.reason is None:
-                    self.reason = StopReason.LOST
+                lease = self._renewed()
+                if lease is not Lease.HELD and self.reason is None:
+                    stopping = lease is Lease.STOPPING
+                    self.reason = StopReason.CANCELLED if stopping else StopReason.LOST
                     self._flag.set()
             if self._returned.is_set():
                 continue
@@ -184,12 +188,12 @@ class AttemptGuard:
                 step = 2
                 self._give_up()
 
-    def _renewed(self) -> bool:
+    def _renewed(self) -> Lease:
         try:
             return self._renew()
         except Exception:  # storage briefly away: the lease still has two thirds to run
             log.warning("could not renew a lease", exc_info=True)
-            return True
+            return Lease.HELD
 
     def _give_up(self) -> None:
         reason = self.reason or StopReason.CANCELLED

@@ -10,7 +10,7 @@ from typing import Any
 
 from runs.domain.clock import utcnow
 from runs.domain.events import STEP_FINISHED, STEP_STARTED
-from runs.domain.runs import Outcome, Run, RunError, RunKind, RunRequest, RunStatus
+from runs.domain.runs import Lease, Outcome, Run, RunError, RunKind, RunRequest, RunStatus
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.workflow_state import step_event
 from workers.adapters import run_definition
@@ -129,7 +129,11 @@ class StepRunner:
         lease = settings.worker_lease_seconds
         guard = AttemptGuard(
             flag=flag,
-            renew=lambda: self._state.renew(run.run_id, node.node_id, node.attempt, lease),
+            renew=lambda: (
+                Lease.HELD
+                if self._state.renew(run.run_id, node.node_id, node.attempt, lease)
+                else Lease.LOST
+            ),
             lease_seconds=lease,
             timeout_seconds=timeout,
             grace_seconds=settings.cancel_grace_seconds,

@@ -32,6 +32,14 @@ class RunStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
+class Lease(StrEnum):
+    """What renewing an attempt's lease found."""
+
+    HELD = "held"  # the attempt still owns its running run
+    STOPPING = "stopping"  # the run was cancelled; the attempt holds on until its work stops
+    LOST = "lost"  # the run is no longer this attempt's (reclaimed, or ended)
+
+
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
 ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING, RunStatus.WAITING})
 

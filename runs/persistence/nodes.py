@@ -154,16 +154,30 @@ def lease_of(conn: sa.Connection, run_id: str, node_id: str) -> datetime | None:
     ).scalar_one_or_none()
 
 
-def stale_queued(
-    conn: sa.Connection, before: datetime, limit: int
+def _stale(before: datetime, now: datetime) -> Any:
+    """Queued since before ``before``, or running on a lease that ran out (its worker died),
+    and not re-sent since ``before``."""
+    return sa.and_(
+        workflow_nodes.c.updated_at < before,
+        sa.or_(
+            workflow_nodes.c.status == NodeStatus.QUEUED.value,
+            sa.and_(
+                workflow_nodes.c.status == NodeStatus.RUNNING.value,
+                workflow_nodes.c.lease_expires_at < now,
+            ),
+        ),
+    )
+
+
+def stale_nodes(
+    conn: sa.Connection, before: datetime, now: datetime, limit: int
 ) -> list[tuple[str, str, str, str]]:
-    """(run_id, node_id, target, queue) of nodes queued since before ``before`` in live runs."""
+    """(run_id, node_id, target, queue) of stale nodes (see ``_stale``) in live runs."""
     rows = conn.execute(
         sa.select(workflow_nodes.c.run_id, workflow_nodes.c.node_id, runs.c.target, runs.c.queue)
         .join(runs, runs.c.run_id == workflow_nodes.c.run_id)
         .where(
-            workflow_nodes.c.status == NodeStatus.QUEUED.value,
-            workflow_nodes.c.updated_at < before,
+            _stale(before, now),
             runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]),
         )
         .order_by(workflow_nodes.c.updated_at)
@@ -172,17 +186,16 @@ def stale_queued(
     return [(r.run_id, r.node_id, r.target, r.queue) for r in rows]
 
 
-def touch_queued(
+def touch_stale(
     conn: sa.Connection, run_id: str, node_id: str, before: datetime, now: datetime
 ) -> bool:
-    """Take the right to re-send a stale queued node's job; one sweeper wins."""
+    """Take the right to re-send a stale node's job; one sweeper wins."""
     result = conn.execute(
         workflow_nodes.update()
         .where(
             workflow_nodes.c.run_id == run_id,
             workflow_nodes.c.node_id == node_id,
-            workflow_nodes.c.status == NodeStatus.QUEUED.value,
-            workflow_nodes.c.updated_at < before,
+            _stale(before, now),
         )
         .values(updated_at=now)
     )

@@ -23,17 +23,28 @@ _RENEW = (
     runs.update()
     .where(
         runs.c.run_id == sa.bindparam("b_run_id"),
-        runs.c.status == RunStatus.RUNNING.value,
         runs.c.attempt == sa.bindparam("b_attempt"),
+        sa.or_(
+            runs.c.status == RunStatus.RUNNING.value,
+            # Cancelled, but its worker is still stopping the work: the lease stays held, so
+            # that the sweeper does not note a stop before the work really stopped.
+            sa.and_(
+                runs.c.status == RunStatus.CANCELLED.value,
+                runs.c.cancel_stopped_at.is_(None),
+                runs.c.lease_owner.is_not(None),
+            ),
+        ),
     )
     .values(lease_expires_at=sa.bindparam("b_until", type_=UTCDateTime()))
+    .returning(runs.c.status)
 )
 
 
-def renew_lease(conn: sa.Connection, run_id: str, attempt: int, until: datetime) -> bool:
-    """Extend a running attempt's lease. False once the attempt no longer owns the run."""
-    result = conn.execute(_RENEW, {"b_run_id": run_id, "b_attempt": attempt, "b_until": until})
-    return result.rowcount == 1
+def renew_lease(conn: sa.Connection, run_id: str, attempt: int, until: datetime) -> str | None:
+    """Extend an attempt's lease. Returns the run's status (``running``, or ``cancelled``
+    while the attempt is still stopping), or None once the attempt no longer owns the run."""
+    row = conn.execute(_RENEW, {"b_run_id": run_id, "b_attempt": attempt, "b_until": until}).first()
+    return str(row[0]) if row is not None else None
 
 
 def _owned_by(run_id: str, attempt: int, *, lease_expired_before: datetime | None) -> Any:
