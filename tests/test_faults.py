@@ -93,9 +93,10 @@ class Workers:
 
     def start(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         log_path = self.directory / f"worker-{len(self.started) + 1}.log"
-        process = start_worker(
-            self.settings, log_path, concurrency=concurrency, extra_env=DURABLE_ENV
-        )
+        env = dict(DURABLE_ENV)
+        if self.settings.broker_url is not None:
+            env["RUNS_BROKER_URL"] = self.settings.broker_url
+        process = start_worker(self.settings, log_path, concurrency=concurrency, extra_env=env)
         self.started.append((process, log_path))
         wait_until_consuming(self.settings, process, log_path)
         return process
@@ -536,5 +537,40 @@ def test_runs_in_flight_when_redis_restarts_empty_all_reach_a_terminal_status(
                 )
             assert lost == 0, f"{summary(final)}\n{workers.logs()}"
             assert not other, f"{summary({r.run_id: r for r in other})}\n{workers.logs()}"
+    finally:
+        events.client.close()
+
+
+def test_runs_picked_up_while_the_event_log_is_away_complete_once_it_is_back(
+    postgres_url: str,
+    redis_url: str,
+    pg_engine: sa.Engine,
+    private_redis: PrivateRedis,
+    fault_project: Project,
+    tmp_path: Path,
+) -> None:
+    # The broker stays up (the shared Redis); the event log's Redis goes away for about 1 s
+    # while workers claim runs: their opening events wait for it instead of failing the job.
+    settings = durable_settings(postgres_url, private_redis.url, broker_url=redis_url)
+    events = RedisEventLog.from_url(private_redis.url, ttl_seconds=3600)
+    try:
+        with (
+            worker_processes(settings, tmp_path) as workers,
+            live_services(settings, pg_engine, events) as live,
+        ):
+            workers.start()
+            private_redis.crash()
+            ids = [submit(live, fault_project, ECHO, {"n": i}).run_id for i in range(4)]
+            time.sleep(1.0)
+            private_redis.start()
+            final = wait_all(live, fault_project, ids, terminal, timeout=30)
+            completed = [r for r in final.values() if r.status is RunStatus.COMPLETED]
+            print(
+                f"FAULT event-log-outage: accepted={len(ids)} "
+                f"terminal={sum(terminal(r) for r in final.values())} "
+                f"completed={len(completed)} lost={sum(not terminal(r) for r in final.values())}"
+            )
+            assert len(completed) == len(ids), summary(final) + workers.logs()
+            assert all(r.attempt == 1 for r in completed), summary(final)
     finally:
         events.client.close()
