@@ -4,12 +4,16 @@ One stream per run. Event ids are positive integers assigned atomically by a Lua
 per-run counter, and stored as stream ids ``0-<n>`` so the stream itself keeps them ordered.
 Closing a run reserves the ids of its final events and refuses any later append, so the terminal
 event is always last; the final events are published only after the terminal record committed.
+
+Each process remembers the highest id it has seen per run and passes it as a floor, so a Redis
+that restarts empty (no persistence) never hands out an id this process already used.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -18,23 +22,38 @@ import redis
 
 from runs.domain.events import NewEvent, RunEvent
 
-_APPEND = """
+_FLOOR = """
+local floor = tonumber(ARGV[FLOOR])
+if tonumber(redis.call('HGET', KEYS[2], 'seq') or '0') < floor then
+  redis.call('HSET', KEYS[2], 'seq', floor)
+end
+"""
+
+_APPEND = (
+    """
 if redis.call('HGET', KEYS[2], 'closed') then return {} end
+"""
+    + _FLOOR.replace("FLOOR", "2")
+    + """
 local ids = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local n = redis.call('HINCRBY', KEYS[2], 'seq', 1)
   redis.call('XADD', KEYS[1], '0-' .. n, 't', ARGV[i], 'p', ARGV[i + 1], 'c', ARGV[1])
   ids[#ids + 1] = n
 end
 return ids
 """
+)
 
-_CLOSE = """
+_CLOSE = (
+    _FLOOR.replace("FLOOR", "3")
+    + """
 redis.call('HSET', KEYS[2], 'closed', '1')
 if ARGV[2] == '1' then redis.call('HSET', KEYS[2], 'cancel', '1') end
 local last = redis.call('HINCRBY', KEYS[2], 'seq', tonumber(ARGV[1]))
 return {last - tonumber(ARGV[1]) + 1, redis.call('XRANGE', KEYS[1], '-', '+')}
 """
+)
 
 _REOPEN = """
 if redis.call('HGET', KEYS[1], 'cancel') then return 0 end
@@ -50,6 +69,9 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[1])
 return 1
 """
+
+
+_SEEN_LIMIT = 10_000  # runs whose highest event id a process remembers
 
 
 def _stream_key(run_id: str) -> str:
@@ -87,6 +109,7 @@ class RedisEventLog:
         self._close = client.register_script(_CLOSE)
         self._publish = client.register_script(_PUBLISH)
         self._reopen = client.register_script(_REOPEN)
+        self._seen: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
     def from_url(cls, url: str, *, ttl_seconds: int) -> RedisEventLog:
@@ -100,11 +123,15 @@ class RedisEventLog:
         """Append events in one round trip; returns their ids, or [] once the run is closed."""
         if not events:
             return []
-        args: list[Any] = [_now_ms()]
+        args: list[Any] = [_now_ms(), self._seen.get(run_id, 0)]
         for event in events:
             args.extend((event.event_type, json.dumps(event.payload, separators=(",", ":"))))
-        ids = self._append(keys=[_stream_key(run_id), _meta_key(run_id)], args=args)
-        return [int(i) for i in ids]
+        ids = [
+            int(i) for i in self._append(keys=[_stream_key(run_id), _meta_key(run_id)], args=args)
+        ]
+        if ids:
+            self._saw(run_id, ids[-1])
+        return ids
 
     def close(self, run_id: str, count: int, *, cancel: bool = False) -> tuple[int, list[RunEvent]]:
         """Refuse further appends and reserve ``count`` ids for the final events.
@@ -112,9 +139,16 @@ class RedisEventLog:
         Returns the first reserved id and every event appended so far.
         """
         first, entries = self._close(
-            keys=[_stream_key(run_id), _meta_key(run_id)], args=[count, "1" if cancel else "0"]
+            keys=[_stream_key(run_id), _meta_key(run_id)],
+            args=[count, "1" if cancel else "0", self._seen.pop(run_id, 0)],
         )
         return int(first), [_decode(e) for e in entries]
+
+    def _saw(self, run_id: str, event_id: int) -> None:
+        self._seen[run_id] = event_id
+        self._seen.move_to_end(run_id)
+        if len(self._seen) > _SEEN_LIMIT:
+            self._seen.popitem(last=False)
 
     def reopen(self, run_id: str) -> bool:
         """Accept appends again for a new attempt, unless the run was cancelled meanwhile."""

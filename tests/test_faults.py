@@ -506,7 +506,9 @@ def test_runs_in_flight_when_redis_restarts_empty_all_reach_a_terminal_status(
                     break
                 assert time.monotonic() < deadline, f"{now}\n{workers.logs()}"
                 time.sleep(0.05)
-            seen_before = {i: live.event_types(fault_project, i) for i in in_flight}
+            seen_before = {
+                i: live.runs.events(fault_project, i, after=0, limit=100).items for i in in_flight
+            }
             private_redis.crash()
             time.sleep(0.5)
             private_redis.start()
@@ -530,11 +532,16 @@ def test_runs_in_flight_when_redis_restarts_empty_all_reach_a_terminal_status(
                 f"all_terminal_after={settled:.1f}s"
             )
             for run_id in in_flight:
-                print(
-                    f"FAULT redis-restart: events of in-flight {run_id}: before the restart "
-                    f"{seen_before[run_id]}, at the end "
-                    f"{[(e.event_id, e.event_type) for e in live.runs.events(fault_project, run_id, after=0, limit=100).items]}"
-                )
+                before = [(e.event_id, e.event_type) for e in seen_before[run_id]]
+                after = [
+                    (e.event_id, e.event_type)
+                    for e in live.runs.events(fault_project, run_id, after=0, limit=100).items
+                ]
+                print(f"FAULT redis-restart: events of in-flight {run_id}: {before} -> {after}")
+                # A client that read up to the last id before the restart still sees the end.
+                last_read = before[-1][0]
+                later = live.runs.events(fault_project, run_id, after=last_read, limit=100)
+                assert later.items and later.items[-1].event_type in ("RUN_FINISHED", "RUN_ERROR")
             assert lost == 0, f"{summary(final)}\n{workers.logs()}"
             assert not other, f"{summary({r.run_id: r for r in other})}\n{workers.logs()}"
     finally:
