@@ -397,6 +397,12 @@ BAD_REQUESTS: list[tuple[str, Make, int, tuple[str, ...]]] = [
     ("an unknown kind", _body(_kind("batch", "task:echo")), 400, ("kind",)),
     ("timeout_seconds not a number", _post(timeout_seconds="abc"), 400, ("timeout_seconds",)),
     ("a negative backoff_limit", _post(backoff_limit=-1), 400, ("backoff_limit",)),
+    (
+        "a timeout above the server's maximum",
+        _post(timeout_seconds=100_000),
+        400,
+        ("request.timeout_seconds", "21600"),
+    ),
     ("config not an object", _post(config=["a"]), 400, ("config",)),
     ("an oversized config", _post(config={"blob": "x" * MAX_INPUT_BYTES}), 413, ("config",)),
     ("an over-limit raw body", _raw(OVERSIZED), 413, (str(MAX_BODY_BYTES),)),
