@@ -145,3 +145,12 @@ command(
     "durable/cmd-stubborn-tree",
     ["sh", "-c", "trap '' TERM; sleep 300 & sleep 300 & echo started; wait; wait"],
 )
+
+
+# -- workflow steps run under the same guard ------------------------------------------------
+
+from workers.dsl import step  # noqa: E402
+from workers.registry import workflow  # noqa: E402
+
+workflow("durable/spinning-step", steps=[step("spin", spin, timeout=1)])
+workflow("durable/command-step", steps=[step("tree", "durable/cmd-tree")])
