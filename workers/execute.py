@@ -27,8 +27,7 @@ T = TypeVar("T")
 
 def execute(runtime: WorkerRuntime, run_id: str) -> str:
     """Execute one attempt of ``run_id``; returns what happened, for the worker's log."""
-    service = runtime.service
-    run = service.claim(
+    run = runtime.service.claim(
         run_id, worker=runtime.worker_id, lease_seconds=runtime.settings.worker_lease_seconds
     )
     if run is None:
@@ -41,19 +40,6 @@ def execute(runtime: WorkerRuntime, run_id: str) -> str:
     if policy.waited_too_long(run):
         message = f"the run waited more than {policy.queue_ttl_seconds:g} s for a worker"
         return _end(runtime, run, _failure(message, "expired"))
-    opening = (
-        started_events(run.target)
-        if run.attempt == 1
-        else [attempt_started_event(run.target, run.attempt)]
-    )
-    # Redis may be briefly away: keep trying (the lease holds meanwhile) rather than leave a
-    # claimed run for the sweeper to reclaim as lost.
-    opened = patiently(
-        lambda: service.open_attempt(run, opening), runtime.settings.finish_retry_seconds
-    )
-    if not opened:
-        runtime.attempts.record_stop(run)
-        return "skipped: cancelled before it started"
     return Attempt(runtime, run, definition, policy).run()
 
 
@@ -95,6 +81,10 @@ class Attempt:
             abandon=self._abandon,
         )
         with self._rt.monitor.watch(self._run.run_id, self._flag), guard:
+            if not self._open():
+                guard.returned()
+                self._rt.attempts.record_stop(self._run)
+                return "skipped: cancelled before it started"
             try:
                 outcome = run_definition(
                     self._definition,
@@ -115,6 +105,20 @@ class Attempt:
                 )
             guard.returned()
             return self._record_patiently(self._settle(outcome, guard.reason))
+
+    def _open(self) -> bool:
+        """Emit the attempt's opening events. Redis may be briefly away: keep trying (the
+        guard renews the lease meanwhile) rather than leave the claimed run to the sweeper."""
+        run = self._run
+        opening = (
+            started_events(run.target)
+            if run.attempt == 1
+            else [attempt_started_event(run.target, run.attempt)]
+        )
+        return patiently(
+            lambda: self._rt.service.open_attempt(run, opening),
+            self._rt.settings.finish_retry_seconds,
+        )
 
     def _publish(self, events: Sequence[NewEvent]) -> None:
         if not self._rt.service.emit(self._run.run_id, events):
