@@ -210,6 +210,7 @@ class AttemptGuard:
                 2 * self._grace,
             )
             os.kill(os.getpid(), signal.SIGKILL)
+            return
         log.error(
             "a task ignored its stop (%s) and cannot be killed outside a prefork pool "
             "process; it keeps running, but its outcome is recorded",
