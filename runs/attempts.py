@@ -57,8 +57,19 @@ class AttemptService:
         """Record the failed attempt and queue the next one ``delay`` seconds from now.
 
         False when the attempt no longer owns the run (it was cancelled meanwhile)."""
-        now = self._clock()
-        record = attempt_record(run, outcome.status, outcome.error, now)
+        error = outcome.error or RunError("attempt failed")
+        return self._requeue(run, error, delay, self._clock(), lease_expired=False)
+
+    def record_stop(self, run: Run) -> bool:
+        """The attempt of a cancelled run has stopped working: note the time."""
+        with self._auto.connect() as conn:
+            return recovery.record_stop(conn, run.run_id, run.attempt, self._clock())
+
+    def _requeue(
+        self, run: Run, error: RunError, delay: float, now: datetime, *, lease_expired: bool
+    ) -> bool:
+        """Record the ended attempt, put the run back to pending, and send its next job."""
+        record = attempt_record(run, RunStatus.FAILED, error, now)
         with self._auto.connect() as conn:
             queued = recovery.requeue(
                 conn,
@@ -67,16 +78,11 @@ class AttemptService:
                 attempts=[*run.attempts, record],
                 due=now + timedelta(seconds=delay),
                 now=now,
+                lease_expired_before=now if lease_expired else None,
             )
         if queued:
-            message = outcome.error.message if outcome.error else "attempt failed"
-            self._next_attempt(run, message, delay)
+            self._next_attempt(run, error.message, delay)
         return queued
-
-    def record_stop(self, run: Run) -> bool:
-        """The attempt of a cancelled run has stopped working: note the time."""
-        with self._auto.connect() as conn:
-            return recovery.record_stop(conn, run.run_id, run.attempt, self._clock())
 
     def _next_attempt(self, run: Run, message: str, delay: float) -> None:
         event = ev.attempt_failed_event(run.target, run.attempt, message, retrying=True)
@@ -105,20 +111,7 @@ class AttemptService:
             error = RunError(WORKER_LOST, code="worker_lost")
             if run.attempt < max_attempts(run):
                 delay = backoff(run.attempt)
-                record = attempt_record(run, RunStatus.FAILED, error, now)
-                with self._auto.connect() as conn:
-                    queued = recovery.requeue(
-                        conn,
-                        run.run_id,
-                        run.attempt,
-                        attempts=[*run.attempts, record],
-                        due=now + timedelta(seconds=delay),
-                        now=now,
-                        lease_expired_before=now,
-                    )
-                if queued:
-                    self._next_attempt(run, error.message, delay)
-                    reclaimed += 1
+                reclaimed += self._requeue(run, error, delay, now, lease_expired=True)
                 continue
             closing = [
                 ev.attempt_failed_event(run.target, run.attempt, error.message, retrying=False),

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ValidationError
 
 from runs.domain.runs import Outcome, RunError, RunStatus
 from workers.commands import run_command
-from workers.context import RunCancelled, TaskContext
+from workers.context import RunCancelled, TaskContext, failed_outcome
 from workers.guard import Interrupter, RunInterrupted
 from workers.registry import TaskDefinition
 
@@ -68,9 +68,9 @@ def run_in_process(
                 result = asyncio.run(result)
         output = _to_json(result, definition.output_model)
     except RunInterrupted:
-        return _failed(ctx, "interrupted", "the worker stopped the task", None)
+        return failed_outcome(ctx, "interrupted", "the worker stopped the task", None)
     except ValidationError as exc:
-        return _failed(
+        return failed_outcome(
             ctx,
             "invalid_input",
             _validation_message(exc),
@@ -86,11 +86,11 @@ def run_in_process(
             exit_code=1,
         )
     except TaskFailed as exc:
-        return _failed(ctx, exc.code, str(exc), exc.detail, retryable=exc.retryable)
+        return failed_outcome(ctx, exc.code, str(exc), exc.detail, retryable=exc.retryable)
     except _OutputError as exc:
-        return _failed(ctx, "invalid_output", str(exc), None, retryable=False)
+        return failed_outcome(ctx, "invalid_output", str(exc), None, retryable=False)
     except Exception as exc:
-        return _failed(
+        return failed_outcome(
             ctx,
             "task_error",
             str(exc) or type(exc).__name__,
@@ -124,16 +124,3 @@ def _validation_message(exc: ValidationError) -> str:
     first = exc.errors(include_url=False)[0]
     where = ".".join(str(p) for p in first["loc"]) or "config"
     return f"config does not match the task's input model: {where}: {first['msg']}"
-
-
-def _failed(
-    ctx: TaskContext, code: str, message: str, detail: Any, *, retryable: bool = True
-) -> Outcome:
-    return Outcome(
-        RunStatus.FAILED,
-        error=RunError(message, code=code, detail=detail),
-        logs=ctx.logs,
-        artifacts=ctx.artifacts,
-        exit_code=1,
-        retryable=retryable,
-    )

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from runs.domain.events import LIFECYCLE_EVENT_TYPES, NewEvent, log_event
+from runs.domain.runs import Outcome, RunError, RunStatus
 
 CUSTOM_EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
 
@@ -153,3 +154,23 @@ class TaskContext:
     def wait(self, seconds: float) -> bool:
         """Sleep up to ``seconds``; returns True early when the run is cancelled."""
         return self._cancel.wait(seconds)
+
+
+def failed_outcome(
+    ctx: TaskContext,
+    code: str,
+    message: str,
+    detail: Any = None,
+    *,
+    retryable: bool = True,
+    exit_code: int = 1,
+) -> Outcome:
+    """A failed attempt's outcome, keeping what the task logged and recorded so far."""
+    return Outcome(
+        RunStatus.FAILED,
+        error=RunError(message, code=code, detail=detail),
+        logs=ctx.logs,
+        artifacts=ctx.artifacts,
+        exit_code=exit_code,
+        retryable=retryable,
+    )

@@ -14,7 +14,7 @@ from runs.domain.events import NewEvent, attempt_started_event, started_events
 from runs.domain.runs import Outcome, Run, RunError, RunStatus
 from runs.service import json_size
 from workers.adapters import run_definition
-from workers.context import TaskContext
+from workers.context import TaskContext, failed_outcome
 from workers.guard import AttemptGuard, Interrupter, StopReason
 from workers.policy import AttemptPolicy, backoff_delay, policy_for
 from workers.registry import TaskDefinition
@@ -95,14 +95,8 @@ class Attempt:
                 )
             except Exception as exc:  # an adapter's own failure: record it, do not lose the run
                 log.exception("the runtime adapter of %s failed", self._run.run_id)
-                outcome = Outcome(
-                    RunStatus.FAILED,
-                    error=RunError(
-                        f"the worker could not run the task: {exc!r}", code="worker_error"
-                    ),
-                    logs=self._ctx.logs,
-                    exit_code=1,
-                )
+                message = f"the worker could not run the task: {exc!r}"
+                outcome = failed_outcome(self._ctx, "worker_error", message)
             guard.returned()
             return self._record_patiently(self._settle(outcome, guard.reason))
 
@@ -134,24 +128,13 @@ class Attempt:
                 f"the task's output is larger than {limit} bytes as JSON (RUNS_MAX_OUTPUT_BYTES); "
                 "store it elsewhere and return a reference"
             )
-            return Outcome(
-                RunStatus.FAILED,
-                error=RunError(message, code="output_too_large"),
-                logs=outcome.logs,
-                artifacts=outcome.artifacts,
-                exit_code=1,
-                retryable=False,
-            )
+            return failed_outcome(self._ctx, "output_too_large", message, retryable=False)
         return outcome
 
     def _timed_out(self, exit_code: int | None) -> Outcome:
-        seconds = self._policy.timeout_seconds
-        return Outcome(
-            RunStatus.FAILED,
-            error=RunError(f"the attempt timed out after {seconds:g} s", code="timeout"),
-            logs=self._ctx.logs,
-            artifacts=self._ctx.artifacts,
-            exit_code=exit_code if exit_code is not None else 1,
+        message = f"the attempt timed out after {self._policy.timeout_seconds:g} s"
+        return failed_outcome(
+            self._ctx, "timeout", message, exit_code=exit_code if exit_code is not None else 1
         )
 
     def _abandon(self, reason: StopReason) -> None:

@@ -14,7 +14,7 @@ from runs.domain.runs import Lease, Outcome, Run, RunError, RunKind, RunRequest,
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.workflow_state import step_event
 from workers.adapters import run_definition
-from workers.context import TaskContext
+from workers.context import TaskContext, failed_outcome
 from workers.dsl import Step, WorkflowDefinition
 from workers.guard import AttemptGuard, Interrupter, StopReason
 from workers.registry import TaskDefinition
@@ -112,13 +112,7 @@ class StepRunner:
         )
 
         def timed_out() -> Outcome:
-            message = f"step {step.id!r} timed out after {timeout:g} s"
-            return Outcome(
-                RunStatus.FAILED,
-                error=RunError(message, code="timeout"),
-                logs=ctx.logs,
-                exit_code=1,
-            )
+            return failed_outcome(ctx, "timeout", f"step {step.id!r} timed out after {timeout:g} s")
 
         def abandon(reason: StopReason) -> None:
             if reason is StopReason.TIMEOUT:  # the step ignored its stop: record it, move on
