@@ -36,7 +36,7 @@ from runs.domain.runs import (
     check_target_matches_kind,
     new_run_id,
 )
-from runs.persistence import nodes, store
+from runs.persistence import nodes, recovery, store
 from runs.persistence.engine import autocommit
 from runs.persistence.store import RunFilters
 from runs.ports import Dispatcher, EventLog
@@ -302,11 +302,11 @@ class RunService:
         now = self._clock()
         before = now - timedelta(seconds=older_than_seconds)
         with self._auto.connect() as conn:
-            stale = store.stale_pending(conn, before, limit)
+            stale = recovery.stale_pending(conn, before, limit)
         sent = 0
         for run_id, target, queue in stale:
             with self._auto.connect() as conn:
-                if not store.touch_pending(conn, run_id, before, now):
+                if not recovery.touch_pending(conn, run_id, before, now):
                     continue
             try:
                 self._dispatcher.dispatch(target, run_id, queue)

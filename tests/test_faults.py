@@ -250,6 +250,31 @@ def summary(runs: dict[str, Run]) -> str:
     )
 
 
+def crash_mid_run(
+    live: Live, workers: Workers, project: Project, key: str, *, backoff_limit: int
+) -> tuple[Run, list[int], Run, float]:
+    """Start a worker, crash it while a 3-second run executes, start another, and wait for
+    the run to end: (run as submitted, killed pids, run as ended, seconds after the crash)."""
+    first = workers.start()
+    redis_url = workers.settings.redis_url
+    run = submit(live, project, PID, {"seconds": 3, "counter": key}, backoff_limit=backoff_limit)
+    live.wait_running(project, run.run_id, timeout=20)
+    deadline = time.monotonic() + 10
+    while counter(redis_url, key) < 1:  # the task's code is executing in a pool process
+        assert time.monotonic() < deadline, workers.logs()
+        time.sleep(0.05)
+    killed = crash(first)
+    assert live.runs.get(project, run.run_id).status is RunStatus.RUNNING
+
+    crashed_at = time.monotonic()
+    workers.start()
+    try:
+        done = live.wait_terminal(project, run.run_id, timeout=30)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{workers.logs()}") from None
+    return run, killed, done, time.monotonic() - crashed_at
+
+
 # -- a worker machine crashes ----------------------------------------------------------------
 
 
@@ -267,24 +292,8 @@ def test_a_run_whose_worker_is_killed_mid_run_completes_on_a_new_worker_as_attem
         worker_processes(settings, tmp_path) as workers,
         live_services(settings, pg_engine, event_log) as live,
     ):
-        first = workers.start()
-        run = submit(live, fault_project, PID, {"seconds": 3, "counter": key}, backoff_limit=1)
-        live.wait_running(fault_project, run.run_id, timeout=20)
-        deadline = time.monotonic() + 10
-        while counter(redis_url, key) < 1:  # the task's code is executing in a pool process
-            assert time.monotonic() < deadline, workers.logs()
-            time.sleep(0.05)
-        killed = crash(first)
+        run, killed, done, took = crash_mid_run(live, workers, fault_project, key, backoff_limit=1)
         assert len(killed) >= 3, f"expected the main process and 2 pool processes: {killed}"
-        assert live.runs.get(fault_project, run.run_id).status is RunStatus.RUNNING
-
-        crashed_at = time.monotonic()
-        workers.start()
-        try:
-            done = live.wait_terminal(fault_project, run.run_id, timeout=30)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{workers.logs()}") from None
-        took = time.monotonic() - crashed_at
 
         assert done.status is RunStatus.COMPLETED, (
             f"{summary({run.run_id: done})}\n{workers.logs()}"
@@ -317,22 +326,7 @@ def test_a_run_whose_worker_is_killed_mid_run_with_no_retry_left_fails_as_worker
         worker_processes(settings, tmp_path) as workers,
         live_services(settings, pg_engine, event_log) as live,
     ):
-        first = workers.start()
-        run = submit(live, fault_project, PID, {"seconds": 3, "counter": key}, backoff_limit=0)
-        live.wait_running(fault_project, run.run_id, timeout=20)
-        deadline = time.monotonic() + 10
-        while counter(redis_url, key) < 1:
-            assert time.monotonic() < deadline, workers.logs()
-            time.sleep(0.05)
-        crash(first)
-
-        crashed_at = time.monotonic()
-        workers.start()
-        try:
-            done = live.wait_terminal(fault_project, run.run_id, timeout=30)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}\n{workers.logs()}") from None
-        took = time.monotonic() - crashed_at
+        run, _, done, took = crash_mid_run(live, workers, fault_project, key, backoff_limit=0)
 
         assert done.status is RunStatus.FAILED, summary({run.run_id: done})
         assert done.error is not None and done.error["code"] == "worker_lost"

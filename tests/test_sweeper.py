@@ -49,6 +49,23 @@ def service_at(
     )
 
 
+def sweep_nodes_twice_later(engine: sa.Engine, event_log: RedisEventLog) -> list[tuple[str, str]]:
+    """Two sweepers, 120 s from now, re-send stale workflow nodes; what both sent."""
+    sent: list[tuple[str, str]] = []
+    for _ in range(2):
+        dispatcher = RecordingDispatcher(sent=[])
+        state = WorkflowState(
+            engine,
+            runs=service_at(engine, event_log, dispatcher, 120),
+            events=event_log,
+            dispatcher=dispatcher,
+            clock=lambda: utcnow() + timedelta(seconds=120),
+        )
+        state.redispatch_stale(older_than_seconds=60, limit=100_000)
+        sent.extend(dispatcher.nodes_sent)
+    return sent
+
+
 def test_a_run_pending_too_long_is_sent_again_exactly_once_by_racing_sweepers(
     engine: sa.Engine, event_log: RedisEventLog, project: Project
 ) -> None:
@@ -128,18 +145,7 @@ def test_a_workflow_step_left_queued_is_sent_again_once(
         nodes.transition(
             conn, run.run_id, "a", [NodeStatus.PENDING], {"status": "queued", "updated_at": now}
         )
-    first, second = RecordingDispatcher(sent=[]), RecordingDispatcher(sent=[])
-    for dispatcher in (first, second):
-        later = service_at(engine, event_log, dispatcher, 120)
-        state = WorkflowState(
-            engine,
-            runs=later,
-            events=event_log,
-            dispatcher=dispatcher,
-            clock=lambda: utcnow() + timedelta(seconds=120),
-        )
-        state.redispatch_stale(older_than_seconds=60, limit=100_000)
-    sent = [s for s in first.nodes_sent + second.nodes_sent if s[0] == run.run_id]
+    sent = [s for s in sweep_nodes_twice_later(engine, event_log) if s[0] == run.run_id]
     assert sent == [(run.run_id, "a")]
 
 
@@ -166,16 +172,5 @@ def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
                     "lease_expires_at": now + timedelta(seconds=lease),
                 },
             )
-    first, second = RecordingDispatcher(sent=[]), RecordingDispatcher(sent=[])
-    for dispatcher in (first, second):
-        later = service_at(engine, event_log, dispatcher, 120)
-        state = WorkflowState(
-            engine,
-            runs=later,
-            events=event_log,
-            dispatcher=dispatcher,
-            clock=lambda: utcnow() + timedelta(seconds=120),
-        )
-        state.redispatch_stale(older_than_seconds=60, limit=100_000)
-    sent = [s for s in first.nodes_sent + second.nodes_sent if s[0] == run.run_id]
+    sent = [s for s in sweep_nodes_twice_later(engine, event_log) if s[0] == run.run_id]
     assert sent == [(run.run_id, "dead")]

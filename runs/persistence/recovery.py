@@ -1,4 +1,4 @@
-"""Statements that keep task runs moving when attempts fail, stall or die.
+"""Statements that keep runs moving when their job is lost or their attempts fail, stall or die.
 
 Every one is a single conditional UPDATE: it changes the run only while the attempt it names
 still owns it (``status`` and ``attempt`` match, and for a reclaim the lease has run out), so a
@@ -102,6 +102,37 @@ def fail_lost(
             lease_expires_at=None,
             **{name: values[name] for name in FINISH_FIELDS},
         )
+    )
+    return result.rowcount == 1
+
+
+def stale_pending(conn: sa.Connection, before: datetime, limit: int) -> list[tuple[str, str, str]]:
+    """(run_id, target, queue) of runs runnable, and neither sent nor changed, since before
+    ``before`` (``updated_at`` marks the last send)."""
+    rows = conn.execute(
+        sa.select(runs.c.run_id, runs.c.target, runs.c.queue)
+        .where(
+            runs.c.status == RunStatus.PENDING.value,
+            runs.c.available_at < before,
+            runs.c.updated_at < before,
+        )
+        .order_by(runs.c.available_at)
+        .limit(limit)
+    )
+    return [(r.run_id, r.target, r.queue) for r in rows]
+
+
+def touch_pending(conn: sa.Connection, run_id: str, before: datetime, now: datetime) -> bool:
+    """Take the right to re-send a stale pending run's job; one sweeper wins."""
+    result = conn.execute(
+        runs.update()
+        .where(
+            runs.c.run_id == run_id,
+            runs.c.status == RunStatus.PENDING.value,
+            runs.c.available_at < before,
+            runs.c.updated_at < before,
+        )
+        .values(updated_at=now)
     )
     return result.rowcount == 1
 

@@ -339,37 +339,6 @@ def cancel_run(
     return run_from_row(row) if row is not None else None
 
 
-def stale_pending(conn: sa.Connection, before: datetime, limit: int) -> list[tuple[str, str, str]]:
-    """(run_id, target, queue) of runs runnable, and neither sent nor changed, since before
-    ``before`` (``updated_at`` marks the last send)."""
-    rows = conn.execute(
-        sa.select(runs.c.run_id, runs.c.target, runs.c.queue)
-        .where(
-            runs.c.status == RunStatus.PENDING.value,
-            runs.c.available_at < before,
-            runs.c.updated_at < before,
-        )
-        .order_by(runs.c.available_at)
-        .limit(limit)
-    )
-    return [(r.run_id, r.target, r.queue) for r in rows]
-
-
-def touch_pending(conn: sa.Connection, run_id: str, before: datetime, now: datetime) -> bool:
-    """Take the right to re-send a stale pending run's job; one sweeper wins."""
-    result = conn.execute(
-        runs.update()
-        .where(
-            runs.c.run_id == run_id,
-            runs.c.status == RunStatus.PENDING.value,
-            runs.c.available_at < before,
-            runs.c.updated_at < before,
-        )
-        .values(updated_at=now)
-    )
-    return result.rowcount == 1
-
-
 def active_children(conn: sa.Connection, run_id: str) -> list[str]:
     """Runs started by ``run_id`` that have not ended."""
     return list(
