@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from runs.domain import events as ev
 from runs.domain.clock import utcnow
 from runs.domain.events import NewEvent
-from runs.domain.runs import Lease, Outcome, Run, RunError, RunStatus, attempt_record
+from runs.domain.runs import Lease, Outcome, Run, RunError, RunRef, RunStatus, attempt_record
 from runs.persistence import recovery, store
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
@@ -48,7 +48,7 @@ class AttemptService:
         """Extend the lease of the attempt ``run.attempt``."""
         until = self._clock() + timedelta(seconds=lease_seconds)
         with self._auto.connect() as conn:
-            status = recovery.renew_lease(conn, run.run_id, run.attempt, until)
+            status = recovery.renew_lease(conn, run.ref, run.attempt, until)
         if status is None:
             return Lease.LOST
         return Lease.HELD if status == RunStatus.RUNNING.value else Lease.STOPPING
@@ -63,7 +63,7 @@ class AttemptService:
     def record_stop(self, run: Run) -> bool:
         """The attempt of a cancelled run has stopped working: note the time."""
         with self._auto.connect() as conn:
-            return recovery.record_stop(conn, run.run_id, run.attempt, self._clock())
+            return recovery.record_stop(conn, run.ref, run.attempt, self._clock())
 
     def _requeue(
         self, run: Run, error: RunError, delay: float, now: datetime, *, lease_expired: bool
@@ -73,7 +73,7 @@ class AttemptService:
         with self._auto.connect() as conn:
             queued = recovery.requeue(
                 conn,
-                run.run_id,
+                run.ref,
                 run.attempt,
                 attempts=[*run.attempts, record],
                 due=now + timedelta(seconds=delay),
@@ -87,10 +87,10 @@ class AttemptService:
     def _next_attempt(self, run: Run, message: str, delay: float) -> None:
         event = ev.attempt_failed_event(run.target, run.attempt, message, retrying=True)
         try:
-            self._events.append(run.run_id, [event])
-            self._dispatcher.dispatch(run.target, run.run_id, run.queue, countdown=delay or None)
+            self._events.append(run.ref, [event])
+            self._dispatcher.dispatch(run.target, run.ref, run.queue, countdown=delay or None)
         except Exception:
-            log.warning("could not send the next attempt of %s; the sweeper will", run.run_id)
+            log.warning("could not send the next attempt of %s; the sweeper will", run.ref)
 
     # -- the sweeper's side ---------------------------------------------------------------
 
@@ -130,10 +130,10 @@ class AttemptService:
                 "attempts": [*run.attempts, attempt_record(run, RunStatus.FAILED, error, now)],
             }
             if self._end(
-                run.run_id,
+                run.ref,
                 partial(
                     recovery.fail_lost,
-                    run_id=run.run_id,
+                    ref=run.ref,
                     attempt=run.attempt,
                     lease_expired_before=now,
                     values=values,
@@ -167,8 +167,8 @@ class AttemptService:
             }
             closing = [ev.terminal_event(RunStatus.FAILED.value, message)]
             if self._end(
-                run.run_id,
-                partial(recovery.expire, run_id=run.run_id, available_before=cutoff, values=values),
+                run.ref,
+                partial(recovery.expire, ref=run.ref, available_before=cutoff, values=values),
                 closing,
                 now,
             ):
@@ -177,7 +177,7 @@ class AttemptService:
 
     def _end(
         self,
-        run_id: str,
+        ref: RunRef,
         update: Callable[[sa.Connection], bool],
         closing: Sequence[NewEvent],
         now: datetime,
@@ -187,8 +187,8 @@ class AttemptService:
         with self._engine.begin() as conn:
             if not update(conn):
                 return False
-            first, so_far = self._events.close(run_id, len(closing))
+            first, so_far = self._events.close(ref, len(closing))
             final = ev.numbered(closing, first, now)
-            store.insert_events(conn, run_id, [*so_far, *final])
-        self._events.publish(run_id, final)
+            store.insert_events(conn, ref, [*so_far, *final])
+        self._events.publish(ref, final)
         return True

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from runs.celery_config import celery_config
+from runs.domain.runs import RunRef
 from runs.settings import Settings
 
 
@@ -21,13 +22,16 @@ class CeleryDispatcher:
     def dispatch(
         self,
         target: str,
-        run_id: str,
+        ref: RunRef,
         queue: str,
         *,
         node_id: str | None = None,
         countdown: float | None = None,
     ) -> None:
-        args = [run_id] if node_id is None else [run_id, node_id]
+        # A job names its run by project and id: run ids are unique only inside a project.
+        args = [ref.project_id, ref.run_id]
+        if node_id is not None:
+            args.append(node_id)
         self._app.send_task(target, args=args, queue=queue, countdown=countdown, ignore_result=True)
 
     def close(self) -> None:

@@ -21,6 +21,8 @@ from typing import Any
 import redis
 
 from runs.domain.events import NewEvent, RunEvent
+from runs.domain.runs import RunRef
+from runs.domain.text import storable
 
 _FLOOR = """
 local floor = tonumber(ARGV[FLOOR])
@@ -74,12 +76,17 @@ return 1
 _SEEN_LIMIT = 10_000  # runs whose highest event id a process remembers
 
 
-def _stream_key(run_id: str) -> str:
-    return f"runs:{{{run_id}}}:events"
+def _stream_key(ref: RunRef) -> str:
+    return f"runs:{{{ref.key}}}:events"
 
 
-def _meta_key(run_id: str) -> str:
-    return f"runs:{{{run_id}}}:meta"
+def _meta_key(ref: RunRef) -> str:
+    return f"runs:{{{ref.key}}}:meta"
+
+
+def _payload(payload: Any) -> str:
+    """An event payload as stored: cleaned so that every read can return it."""
+    return json.dumps(storable(payload), separators=(",", ":"), allow_nan=False)
 
 
 def _now_ms() -> int:
@@ -119,42 +126,40 @@ class RedisEventLog:
     def client(self) -> redis.Redis:
         return self._client
 
-    def append(self, run_id: str, events: Sequence[NewEvent]) -> list[int]:
+    def append(self, ref: RunRef, events: Sequence[NewEvent]) -> list[int]:
         """Append events in one round trip; returns their ids, or [] once the run is closed."""
         if not events:
             return []
-        args: list[Any] = [_now_ms(), self._seen.get(run_id, 0)]
+        args: list[Any] = [_now_ms(), self._seen.get(ref.key, 0)]
         for event in events:
-            args.extend((event.event_type, json.dumps(event.payload, separators=(",", ":"))))
-        ids = [
-            int(i) for i in self._append(keys=[_stream_key(run_id), _meta_key(run_id)], args=args)
-        ]
+            args.extend((event.event_type, _payload(event.payload)))
+        ids = [int(i) for i in self._append(keys=[_stream_key(ref), _meta_key(ref)], args=args)]
         if ids:
-            self._saw(run_id, ids[-1])
+            self._saw(ref.key, ids[-1])
         return ids
 
-    def close(self, run_id: str, count: int, *, cancel: bool = False) -> tuple[int, list[RunEvent]]:
+    def close(self, ref: RunRef, count: int, *, cancel: bool = False) -> tuple[int, list[RunEvent]]:
         """Refuse further appends and reserve ``count`` ids for the final events.
 
         Returns the first reserved id and every event appended so far.
         """
         first, entries = self._close(
-            keys=[_stream_key(run_id), _meta_key(run_id)],
-            args=[count, "1" if cancel else "0", self._seen.pop(run_id, 0)],
+            keys=[_stream_key(ref), _meta_key(ref)],
+            args=[count, "1" if cancel else "0", self._seen.pop(ref.key, 0)],
         )
         return int(first), [_decode(e) for e in entries]
 
-    def _saw(self, run_id: str, event_id: int) -> None:
-        self._seen[run_id] = event_id
-        self._seen.move_to_end(run_id)
+    def _saw(self, key: str, event_id: int) -> None:
+        self._seen[key] = event_id
+        self._seen.move_to_end(key)
         if len(self._seen) > _SEEN_LIMIT:
             self._seen.popitem(last=False)
 
-    def reopen(self, run_id: str) -> bool:
+    def reopen(self, ref: RunRef) -> bool:
         """Accept appends again for a new attempt, unless the run was cancelled meanwhile."""
-        return bool(self._reopen(keys=[_meta_key(run_id)]))
+        return bool(self._reopen(keys=[_meta_key(ref)]))
 
-    def publish(self, run_id: str, events: Sequence[RunEvent]) -> None:
+    def publish(self, ref: RunRef, events: Sequence[RunEvent]) -> None:
         """Add the final events under their reserved ids and let the run's keys expire."""
         args: list[Any] = [self._ttl]
         for event in events:
@@ -162,32 +167,30 @@ class RedisEventLog:
                 (
                     event.event_id,
                     event.event_type,
-                    json.dumps(event.payload, separators=(",", ":")),
+                    _payload(event.payload),
                     int(event.created_at.timestamp() * 1000),
                 )
             )
-        self._publish(keys=[_stream_key(run_id), _meta_key(run_id)], args=args)
+        self._publish(keys=[_stream_key(ref), _meta_key(ref)], args=args)
 
-    def read(self, run_id: str, *, after: int, limit: int) -> list[RunEvent]:
-        entries = self._client.xrange(
-            _stream_key(run_id), min=f"0-{after + 1}", max="+", count=limit
-        )
+    def read(self, ref: RunRef, *, after: int, limit: int) -> list[RunEvent]:
+        entries = self._client.xrange(_stream_key(ref), min=f"0-{after + 1}", max="+", count=limit)
         return [_decode(e) for e in entries or ()]
 
-    def request_stop(self, run_id: str, node_id: str) -> None:
+    def request_stop(self, ref: RunRef, node_id: str) -> None:
         """Ask the worker running one node of a run to stop (a race's losers, for example)."""
-        self._client.hset(_meta_key(run_id), f"cancel:{node_id}", "1")
+        self._client.hset(_meta_key(ref), f"cancel:{node_id}", "1")
 
     def cancel_requested(
-        self, watched: Sequence[tuple[str, str | None]]
-    ) -> set[tuple[str, str | None]]:
+        self, watched: Sequence[tuple[RunRef, str | None]]
+    ) -> set[tuple[RunRef, str | None]]:
         """Which of these (run, node) pairs have been asked to stop, in one round trip."""
         if not watched:
             return set()
         pipe = self._client.pipeline(transaction=False)
-        for run_id, node_id in watched:
+        for ref, node_id in watched:
             fields = ["cancel"] if node_id is None else ["cancel", f"cancel:{node_id}"]
-            pipe.hmget(_meta_key(run_id), fields)
+            pipe.hmget(_meta_key(ref), fields)
         replies = pipe.execute()
         return {key for key, flags in zip(watched, replies, strict=True) if any(flags)}
 

@@ -6,33 +6,34 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from runs.domain.events import NewEvent, RunEvent
+from runs.domain.runs import RunRef
 
 
 class Dispatcher(Protocol):
     def dispatch(
         self,
         target: str,
-        run_id: str,
+        ref: RunRef,
         queue: str,
         *,
         node_id: str | None = None,
         countdown: float | None = None,
     ) -> None:
-        """Send the job that executes ``run_id`` (one node of it, when given), optionally
+        """Send the job that executes the run ``ref`` (one node of it, when given), optionally
         after ``countdown`` seconds; raises when the broker cannot take it."""
 
 
 class EventLog(Protocol):
-    def append(self, run_id: str, events: Sequence[NewEvent]) -> list[int]: ...
+    def append(self, ref: RunRef, events: Sequence[NewEvent]) -> list[int]: ...
 
     def close(
-        self, run_id: str, count: int, *, cancel: bool = False
+        self, ref: RunRef, count: int, *, cancel: bool = False
     ) -> tuple[int, list[RunEvent]]: ...
 
-    def publish(self, run_id: str, events: Sequence[RunEvent]) -> None: ...
+    def publish(self, ref: RunRef, events: Sequence[RunEvent]) -> None: ...
 
-    def reopen(self, run_id: str) -> bool: ...
+    def reopen(self, ref: RunRef) -> bool: ...
 
-    def read(self, run_id: str, *, after: int, limit: int) -> list[RunEvent]: ...
+    def read(self, ref: RunRef, *, after: int, limit: int) -> list[RunEvent]: ...
 
-    def request_stop(self, run_id: str, node_id: str) -> None: ...
+    def request_stop(self, ref: RunRef, node_id: str) -> None: ...

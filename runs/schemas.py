@@ -7,7 +7,6 @@ and omit ``error.code``/``error.detail`` rather than sending null (contract §14
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from typing import Any, Literal
 
@@ -16,6 +15,7 @@ from pydantic_core import PydanticCustomError
 
 from runs.domain.events import RunEvent
 from runs.domain.runs import Run
+from runs.domain.text import unstorable
 
 RunKindWire = Literal["agent", "workflow", "task", "eval"]
 RunStatusWire = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
@@ -24,32 +24,20 @@ TriggerKind = Literal["manual", "schedule", "webhook", "api"]
 
 
 def check_storable(value: Any) -> Any:
-    """Refuse what JSON or PostgreSQL cannot hold: NUL characters and NaN/Infinity.
+    """Refuse what cannot be stored and read back: lone UTF-16 surrogates (as escapes or as
+    raw bytes), NUL characters and NaN/Infinity, in keys and values at any depth.
 
-    Python's JSON parser accepts ``NaN`` and ``Infinity``, and PostgreSQL refuses ``\\u0000`` in
-    text and JSONB; either would otherwise surface as a 500 after validation.
+    Python's JSON parser accepts all of them; each would otherwise fail a write, or poison the
+    record for every later read.
     """
-    stack: list[tuple[Any, str]] = [(value, "")]
-    while stack:
-        item, where = stack.pop()
-        if isinstance(item, str) and "\x00" in item:
-            raise PydanticCustomError(
-                "nul_character",
-                "contains a NUL character (\\u0000){where}, which cannot be stored; remove it",
-                {"where": f" at {where}" if where else ""},
-            )
-        if isinstance(item, float) and not math.isfinite(item):
-            raise PydanticCustomError(
-                "finite_number",
-                "contains {number}{where}, which is not JSON; send a finite number or null",
-                {"number": repr(item), "where": f" at {where}" if where else ""},
-            )
-        if isinstance(item, dict):
-            for key, inner in item.items():
-                stack.append((key, f"{where}.{key}".lstrip(".")))
-                stack.append((inner, f"{where}.{key}".lstrip(".")))
-        elif isinstance(item, list):
-            stack.extend((inner, f"{where}[{i}]") for i, inner in enumerate(item))
+    found = unstorable(value)
+    if found is not None:
+        where, what = found
+        raise PydanticCustomError(
+            "unstorable_value",
+            "contains {what}{where}; send valid Unicode text and finite numbers",
+            {"what": what, "where": f" (at {where})" if where else ""},
+        )
     return value
 
 

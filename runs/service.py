@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from runs.catalog import DefinitionCatalog
 from runs.domain import events as ev
 from runs.domain.clock import utcnow
-from runs.domain.errors import Conflict, InvalidRequest, NotFound, PayloadTooLarge, Unsupported
+from runs.domain.errors import InvalidRequest, NotFound, PayloadTooLarge, Unsupported
 from runs.domain.events import NewEvent, RunEvent
 from runs.domain.projects import Project
 from runs.domain.runs import (
@@ -29,6 +29,7 @@ from runs.domain.runs import (
     Run,
     RunError,
     RunKind,
+    RunRef,
     RunRequest,
     RunStatus,
     attempt_record,
@@ -110,20 +111,16 @@ class RunService:
     def submit(self, project: Project, request: RunRequest) -> tuple[Run, bool]:
         """Accept a run: commit it as pending, then send its job. Returns (run, duplicate)."""
         values = self._new_run_values(project, request)
-        run_id = values["run_id"]
+        ref = RunRef(project.id, values["run_id"])
         try:
             with self._auto.connect() as conn:
                 store.insert_run(conn, values)
         except IntegrityError:
+            # Ids are unique per project: only a run of this project can hold this one.
             with self._auto.connect() as conn:
-                existing = store.get_run(conn, run_id)
+                existing = store.get_run(conn, ref)
             if existing is None:  # the conflict was not on the id (for example a vanished parent)
                 raise
-            if existing.project_id != project.id:
-                raise Conflict(
-                    f"run id {run_id!r} is not available; choose another public_id",
-                    field="public_id",
-                ) from None
             return existing, True
         run = self._dispatch(values)
         return run, False
@@ -203,24 +200,25 @@ class RunService:
     def _dispatch(self, values: dict[str, Any]) -> Run:
         """Send the job after commit. A broker failure leaves the run pending, never lost."""
         try:
-            self._dispatcher.dispatch(values["target"], values["run_id"], values["queue"])
+            ref = RunRef(values["project_id"], values["run_id"])
+            self._dispatcher.dispatch(values["target"], ref, values["queue"])
         except Exception:
             log.exception("dispatch of %s failed; the run stays pending", values["run_id"])
         return store.run_from_row(values | {"lease_owner": None, "lease_expires_at": None})
 
     # -- reading --------------------------------------------------------------------------
 
-    def load(self, run_id: str) -> Run | None:
-        """A run by id, whatever its project (for workers, never for callers)."""
+    def load(self, ref: RunRef) -> Run | None:
+        """A run by project and id (for workers, which read it from their job)."""
         with self._auto.connect() as conn:
-            return store.get_run(conn, run_id)
+            return store.get_run(conn, ref)
 
     def get(self, project: Project, run_id: str) -> Run:
+        """A run of the caller's project; any other run id is not found."""
         if not RUN_ID_PATTERN.fullmatch(run_id):
             raise NotFound(f"run {run_id!r} not found")
-        with self._auto.connect() as conn:
-            run = store.get_run(conn, run_id)
-        if run is None or run.project_id != project.id:
+        run = self.load(RunRef(project.id, run_id))
+        if run is None:
             raise NotFound(f"run {run_id!r} not found")
         return run
 
@@ -243,9 +241,9 @@ class RunService:
         run = self.get(project, run_id)
         if run.status.is_terminal:
             with self._auto.connect() as conn:
-                found = store.list_events(conn, run_id, after=after, limit=limit + 1)
+                found = store.list_events(conn, run.ref, after=after, limit=limit + 1)
         else:
-            found = self._events.read(run_id, after=after, limit=limit + 1)
+            found = self._events.read(run.ref, after=after, limit=limit + 1)
         items = found[:limit]
         return Page(items, str(items[-1].event_id) if len(found) > limit else None)
 
@@ -258,38 +256,39 @@ class RunService:
             return False, run
         if run.kind is RunKind.EVAL:
             raise Unsupported("eval runs cannot be cancelled", field="run_id")
+        ref = run.ref
         # Reserve ids for STEP_FINISHED and RUN_ERROR, and raise the cooperative flag.
-        first, so_far = self._events.close(run_id, 2, cancel=True)
+        first, so_far = self._events.close(ref, 2, cancel=True)
         now = self._clock()
         error = RunError("Run cancelled", code="cancelled")
         with self._engine.begin() as conn:
             cancelled = store.cancel_run(
                 conn,
-                run_id,
+                ref,
                 now,
                 {"completed_at": now, "updated_at": now, "error": error.to_json()},
             )
             if cancelled is not None:
                 final = [ev.terminal_event("cancelled", error.message)]
                 if cancelled.kind is RunKind.WORKFLOW:
-                    nodes.cancel_active_nodes(conn, run_id, now)
+                    nodes.cancel_active_nodes(conn, ref, now)
                 elif cancelled.started_at is not None:
                     final.insert(0, ev.step_finished_event(cancelled.target, "cancelled"))
                 if cancelled.started_at is not None:
                     ran_ms = duration_ms(cancelled.started_at, now)
-                    store.set_cancelled_duration(conn, run_id, ran_ms)
+                    store.set_cancelled_duration(conn, ref, ran_ms)
                     cancelled = replace(cancelled, duration_ms=ran_ms)
                 published = ev.numbered(final, first + 2 - len(final), now)
-                store.insert_events(conn, run_id, [*so_far, *published])
+                store.insert_events(conn, ref, [*so_far, *published])
         if cancelled is None:
             return False, self.get(project, run_id)
-        self._events.publish(run_id, published)
-        self._cancel_children(project, run_id)
+        self._events.publish(ref, published)
+        self._cancel_children(project, ref)
         return True, cancelled
 
-    def _cancel_children(self, project: Project, run_id: str) -> None:
+    def _cancel_children(self, project: Project, ref: RunRef) -> None:
         with self._auto.connect() as conn:
-            children = store.active_children(conn, run_id)
+            children = store.active_children(conn, ref)
         for child_id in children:
             self.cancel(project, child_id)
 
@@ -304,27 +303,27 @@ class RunService:
         with self._auto.connect() as conn:
             stale = recovery.stale_pending(conn, before, limit)
         sent = 0
-        for run_id, target, queue in stale:
+        for ref, target, queue in stale:
             with self._auto.connect() as conn:
-                if not recovery.touch_pending(conn, run_id, before, now):
+                if not recovery.touch_pending(conn, ref, before, now):
                     continue
             try:
-                self._dispatcher.dispatch(target, run_id, queue)
+                self._dispatcher.dispatch(target, ref, queue)
             except Exception:
-                log.warning("re-dispatch of %s failed; next sweep tries again", run_id)
+                log.warning("re-dispatch of %s failed; next sweep tries again", ref)
                 continue
             sent += 1
         return sent
 
     # -- executing (called by workers) ----------------------------------------------------
 
-    def claim(self, run_id: str, *, worker: str, lease_seconds: float) -> Run | None:
+    def claim(self, ref: RunRef, *, worker: str, lease_seconds: float) -> Run | None:
         """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
         now = self._clock()
         with self._auto.connect() as conn:
             return store.claim_run(
                 conn,
-                run_id,
+                ref,
                 worker=worker,
                 lease_until=now + timedelta(seconds=lease_seconds),
                 now=now,
@@ -334,12 +333,12 @@ class RunService:
         """Emit a claimed attempt's opening events. False when the run was cancelled first."""
         if run.attempt > 1:
             # An earlier attempt may have closed the stream and died before its record landed.
-            self._events.reopen(run.run_id)
-        return self.emit(run.run_id, events)
+            self._events.reopen(run.ref)
+        return self.emit(run.ref, events)
 
-    def emit(self, run_id: str, events: Sequence[NewEvent]) -> bool:
+    def emit(self, ref: RunRef, events: Sequence[NewEvent]) -> bool:
         """Append events of a running run. False once the run is closed (cancelled)."""
-        return bool(self._events.append(run_id, events)) or not events
+        return bool(self._events.append(ref, events)) or not events
 
     def finish(self, run: Run, outcome: Outcome, *, stop_work: bool = False) -> bool:
         """Write the terminal record in one transaction, then publish the final events.
@@ -373,12 +372,12 @@ class RunService:
         # The conditional update first (it holds the row until commit), then close the stream:
         # an attempt that lost the run must not close the stream of the attempt that has it.
         with self._engine.begin() as conn:
-            if not store.finish_run(conn, run.run_id, run.attempt, values):
+            if not store.finish_run(conn, run.ref, run.attempt, values):
                 return False
-            first, so_far = self._events.close(run.run_id, len(closing), cancel=stop_work)
+            first, so_far = self._events.close(run.ref, len(closing), cancel=stop_work)
             final = ev.numbered(closing, first, now)
-            store.insert_events(conn, run.run_id, [*so_far, *final])
-        self._events.publish(run.run_id, final)
+            store.insert_events(conn, run.ref, [*so_far, *final])
+        self._events.publish(run.ref, final)
         return True
 
 

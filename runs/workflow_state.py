@@ -16,7 +16,7 @@ from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict
 from runs.domain.events import STEP_FINISHED, NewEvent
 from runs.domain.projects import Project
-from runs.domain.runs import Run, RunKind
+from runs.domain.runs import Run, RunKind, RunRef
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.persistence import nodes
 from runs.persistence.engine import autocommit
@@ -48,17 +48,17 @@ class WorkflowState:
 
     # -- for the engine -------------------------------------------------------------------
 
-    def create(self, run_id: str, node_ids: Sequence[str]) -> None:
+    def create(self, ref: RunRef, node_ids: Sequence[str]) -> None:
         with self._engine.begin() as conn:
-            nodes.insert_nodes(conn, run_id, node_ids, self._clock())
+            nodes.insert_nodes(conn, ref, node_ids, self._clock())
 
-    def nodes(self, run_id: str) -> dict[str, NodeRecord]:
+    def nodes(self, ref: RunRef) -> dict[str, NodeRecord]:
         with self._auto.connect() as conn:
-            return nodes.get_nodes(conn, run_id)
+            return nodes.get_nodes(conn, ref)
 
     def move(
         self,
-        run_id: str,
+        ref: RunRef,
         node_id: str,
         from_statuses: Iterable[NodeStatus],
         values: Mapping[str, Any],
@@ -70,25 +70,25 @@ class WorkflowState:
         with self._auto.connect() as conn:
             moved = nodes.transition(
                 conn,
-                run_id,
+                ref,
                 node_id,
                 from_statuses,
                 {"updated_at": self._clock(), **values},
                 attempt=attempt,
             )
         if moved and event is not None:
-            self._events.append(run_id, [event])
+            self._events.append(ref, [event])
         return moved
 
     def claim(
-        self, run_id: str, node_id: str, *, worker: str, lease_seconds: float, reclaim: bool = False
+        self, ref: RunRef, node_id: str, *, worker: str, lease_seconds: float, reclaim: bool = False
     ) -> NodeRecord | None:
         """Take a queued node (or, with ``reclaim``, one whose worker's lease expired)."""
         now = self._clock()
         with self._auto.connect() as conn:
             return nodes.claim_node(
                 conn,
-                run_id,
+                ref,
                 node_id,
                 now=now,
                 worker=worker,
@@ -96,30 +96,30 @@ class WorkflowState:
                 reclaim=reclaim,
             )
 
-    def renew(self, run_id: str, node_id: str, attempt: int, lease_seconds: float) -> bool:
+    def renew(self, ref: RunRef, node_id: str, attempt: int, lease_seconds: float) -> bool:
         with self._auto.connect() as conn:
             return nodes.renew_node_lease(
-                conn, run_id, node_id, attempt, self._clock() + timedelta(seconds=lease_seconds)
+                conn, ref, node_id, attempt, self._clock() + timedelta(seconds=lease_seconds)
             )
 
-    def lease_left(self, run_id: str, node_id: str) -> float:
+    def lease_left(self, ref: RunRef, node_id: str) -> float:
         """Seconds until a running node's lease expires (0 when it has)."""
         with self._auto.connect() as conn:
-            until = nodes.lease_of(conn, run_id, node_id)
+            until = nodes.lease_of(conn, ref, node_id)
         return max(0.0, (until - self._clock()).total_seconds()) if until else 0.0
 
-    def stop_node(self, run_id: str, node_id: str) -> None:
+    def stop_node(self, ref: RunRef, node_id: str) -> None:
         """Tell the worker running this node to stop (its result would be discarded)."""
-        self._events.request_stop(run_id, node_id)
+        self._events.request_stop(ref, node_id)
 
-    def end_nodes(self, run_id: str) -> None:
+    def end_nodes(self, ref: RunRef) -> None:
         """After the run ended: nothing of it is left active."""
         with self._engine.begin() as conn:
-            nodes.cancel_active_nodes(conn, run_id, self._clock())
+            nodes.cancel_active_nodes(conn, ref, self._clock())
 
-    def set_waiting(self, run_id: str, reason: str | None) -> bool:
+    def set_waiting(self, ref: RunRef, reason: str | None) -> bool:
         with self._auto.connect() as conn:
-            return nodes.set_run_waiting(conn, run_id, reason, self._clock())
+            return nodes.set_run_waiting(conn, ref, reason, self._clock())
 
     def dispatch(
         self,
@@ -129,7 +129,7 @@ class WorkflowState:
         countdown: float | None = None,
     ) -> None:
         self._dispatcher.dispatch(
-            run.target, run.run_id, run.queue, node_id=node_id, countdown=countdown
+            run.target, run.ref, run.queue, node_id=node_id, countdown=countdown
         )
 
     def redispatch_stale(self, *, older_than_seconds: float, limit: int = 200) -> int:
@@ -141,11 +141,11 @@ class WorkflowState:
         with self._auto.connect() as conn:
             stale = nodes.stale_nodes(conn, before, now, limit)
         sent = 0
-        for run_id, node_id, target, queue in stale:
+        for ref, node_id, target, queue in stale:
             with self._auto.connect() as conn:
-                if not nodes.touch_stale(conn, run_id, node_id, before, now):
+                if not nodes.touch_stale(conn, ref, node_id, before, now):
                     continue
-            self._dispatcher.dispatch(target, run_id, queue, node_id=node_id)
+            self._dispatcher.dispatch(target, ref, queue, node_id=node_id)
             sent += 1
         return sent
 
@@ -185,7 +185,7 @@ class WorkflowState:
         run = self._runs.get(project, run_id)
         waiting = [
             n
-            for n in self.nodes(run_id).values()
+            for n in self.nodes(run.ref).values()
             if n.status is NodeStatus.WAITING and n.wait_event == event
         ]
         if run.kind is not RunKind.WORKFLOW or run.status.is_terminal or not waiting:
@@ -202,7 +202,7 @@ class WorkflowState:
 
     def _waiting_node(self, project: Project, run_id: str, node_id: str) -> tuple[Run, NodeRecord]:
         run = self._runs.get(project, run_id)
-        node = self.nodes(run_id).get(node_id) if run.kind is RunKind.WORKFLOW else None
+        node = self.nodes(run.ref).get(node_id) if run.kind is RunKind.WORKFLOW else None
         if run.status.is_terminal or node is None or node.status is not NodeStatus.WAITING:
             raise Conflict(f"run {run_id!r} is not waiting at node {node_id!r}", field="node_id")
         return run, node
@@ -217,14 +217,14 @@ class WorkflowState:
         dispatch: bool = True,
     ) -> bool:
         moved = self.move(
-            run.run_id,
+            run.ref,
             node.node_id,
             [NodeStatus.WAITING],
             values,
             event=step_event(STEP_FINISHED, node.node_id, status, node.attempt),
         )
         if moved:
-            self.set_waiting(run.run_id, None)
+            self.set_waiting(run.ref, None)
             if dispatch:
                 self.dispatch(run)  # the engine re-plans the run
         return moved

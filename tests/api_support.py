@@ -11,11 +11,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from httpx import Response
 
 from runs.access import AccessService
 from runs.api.app import create_app
 from runs.domain.projects import Project
+from runs.persistence.tables import runs as runs_table
 from tests.conftest import base_settings
 
 
@@ -74,3 +77,22 @@ def new_caller(access: AccessService, prefix: str) -> Caller:
     project = access.create_project(f"{prefix}-{uuid.uuid4().hex[:12]}")
     token, secret = access.create_token(project.id)
     return Caller(project=project, token=secret, token_id=token.id)
+
+
+def assert_problem(response: Response, status: int, *words: str) -> dict[str, Any]:
+    """An application/problem+json answer with the status and a detail naming the problem."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert isinstance(body["title"], str) and body["title"]
+    assert isinstance(body["detail"], str) and body["detail"]
+    for word in words:
+        assert word.lower() in body["detail"].lower(), f"{word!r} not in {body['detail']!r}"
+    return body
+
+
+def count_runs(engine: sa.Engine, project: Project) -> int:
+    with engine.connect() as conn:
+        query = sa.select(sa.func.count()).where(runs_table.c.project_id == project.id)
+        return int(conn.execute(query).scalar_one())

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
+from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
 from runs.persistence import migrate
 from runs.persistence.engine import create_engine
@@ -132,14 +133,14 @@ def event_log(redis_url: str) -> Iterator[RedisEventLog]:
 class RecordingDispatcher:
     """Stands in for the broker where a test needs no worker; records what was sent."""
 
-    sent: list[tuple[str, str, str]]
+    sent: list[tuple[str, RunRef, str]]
     fail: bool = False
-    nodes_sent: list[tuple[str, str]] = field(default_factory=list)
+    nodes_sent: list[tuple[RunRef, str]] = field(default_factory=list)
 
     def dispatch(
         self,
         target: str,
-        run_id: str,
+        ref: RunRef,
         queue: str,
         *,
         node_id: str | None = None,
@@ -148,9 +149,9 @@ class RecordingDispatcher:
         if self.fail:
             raise ConnectionError("broker unreachable")
         if node_id is not None:
-            self.nodes_sent.append((run_id, node_id))
+            self.nodes_sent.append((ref, node_id))
             return
-        self.sent.append((target, run_id, queue))
+        self.sent.append((target, ref, queue))
 
 
 @pytest.fixture

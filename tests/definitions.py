@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from workers.adapters import NonRetryableError
 from workers.context import TaskContext
 from workers.registry import task
 
@@ -48,6 +49,23 @@ def bad_output(ctx: TaskContext) -> Any:
 @task("test/crash")
 def crash(ctx: TaskContext) -> None:
     raise ValueError("boom")
+
+
+UNCLEAN = "lone \ud800 nul \x00 end"
+
+
+@task("test/unclean")
+def unclean(ctx: TaskContext) -> Any:
+    """Everything a task hands back carries text that is not valid Unicode, and NaN."""
+    ctx.logger.info(UNCLEAN)
+    ctx.emit("UNCLEAN_REPORTED", {UNCLEAN: UNCLEAN, "nan": float("nan")})
+    ctx.add_artifact(UNCLEAN, metadata={"inf": float("inf")})
+    return {UNCLEAN: [UNCLEAN, float("-inf")]}
+
+
+@task("test/unclean-failure")
+def unclean_failure(ctx: TaskContext) -> None:
+    raise NonRetryableError(UNCLEAN, code="unclean", detail={UNCLEAN: float("nan")})
 
 
 # -- workflows -----------------------------------------------------------------------------

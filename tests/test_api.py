@@ -20,10 +20,9 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from runs.access import AccessService
-from runs.domain.projects import Project
 from runs.persistence.tables import runs as runs_table
 from runs.schemas import CancelRunOut, CreateRunOut, RunEventListOut, RunListOut, RunOut
-from tests.api_support import Api, Caller, new_caller, open_api
+from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.helpers import create_body
 
 MAX_BODY_BYTES = 8192
@@ -126,12 +125,6 @@ def stranger(access_service: AccessService) -> Caller:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def count_runs(engine: sa.Engine, project: Project) -> int:
-    with engine.connect() as conn:
-        query = sa.select(sa.func.count()).where(runs_table.c.project_id == project.id)
-        return int(conn.execute(query).scalar_one())
-
-
 def create_run(api: Api, caller: Caller, target: str = "task:echo", **body: Any) -> dict[str, Any]:
     payload = create_body(caller.project, target)
     payload.update(body)
@@ -152,19 +145,6 @@ def list_runs(api: Api, caller: Caller, query: str = "", ref: str | None = None)
 def run_ids(response: Response) -> list[str]:
     assert response.status_code == 200, response.text
     return [r["run_id"] for r in response.json()["data"]]
-
-
-def assert_problem(response: Response, status: int, *words: str) -> dict[str, Any]:
-    """An application/problem+json answer with the status and a detail naming the problem."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    for word in words:
-        assert word.lower() in body["detail"].lower(), f"{word!r} not in {body['detail']!r}"
-    return body
 
 
 def assert_iso_timestamp(value: Any) -> None:
@@ -542,15 +522,38 @@ def test_another_projects_run_or_project_is_404_not_403(
     assert unchanged.json() == theirs
 
 
-def test_a_public_id_taken_by_another_project_is_refused_without_leaking_its_run(
+def test_a_public_id_used_in_another_project_is_answered_like_a_free_one(
     api: Api, caller: Caller, stranger: Caller
 ) -> None:
+    """Run ids belong to their project: nothing tells a caller that another project holds an
+    id, and taking it there leaves the other project's run alone."""
     theirs = create_run(api, stranger, public_id=f"run_{uuid.uuid4()}")
-    body = create_body(caller.project) | {"public_id": theirs["run_id"]}
-    response = api.client.post("/runs", json=body, headers=caller.headers)
-    problem = assert_problem(response, 409, "public_id")
-    assert "run" not in problem
-    assert "stranger" not in response.text and stranger.project.id not in response.text
+    free = api.client.post(
+        "/runs",
+        json=create_body(caller.project) | {"public_id": f"run_{uuid.uuid4()}"},
+        headers=caller.headers,
+    )
+    taken = api.client.post(
+        "/runs",
+        json=create_body(caller.project, config={"mine": True}) | {"public_id": theirs["run_id"]},
+        headers=caller.headers,
+    )
+    assert (free.status_code, taken.status_code) == (202, 202)
+    assert free.json()["duplicate"] is False and taken.json()["duplicate"] is False
+    mine = taken.json()["run"]
+    assert mine["run_id"] == theirs["run_id"] and mine["config"] == {"mine": True}
+    assert mine["owner"]["id"] == caller.project.id
+    assert stranger.project.id not in taken.text
+    again = api.client.get(f"/runs/{theirs['run_id']}", headers=stranger.headers).json()
+    assert again == theirs
+    assert api.client.get(f"/runs/{theirs['run_id']}", headers=caller.headers).json() == mine
+    # A repeat inside the caller's own project is the duplicate.
+    repeat = api.client.post(
+        "/runs",
+        json=create_body(caller.project) | {"public_id": theirs["run_id"]},
+        headers=caller.headers,
+    )
+    assert repeat.json()["duplicate"] is True and repeat.json()["run"]["config"] == {"mine": True}
 
 
 def test_another_projects_run_cannot_be_a_parent_or_a_parent_filter(

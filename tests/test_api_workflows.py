@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -20,23 +20,18 @@ from httpx import Response
 
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
-from runs.domain.clock import utcnow
 from runs.domain.projects import Project
 from runs.domain.workflows import NodeRecord, NodeStatus
-from runs.persistence import nodes, store
+from runs.persistence import nodes
 from runs.persistence.store import Definition
-from runs.persistence.tables import runs as runs_table
 from runs.schemas import ApprovalOut, CancelRunOut, CreateRunOut, RunEventListOut, RunOut, SignalOut
-from tests.api_support import Api, Caller, new_caller, open_api
+from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
+from tests.workflow_support import EVENT, park, ref_of
 
 MAX_BODY_BYTES = 32768  # above the 10 000 characters a comment may have
 MAX_INPUT_BYTES = 1024
 
 WORKFLOW_TARGETS = ("workflow:wf-a", "workflow:wf-b")
-EVENT = "payment.received"
-# The nodes of a parked run: "review" waits for an approval, "hook" for EVENT, "later" has not
-# started yet.
-NODES = ("review", "hook", "later")
 
 
 # -- fixtures ------------------------------------------------------------------------------
@@ -114,31 +109,6 @@ def create_task_run(api: Api, caller: Caller) -> dict[str, Any]:
     return create(api, caller, body)
 
 
-def park(engine: sa.Engine, run_id: str, *, run_waits: bool = True) -> None:
-    """Do what the engine does when a workflow reaches its waits: claim the run, create its
-    nodes, park "review" on an approval and "hook" on EVENT, then (``run_waits``) mark the run
-    waiting."""
-    now = utcnow()
-    with engine.begin() as conn:
-        claimed = store.claim_run(
-            conn, run_id, worker="test-worker", lease_until=now + timedelta(minutes=5), now=now
-        )
-        assert claimed is not None, "the run was not pending"
-        assert nodes.insert_nodes(conn, run_id, list(NODES), now)
-        assert nodes.transition(
-            conn, run_id, "review", [NodeStatus.PENDING], {"status": "waiting", "updated_at": now}
-        )
-        assert nodes.transition(
-            conn,
-            run_id,
-            "hook",
-            [NodeStatus.PENDING],
-            {"status": "waiting", "wait_event": EVENT, "updated_at": now},
-        )
-        if run_waits:
-            assert nodes.set_run_waiting(conn, run_id, "approval:review", now)
-
-
 def waiting_run(api: Api, caller: Caller, engine: sa.Engine) -> dict[str, Any]:
     """A workflow run parked on the approval "review" and the event EVENT, as GET shows it."""
     run_id = create_workflow_run(api, caller)["run_id"]
@@ -165,14 +135,9 @@ def get_events(api: Api, caller: Caller, run_id: str) -> list[dict[str, Any]]:
 
 
 def node_states(engine: sa.Engine, run_id: str) -> dict[str, NodeRecord]:
+    ref = ref_of(engine, run_id)
     with engine.connect() as conn:
-        return nodes.get_nodes(conn, run_id)
-
-
-def count_runs(engine: sa.Engine, project: Project) -> int:
-    with engine.connect() as conn:
-        query = sa.select(sa.func.count()).where(runs_table.c.project_id == project.id)
-        return int(conn.execute(query).scalar_one())
+        return nodes.get_nodes(conn, ref)
 
 
 def snapshot(api: Api, caller: Caller, engine: sa.Engine, run_id: str) -> tuple[Any, ...]:
@@ -200,19 +165,6 @@ def send_signal(api: Api, caller: Caller, run_id: str, event: str, payload: Any)
         f"/runs/{run_id}/signals", json={"event": event, "payload": payload}, headers=caller.headers
     )
     return response
-
-
-def assert_problem(response: Response, status: int, *words: str) -> dict[str, Any]:
-    """An application/problem+json answer with the status and a detail naming the problem."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body: dict[str, Any] = response.json()
-    assert body["status"] == status
-    assert isinstance(body["title"], str) and body["title"]
-    assert isinstance(body["detail"], str) and body["detail"]
-    for word in words:
-        assert word.lower() in body["detail"].lower(), f"{word!r} not in {body['detail']!r}"
-    return body
 
 
 def assert_iso_timestamp(value: Any) -> None:
@@ -260,7 +212,7 @@ def test_a_workflow_run_is_accepted_and_echoes_its_workflow_fields(
     assert run["config"] is None and run["waiting_reason"] is None and run["error"] is None
     assert run["owner"] == {"kind": "project", "id": caller.project.id}
     assert api.queued() == queued_before + 1, "the job was not sent to the broker"
-    assert api.newest_job() == ("workflow:wf-a", [run["run_id"]])
+    assert api.newest_job() == ("workflow:wf-a", [caller.project.id, run["run_id"]])
     assert get_run(api, caller, run["run_id"]) == run
     assert node_states(pg_engine, run["run_id"]) == {}, "nodes are the worker's to plan"
 
@@ -386,7 +338,7 @@ def test_approving_a_waiting_node_completes_it_and_resumes_the_run(
 
     assert api.queued() == queued_before + 1, "no job was sent to re-plan the run"
     assert api.newest_job()[0] == run["target"]
-    assert api.newest_job()[1][0] == run_id
+    assert api.newest_job()[1][:2] == [caller.project.id, run_id]
     finished = step_finished(get_events(api, caller, run_id), "review")
     assert [e["payload"]["status"] for e in finished] == ["completed"]
 
@@ -409,7 +361,7 @@ def test_rejecting_a_waiting_node_fails_it_with_code_rejected(
     assert "numbers are wrong" in review.error["message"]
     assert review.output is None and review.completed_at is not None
     assert api.queued() == queued_before + 1
-    assert api.newest_job() == (run["target"], [run_id])
+    assert api.newest_job() == (run["target"], [caller.project.id, run_id])
     finished = step_finished(get_events(api, caller, run_id), "review")
     assert [e["payload"]["status"] for e in finished] == ["failed"]
 
@@ -454,8 +406,7 @@ def test_a_node_can_be_approved_while_other_steps_of_the_run_still_run(
     run_id, node_id = _running_with_a_waiting_node(api, caller, pg_engine)
     response = approve(api, caller, run_id, {"node_id": node_id, "approved": True})
     assert response.status_code == 200, response.text
-    with pg_engine.connect() as conn:
-        assert nodes.get_nodes(conn, run_id)[node_id].status is NodeStatus.COMPLETED
+    assert node_states(pg_engine, run_id)[node_id].status is NodeStatus.COMPLETED
 
 
 def _cancelled(api: Api, caller: Caller, engine: sa.Engine) -> tuple[str, str]:
@@ -567,7 +518,7 @@ def test_the_awaited_event_completes_its_node_with_the_payload(
     assert states["hook"].completed_at is not None
     assert states["review"].status is NodeStatus.WAITING, "an approval is not resumed by events"
     assert api.queued() == queued_before + 1
-    assert api.newest_job() == (run["target"], [run_id])
+    assert api.newest_job() == (run["target"], [caller.project.id, run_id])
     finished = step_finished(get_events(api, caller, run_id), "hook")
     assert [e["payload"]["status"] for e in finished] == ["completed"]
 

@@ -237,7 +237,7 @@ def test_the_wire_shows_when_a_cancel_was_requested_and_when_the_work_stopped(
             # Its job reaches a worker after all: the worker does not run it.
             skipped = skips(durable_pool)
             queue = durable_pool.settings.default_queue
-            nobody.dispatcher.dispatch("task:durable/pid", pending.run_id, queue)
+            nobody.dispatcher.dispatch("task:durable/pid", pending.ref, queue)
             wait_until(lambda: skips(durable_pool) > skipped, 10, "skipped by the worker")
             time.sleep(1.5)
     finally:
@@ -305,7 +305,7 @@ def test_the_same_message_delivered_twice_runs_once(
     skipped = skips(durable_pool)
     request = task_request(project, "task:durable/pid", config={"counter": key, "seconds": 0.5})
     run, _ = live.runs.submit(project, request)
-    live.dispatcher.dispatch("task:durable/pid", run.run_id, queue)
+    live.dispatcher.dispatch("task:durable/pid", run.ref, queue)
 
     done = live.wait_terminal(project, run.run_id, 20)
     assert done.status is RunStatus.COMPLETED, done
@@ -319,7 +319,7 @@ def test_the_same_message_delivered_twice_runs_once(
 
     # Delivered once more, to a run already ended: nothing happens.
     skipped = skips(durable_pool)
-    live.dispatcher.dispatch("task:durable/pid", run.run_id, queue)
+    live.dispatcher.dispatch("task:durable/pid", run.ref, queue)
     wait_until(lambda: skips(durable_pool) > skipped, 10, "the late delivery skipped")
     time.sleep(0.5)
     assert count(redis_url, key) == 1

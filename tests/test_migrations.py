@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
-from runs.persistence import migrate
+from runs.domain.projects import Project
+from runs.domain.runs import RunRef
+from runs.persistence import migrate, nodes, store
 from runs.persistence.engine import create_engine
 from runs.persistence.tables import metadata
+from runs.persistence.tables import runs as runs_table
 
 MODEL_TABLES = {"projects", "api_tokens", "definitions", "runs", "run_events", "workflow_nodes"}
 
@@ -127,3 +131,103 @@ def test_upgrading_an_up_to_date_database_changes_nothing(fresh_url: str) -> Non
     migrate.upgrade(fresh_url)
     assert schema_diff(fresh_url) == []
     assert current_revision(fresh_url) == head_revision()
+
+
+def test_scoping_run_ids_by_project_carries_existing_runs_events_and_nodes_over(
+    fresh_url: str,
+) -> None:
+    """Revision 0004 re-keys runs, run_events and workflow_nodes by (project_id, run_id)."""
+    migrate.upgrade(fresh_url, "0003")
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
+    project_id = str(uuid.uuid4())
+    engine = create_engine(fresh_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            old = sa.MetaData()
+            old.reflect(conn, only=["projects", "runs", "run_events", "workflow_nodes"])
+            tables = old.tables
+            conn.execute(
+                tables["projects"].insert(),
+                {"id": project_id, "slug": f"m-{project_id[:8]}", "name": "m", "created_at": now},
+            )
+            for run_id, kind in (("run_task", "task"), ("run_flow", "workflow")):
+                conn.execute(
+                    tables["runs"].insert(),
+                    {
+                        "run_id": run_id,
+                        "project_id": project_id,
+                        "kind": kind,
+                        "status": "completed",
+                        "owner_kind": "project",
+                        "owner_id": project_id,
+                        "root_run_id": run_id,
+                        "target": f"{kind}:echo",
+                        "artifacts": [],
+                        "queue": "runs",
+                        "config": {"kept": run_id},
+                        "created_at": now,
+                        "updated_at": now,
+                    },
+                )
+            conn.execute(
+                tables["run_events"].insert(),
+                [
+                    {
+                        "run_id": "run_task",
+                        "event_id": i,
+                        "event_type": "RUN_LOG_CAPTURED",
+                        "payload": {"n": i},
+                        "created_at": now,
+                    }
+                    for i in (1, 2, 3)
+                ],
+            )
+            conn.execute(
+                tables["workflow_nodes"].insert(),
+                {
+                    "run_id": "run_flow",
+                    "node_id": "a",
+                    "position": 0,
+                    "status": "completed",
+                    "attempt": 1,
+                    "output": {"a": 1},
+                    "updated_at": now,
+                },
+            )
+        migrate.upgrade(fresh_url)
+        assert schema_diff(fresh_url) == []
+        task, flow = RunRef(project_id, "run_task"), RunRef(project_id, "run_flow")
+        with engine.connect() as conn:
+            carried = store.get_run(conn, task)
+            assert carried is not None and carried.config == {"kept": "run_task"}
+            events = store.list_events(conn, task, after=0, limit=10)
+            assert [(e.event_id, e.payload) for e in events] == [(i, {"n": i}) for i in (1, 2, 3)]
+            assert nodes.get_nodes(conn, flow)["a"].output == {"a": 1}
+        # The new key holds the same id in another project.
+        other = Project(str(uuid.uuid4()), f"n-{project_id[:8]}", "n", now)
+        with engine.begin() as conn:
+            store.insert_project(conn, other)
+            conn.execute(
+                runs_table.insert(),
+                {
+                    "run_id": "run_task",
+                    "project_id": other.id,
+                    "kind": "task",
+                    "status": "pending",
+                    "owner_kind": "project",
+                    "owner_id": other.id,
+                    "root_run_id": "run_task",
+                    "target": "task:echo",
+                    "artifacts": [],
+                    "queue": "runs",
+                    "created_at": now,
+                    "updated_at": now,
+                },
+            )
+        with engine.connect() as conn:
+            assert (
+                len(store.list_events(conn, RunRef(other.id, "run_task"), after=0, limit=10)) == 0
+            )
+            assert len(store.list_events(conn, task, after=0, limit=10)) == 3
+    finally:
+        engine.dispose()

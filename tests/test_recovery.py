@@ -38,7 +38,7 @@ from runs.domain.events import (
     started_events,
 )
 from runs.domain.projects import Project
-from runs.domain.runs import Lease, Outcome, Run, RunError, RunStatus
+from runs.domain.runs import Lease, Outcome, Run, RunError, RunRef, RunStatus
 from runs.events import RedisEventLog
 from runs.persistence import recovery, store
 from runs.persistence.tables import runs as runs_table
@@ -52,21 +52,21 @@ NO_LIMIT = 100_000  # sweeps look at every run of the session, not only this tes
 
 @dataclass
 class TimedDispatcher(RecordingDispatcher):
-    """Records the countdown of each job as well: (run_id, countdown)."""
+    """Records the countdown of each job as well: (run, countdown)."""
 
-    countdowns: list[tuple[str, float | None]] = field(default_factory=list)
+    countdowns: list[tuple[RunRef, float | None]] = field(default_factory=list)
 
     def dispatch(
         self,
         target: str,
-        run_id: str,
+        ref: RunRef,
         queue: str,
         *,
         node_id: str | None = None,
         countdown: float | None = None,
     ) -> None:
-        super().dispatch(target, run_id, queue, node_id=node_id, countdown=countdown)
-        self.countdowns.append((run_id, countdown))
+        super().dispatch(target, ref, queue, node_id=node_id, countdown=countdown)
+        self.countdowns.append((ref, countdown))
 
 
 def runs_at(
@@ -104,24 +104,24 @@ def later(moment: datetime, seconds: float) -> datetime:
 def claimed_run(service: RunService, project: Project, *, lease_seconds: float) -> Run:
     """A new task run, taken by a worker for attempt 1, that has emitted its opening events."""
     run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.run_id, worker="w1", lease_seconds=lease_seconds)
+    claimed = service.claim(run.ref, worker="w1", lease_seconds=lease_seconds)
     assert claimed is not None and claimed.attempt == 1
-    assert service.emit(run.run_id, started_events(run.target))
+    assert service.emit(run.ref, started_events(run.target))
     return claimed
 
 
-def lease_of(engine: sa.Engine, run_id: str) -> tuple[str | None, datetime | None]:
+def lease_of(engine: sa.Engine, ref: RunRef) -> tuple[str | None, datetime | None]:
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(runs_table.c.lease_owner, runs_table.c.lease_expires_at).where(
-                runs_table.c.run_id == run_id
+                store.of_run(runs_table, ref)
             )
         ).one()
     return row.lease_owner, row.lease_expires_at
 
 
-def load(service: RunService, run_id: str) -> Run:
-    found = service.load(run_id)
+def load(service: RunService, ref: RunRef) -> Run:
+    found = service.load(ref)
     assert found is not None
     return found
 
@@ -130,9 +130,9 @@ def event_types(service: RunService, project: Project, run_id: str) -> list[str]
     return [e.event_type for e in service.events(project, run_id, after=0, limit=100).items]
 
 
-def sql_events(engine: sa.Engine, run_id: str) -> list[RunEvent]:
+def sql_events(engine: sa.Engine, ref: RunRef) -> list[RunEvent]:
     with engine.connect() as conn:
-        return store.list_events(conn, run_id, after=0, limit=100)
+        return store.list_events(conn, ref, after=0, limit=100)
 
 
 def comparable(events: list[RunEvent]) -> list[tuple[int, str, Any]]:
@@ -153,14 +153,14 @@ def test_renew_extends_the_lease_of_the_running_attempt_and_not_of_a_stale_one(
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     claimed = claimed_run(runs, project, lease_seconds=30)
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 30))
+    assert lease_of(engine, claimed.ref) == ("w1", later(t0, 30))
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 10))
 
     assert worker.renew(claimed, 60) is Lease.HELD
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 70))
+    assert lease_of(engine, claimed.ref) == ("w1", later(t0, 70))
 
     assert worker.renew(replace(claimed, attempt=2), 600) is Lease.LOST
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 70))
+    assert lease_of(engine, claimed.ref) == ("w1", later(t0, 70))
 
 
 def test_a_cancelled_attempt_holds_its_lease_until_it_says_its_work_stopped(
@@ -175,15 +175,15 @@ def test_a_cancelled_attempt_holds_its_lease_until_it_says_its_work_stopped(
 
     # Still stopping: the lease goes on, so no sweeper notes a stop that has not happened.
     assert worker.renew(claimed, 60) is Lease.STOPPING
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 80))
+    assert lease_of(engine, claimed.ref) == ("w1", later(t0, 80))
     sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 70))
     sweeper.record_lost_stops()
-    assert load(runs, claimed.run_id).cancel_stopped_at is None
+    assert load(runs, claimed.ref).cancel_stopped_at is None
 
     assert worker.record_stop(claimed)
-    assert load(runs, claimed.run_id).cancel_stopped_at == later(t0, 20)
+    assert load(runs, claimed.ref).cancel_stopped_at == later(t0, 20)
     assert worker.renew(claimed, 600) is Lease.LOST
-    assert lease_of(engine, claimed.run_id) == (None, None)
+    assert lease_of(engine, claimed.ref) == (None, None)
 
 
 # -- retrying ------------------------------------------------------------------------------
@@ -201,7 +201,7 @@ def test_retry_records_the_failed_attempt_and_queues_the_next_one_after_the_dela
 
     assert worker.retry(claimed, failed("boom"), 45)
 
-    after = load(runs, claimed.run_id)
+    after = load(runs, claimed.ref)
     assert after.status is RunStatus.PENDING and after.attempt == 1
     assert after.error is None and after.completed_at is None
     assert after.available_at == later(failed_at, 45)
@@ -215,9 +215,9 @@ def test_retry_records_the_failed_attempt_and_queues_the_next_one_after_the_dela
             "finished_at": failed_at.isoformat(),
         }
     ]
-    assert lease_of(engine, claimed.run_id) == (None, None)
-    assert sender.sent == [(claimed.target, claimed.run_id, claimed.queue)]
-    assert sender.countdowns == [(claimed.run_id, 45)]
+    assert lease_of(engine, claimed.ref) == (None, None)
+    assert sender.sent == [(claimed.target, claimed.ref, claimed.queue)]
+    assert sender.countdowns == [(claimed.ref, 45)]
     last = runs.events(project, claimed.run_id, after=0, limit=100).items[-1]
     assert last.event_type == STEP_FINISHED
     assert last.payload["retrying"] is True
@@ -234,10 +234,10 @@ def test_a_job_arriving_before_the_retry_backoff_is_over_does_not_start_the_next
     assert worker.retry(claimed, failed("boom"), 45)
 
     early = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 30))
-    assert early.claim(claimed.run_id, worker="w2", lease_seconds=60) is None
-    assert load(runs, claimed.run_id).status is RunStatus.PENDING
+    assert early.claim(claimed.ref, worker="w2", lease_seconds=60) is None
+    assert load(runs, claimed.ref).status is RunStatus.PENDING
     due = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 50))
-    second = due.claim(claimed.run_id, worker="w2", lease_seconds=60)
+    second = due.claim(claimed.ref, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
 
 
@@ -249,16 +249,16 @@ def test_retry_after_a_cancel_returns_false_and_changes_nothing(
     claimed = claimed_run(runs, project, lease_seconds=60)
     cancelled, _ = runs.cancel(project, claimed.run_id)
     assert cancelled
-    before = load(runs, claimed.run_id)
-    stream_before = event_log.read(claimed.run_id, after=0, limit=100)
+    before = load(runs, claimed.ref)
+    stream_before = event_log.read(claimed.ref, after=0, limit=100)
     sender = TimedDispatcher(sent=[])
 
     assert not attempts_at(engine, event_log, sender, later(t0, 5)).retry(claimed, failed(), 10)
 
-    assert load(runs, claimed.run_id) == before
+    assert load(runs, claimed.ref) == before
     assert before.status is RunStatus.CANCELLED and before.attempts == []
     assert sender.sent == [] and sender.countdowns == []
-    assert event_log.read(claimed.run_id, after=0, limit=100) == stream_before
+    assert event_log.read(claimed.ref, after=0, limit=100) == stream_before
     assert event_types(runs, project, claimed.run_id)[-1] == RUN_ERROR
 
 
@@ -277,16 +277,16 @@ def test_a_run_waiting_out_a_retry_backoff_is_not_sent_again_by_the_pending_swee
         early = RecordingDispatcher(sent=[])
         sweeper = runs_at(engine, event_log, early, later(t0, ahead))
         sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
-        assert claimed.run_id not in {s[1] for s in early.sent}, ahead
+        assert claimed.ref not in {s[1] for s in early.sent}, ahead
 
     due = RecordingDispatcher(sent=[])
     sweeper = runs_at(engine, event_log, due, later(t0, 75))
     sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
     sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
-    assert [s for s in due.sent if s[1] == claimed.run_id] == [
-        (claimed.target, claimed.run_id, claimed.queue)
+    assert [s for s in due.sent if s[1] == claimed.ref] == [
+        (claimed.target, claimed.ref, claimed.queue)
     ]
-    assert load(runs, claimed.run_id).status is RunStatus.PENDING
+    assert load(runs, claimed.ref).status is RunStatus.PENDING
 
 
 # -- reclaiming lost attempts --------------------------------------------------------------
@@ -310,7 +310,7 @@ def test_an_expired_lease_with_attempts_left_puts_the_run_back_to_pending_and_se
     assert sweeper.reclaim_expired(max_attempts=max_attempts, backoff=lambda n: 7.0, limit=NO_LIMIT)
 
     assert (claimed.run_id, 1) in asked
-    after = load(runs, claimed.run_id)
+    after = load(runs, claimed.ref)
     assert after.status is RunStatus.PENDING and after.attempt == 1 and after.error is None
     assert after.available_at == later(swept_at, 7)
     assert after.attempts == [
@@ -322,11 +322,11 @@ def test_an_expired_lease_with_attempts_left_puts_the_run_back_to_pending_and_se
             "finished_at": swept_at.isoformat(),
         }
     ]
-    assert lease_of(engine, claimed.run_id) == (None, None)
-    assert [s for s in sent.sent if s[1] == claimed.run_id] == [
-        (claimed.target, claimed.run_id, claimed.queue)
+    assert lease_of(engine, claimed.ref) == (None, None)
+    assert [s for s in sent.sent if s[1] == claimed.ref] == [
+        (claimed.target, claimed.ref, claimed.queue)
     ]
-    assert [c for c in sent.countdowns if c[0] == claimed.run_id] == [(claimed.run_id, 7.0)]
+    assert [c for c in sent.countdowns if c[0] == claimed.ref] == [(claimed.ref, 7.0)]
     last = runs.events(project, claimed.run_id, after=0, limit=100).items[-1]
     assert last.event_type == STEP_FINISHED and last.payload["retrying"] is True
     assert last.payload["message"] == WORKER_LOST
@@ -346,21 +346,21 @@ def test_an_expired_lease_without_attempts_left_fails_the_run_as_worker_lost(
         max_attempts=lambda run: 1, backoff=lambda n: 0.0, limit=NO_LIMIT
     )
 
-    after = load(runs, claimed.run_id)
+    after = load(runs, claimed.ref)
     assert after.status is RunStatus.FAILED
     assert after.error == {"message": WORKER_LOST, "code": "worker_lost"}
     assert after.completed_at == swept_at and after.duration_ms == 120_000
     assert [a["attempt"] for a in after.attempts] == [1]
     assert after.attempts[0]["error"]["code"] == "worker_lost"
-    assert lease_of(engine, claimed.run_id) == (None, None)
-    assert claimed.run_id not in {s[1] for s in sent.sent}
+    assert lease_of(engine, claimed.ref) == (None, None)
+    assert claimed.ref not in {s[1] for s in sent.sent}
 
-    archived = sql_events(engine, claimed.run_id)
+    archived = sql_events(engine, claimed.ref)
     assert [e.event_type for e in archived] == [RUN_STARTED, STEP_STARTED, STEP_FINISHED, RUN_ERROR]
     assert archived[2].payload["retrying"] is False
-    assert comparable(event_log.read(claimed.run_id, after=0, limit=100)) == comparable(archived)
+    assert comparable(event_log.read(claimed.ref, after=0, limit=100)) == comparable(archived)
     assert event_types(runs, project, claimed.run_id)[-1] == RUN_ERROR
-    assert not runs.emit(claimed.run_id, [log_event("too late")])
+    assert not runs.emit(claimed.ref, [log_event("too late")])
 
 
 def test_a_run_whose_lease_has_not_expired_is_not_reclaimed(
@@ -369,7 +369,7 @@ def test_a_run_whose_lease_has_not_expired_is_not_reclaimed(
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     claimed = claimed_run(runs, project, lease_seconds=600)
-    before = load(runs, claimed.run_id)
+    before = load(runs, claimed.ref)
     asked: list[str] = []
 
     def max_attempts(run: Run) -> int:
@@ -381,10 +381,10 @@ def test_a_run_whose_lease_has_not_expired_is_not_reclaimed(
     sweeper.reclaim_expired(max_attempts=max_attempts, backoff=lambda n: 0.0, limit=NO_LIMIT)
 
     assert claimed.run_id not in asked
-    assert load(runs, claimed.run_id) == before
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 600))
-    assert claimed.run_id not in {s[1] for s in sent.sent}
-    assert runs.emit(claimed.run_id, [log_event("still mine")])
+    assert load(runs, claimed.ref) == before
+    assert lease_of(engine, claimed.ref) == ("w1", later(t0, 600))
+    assert claimed.ref not in {s[1] for s in sent.sent}
+    assert runs.emit(claimed.ref, [log_event("still mine")])
 
 
 @pytest.mark.parametrize("allowed", [1, 2], ids=["last-attempt", "attempts-left"])
@@ -408,12 +408,12 @@ def test_a_worker_that_renews_after_the_sweeper_read_its_lease_as_expired_keeps_
     sweeper.reclaim_expired(max_attempts=max_attempts, backoff=lambda n: 0.0, limit=NO_LIMIT)
 
     assert renewed == [Lease.HELD]
-    after = load(runs, claimed.run_id)
+    after = load(runs, claimed.ref)
     assert after.status is RunStatus.RUNNING and after.attempt == 1
     assert after.attempts == [] and after.error is None
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 719))
-    assert claimed.run_id not in {s[1] for s in sent.sent}
-    assert runs.emit(claimed.run_id, [log_event("still mine")])
+    assert lease_of(engine, claimed.ref) == ("w1", later(t0, 719))
+    assert claimed.ref not in {s[1] for s in sent.sent}
+    assert runs.emit(claimed.ref, [log_event("still mine")])
     assert STEP_FINISHED not in event_types(runs, project, claimed.run_id)
 
 
@@ -443,9 +443,9 @@ def test_two_racing_sweepers_reclaim_a_lost_attempt_once(
         for sweep in sweeps:
             sweep.result(timeout=60)
 
-    sent = [s for s in first.sent + second.sent if s[1] == claimed.run_id]
-    assert sent == [(claimed.target, claimed.run_id, claimed.queue)]
-    after = load(runs, claimed.run_id)
+    sent = [s for s in first.sent + second.sent if s[1] == claimed.ref]
+    assert sent == [(claimed.target, claimed.ref, claimed.queue)]
+    after = load(runs, claimed.ref)
     assert after.status is RunStatus.PENDING
     assert [a["attempt"] for a in after.attempts] == [1]
     retrying = [
@@ -470,18 +470,18 @@ def test_record_stop_notes_the_stop_only_for_the_cancelled_attempt_it_names_and_
 
     cancelled, run = runs.cancel(project, claimed.run_id)
     assert cancelled and run.cancel_requested_at == t0 and run.cancel_stopped_at is None
-    assert lease_of(engine, claimed.run_id) == ("w1", later(t0, 60))
+    assert lease_of(engine, claimed.ref) == ("w1", later(t0, 60))
 
     assert not worker.record_stop(replace(claimed, attempt=2))
-    assert load(runs, claimed.run_id).cancel_stopped_at is None
+    assert load(runs, claimed.ref).cancel_stopped_at is None
 
     assert worker.record_stop(claimed)
-    assert load(runs, claimed.run_id).cancel_stopped_at == later(t0, 5)
-    assert lease_of(engine, claimed.run_id) == (None, None)
+    assert load(runs, claimed.ref).cancel_stopped_at == later(t0, 5)
+    assert lease_of(engine, claimed.ref) == (None, None)
 
     again = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 9))
     assert not again.record_stop(claimed)
-    assert load(runs, claimed.run_id).cancel_stopped_at == later(t0, 5)
+    assert load(runs, claimed.ref).cancel_stopped_at == later(t0, 5)
 
 
 def test_a_cancelled_attempt_whose_worker_never_confirmed_stopped_when_its_lease_ended(
@@ -498,10 +498,10 @@ def test_a_cancelled_attempt_whose_worker_never_confirmed_stopped_when_its_lease
     sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
     assert sweeper.record_lost_stops() >= 1
 
-    assert load(runs, lost.run_id).cancel_stopped_at == later(t0, 60)
-    assert lease_of(engine, lost.run_id) == (None, None)
-    assert load(runs, live.run_id).cancel_stopped_at is None
-    assert lease_of(engine, live.run_id) == ("w1", later(t0, 600))
+    assert load(runs, lost.ref).cancel_stopped_at == later(t0, 60)
+    assert lease_of(engine, lost.ref) == (None, None)
+    assert load(runs, live.ref).cancel_stopped_at is None
+    assert lease_of(engine, live.ref) == ("w1", later(t0, 600))
 
 
 def test_a_cancelled_pending_run_stopped_when_the_cancel_was_requested(
@@ -513,7 +513,7 @@ def test_a_cancelled_pending_run_stopped_when_the_cancel_was_requested(
     cancelled, after = runs.cancel(project, run.run_id)
     assert cancelled
     assert after.cancel_requested_at == t0 and after.cancel_stopped_at == t0
-    stored = load(runs, run.run_id)
+    stored = load(runs, run.ref)
     assert stored.cancel_stopped_at == stored.cancel_requested_at == t0
 
 
@@ -529,24 +529,24 @@ def test_expire_stale_fails_pending_runs_older_than_the_ttl_and_leaves_the_rest_
     running = claimed_run(runs, project, lease_seconds=600)
     young_runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 100))
     young, _ = young_runs.submit(project, task_request(project))
-    running_before, young_before = load(runs, running.run_id), load(runs, young.run_id)
+    running_before, young_before = load(runs, running.ref), load(runs, young.ref)
 
     swept_at = later(t0, 120)
     sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
     assert sweeper.expire_stale(ttl_seconds=60, limit=NO_LIMIT) >= 1
 
-    expired = load(runs, old.run_id)
+    expired = load(runs, old.ref)
     assert expired.status is RunStatus.FAILED and expired.completed_at == swept_at
     assert expired.error is not None and expired.error["code"] == "expired"
     assert "60" in expired.error["message"]
-    assert [e.event_type for e in sql_events(engine, old.run_id)] == [RUN_ERROR]
+    assert [e.event_type for e in sql_events(engine, old.ref)] == [RUN_ERROR]
     assert event_types(runs, project, old.run_id)[-1] == RUN_ERROR
-    assert event_log.read(old.run_id, after=0, limit=100)[-1].event_type == RUN_ERROR
-    assert runs.claim(old.run_id, worker="late", lease_seconds=60) is None
+    assert event_log.read(old.ref, after=0, limit=100)[-1].event_type == RUN_ERROR
+    assert runs.claim(old.ref, worker="late", lease_seconds=60) is None
 
-    assert load(runs, young.run_id) == young_before
-    assert load(runs, running.run_id) == running_before
-    assert runs.emit(running.run_id, [log_event("still running")])
+    assert load(runs, young.ref) == young_before
+    assert load(runs, running.ref) == running_before
+    assert runs.emit(running.ref, [log_event("still running")])
 
 
 def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
@@ -566,7 +566,7 @@ def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
     def read_then_claim(conn: sa.Connection, available_before: datetime, limit: int) -> list[Run]:
         stale = read(conn, available_before, limit)
         seen.extend(r.run_id for r in stale)
-        claims.append(worker.claim(run.run_id, worker="w2", lease_seconds=600))
+        claims.append(worker.claim(run.ref, worker="w2", lease_seconds=600))
         return stale
 
     monkeypatch.setattr(recovery, "expirable", read_then_claim)
@@ -575,11 +575,11 @@ def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
 
     assert run.run_id in seen
     assert len(claims) == 1 and claims[0] is not None
-    after = load(runs, run.run_id)
+    after = load(runs, run.ref)
     assert after.status is RunStatus.RUNNING and after.attempt == 1
     assert after.error is None and after.completed_at is None
-    assert sql_events(engine, run.run_id) == []
-    assert runs.emit(run.run_id, started_events(run.target))
+    assert sql_events(engine, run.ref) == []
+    assert runs.emit(run.ref, started_events(run.target))
 
 
 # -- the event stream of a later attempt ---------------------------------------------------
@@ -592,8 +592,8 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     claimed = claimed_run(runs, project, lease_seconds=60)
     # Attempt 1 reserved the ids of its final events, then died before its record landed.
-    event_log.close(claimed.run_id, 2)
-    assert not runs.emit(claimed.run_id, [log_event("closed")])
+    event_log.close(claimed.ref, 2)
+    assert not runs.emit(claimed.ref, [log_event("closed")])
     swept_at = later(t0, 120)
     sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
     assert sweeper.reclaim_expired(
@@ -601,15 +601,15 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
     )
 
     second_worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(swept_at, 1))
-    second = second_worker.claim(claimed.run_id, worker="w2", lease_seconds=60)
+    second = second_worker.claim(claimed.ref, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
     assert second_worker.open_attempt(second, [attempt_started_event(second.target, 2)])
     assert second_worker.finish(second, Outcome(RunStatus.COMPLETED, output={"ok": True}))
 
-    done = load(runs, claimed.run_id)
+    done = load(runs, claimed.ref)
     assert done.status is RunStatus.COMPLETED and done.output == {"ok": True}
     assert [a["attempt"] for a in done.attempts] == [1, 2]
-    archived = sql_events(engine, claimed.run_id)
+    archived = sql_events(engine, claimed.ref)
     ids = [e.event_id for e in archived]
     assert ids == sorted(set(ids))
     assert [(e.event_type, e.payload.get("attempt")) for e in archived] == [
@@ -632,14 +632,14 @@ def test_a_reclaimed_attempt_reporting_late_leaves_the_stream_of_the_next_attemp
         max_attempts=lambda run: 2, backoff=lambda n: 0.0, limit=NO_LIMIT
     )
     worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 121))
-    second = worker.claim(first.run_id, worker="w2", lease_seconds=60)
+    second = worker.claim(first.ref, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
     assert worker.open_attempt(second, [attempt_started_event(second.target, 2)])
 
     # The hung attempt 1 wakes up and reports: it no longer owns the run, so nothing changes.
     assert not runs.finish(first, Outcome(RunStatus.COMPLETED, output={"stale": True}))
 
-    assert worker.emit(first.run_id, [log_event("attempt 2 still working")])
+    assert worker.emit(first.ref, [log_event("attempt 2 still working")])
 
 
 class ClaimDuringCancel(RedisEventLog):
@@ -669,7 +669,7 @@ def test_claiming_attempt_two_does_not_reopen_the_stream_of_a_run_being_cancelle
     )
     worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 1))
     racing = ClaimDuringCancel(
-        event_log, lambda: worker.claim(claimed.run_id, worker="w2", lease_seconds=60)
+        event_log, lambda: worker.claim(claimed.ref, worker="w2", lease_seconds=60)
     )
     canceller = runs_at(engine, racing, RecordingDispatcher(sent=[]), later(t0, 2))
 
@@ -683,7 +683,7 @@ def test_claiming_attempt_two_does_not_reopen_the_stream_of_a_run_being_cancelle
     assert not worker.finish(second, Outcome(RunStatus.COMPLETED, output={"late": True}))
     stopper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 3))
     assert stopper.record_stop(second)
-    final = load(runs, claimed.run_id)
+    final = load(runs, claimed.ref)
     assert final.status is RunStatus.CANCELLED and final.output is None
     assert final.cancel_stopped_at == later(t0, 3)
     types = event_types(runs, project, claimed.run_id)

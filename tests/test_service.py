@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
-from runs.domain.errors import Conflict, NotFound, PayloadTooLarge, UnknownTarget
+from runs.domain.errors import NotFound, PayloadTooLarge, UnknownTarget
 from runs.domain.events import started_events
 from runs.domain.projects import Project
 from runs.domain.runs import Outcome, RunError, RunStatus
@@ -48,8 +48,8 @@ def test_routing_sends_each_target_to_its_queue(
     echo, _ = service.submit(project, task_request(project))
     sleep, _ = service.submit(project, task_request(project, "task:sleep"))
     assert dispatcher.sent == [
-        ("task:echo", echo.run_id, "runs"),
-        ("task:sleep", sleep.run_id, "slow"),
+        ("task:echo", echo.ref, "runs"),
+        ("task:sleep", sleep.ref, "slow"),
     ]
 
 
@@ -65,12 +65,20 @@ def test_public_id_makes_a_repeated_create_a_duplicate(
     assert len(dispatcher.sent) == 1
 
 
-def test_a_public_id_taken_by_another_project_is_a_conflict_without_leaking_the_run(
+def test_the_same_public_id_in_two_projects_makes_two_independent_runs(
     service: RunService, project: Project, other_project: Project
 ) -> None:
-    run, _ = service.submit(project, task_request(project, public_id="run_x-" + project.id))
-    with pytest.raises(Conflict):
-        service.submit(other_project, task_request(other_project, public_id=run.run_id))
+    mine, dup = service.submit(project, task_request(project, public_id="run_shared"))
+    theirs, their_dup = service.submit(
+        other_project, task_request(other_project, public_id="run_shared", config={"n": 2})
+    )
+    assert not dup and not their_dup
+    assert (mine.run_id, theirs.run_id) == ("run_shared", "run_shared")
+    assert service.get(project, "run_shared").config == {"hello": "world"}
+    assert service.get(other_project, "run_shared").config == {"n": 2}
+    cancelled, _ = service.cancel(other_project, "run_shared")
+    assert cancelled
+    assert service.get(project, "run_shared").status is RunStatus.PENDING
 
 
 def test_unknown_targets_and_oversized_config_are_refused_and_change_nothing(
@@ -101,8 +109,8 @@ def test_another_projects_run_is_not_found(
 
 def test_a_claim_is_taken_once(service: RunService, project: Project) -> None:
     run, _ = service.submit(project, task_request(project))
-    first = service.claim(run.run_id, worker="w1", lease_seconds=30)
-    second = service.claim(run.run_id, worker="w2", lease_seconds=30)
+    first = service.claim(run.ref, worker="w1", lease_seconds=30)
+    second = service.claim(run.ref, worker="w2", lease_seconds=30)
     assert first is not None and first.attempt == 1 and first.started_at is not None
     assert second is None
 
@@ -114,7 +122,7 @@ def test_cancelling_a_pending_run_means_it_never_starts(
     cancelled, after = service.cancel(project, run.run_id)
     assert cancelled and after.status is RunStatus.CANCELLED and after.completed_at is not None
     assert after.error == {"message": "Run cancelled", "code": "cancelled"}
-    assert service.claim(run.run_id, worker="w", lease_seconds=30) is None
+    assert service.claim(run.ref, worker="w", lease_seconds=30) is None
     page = service.events(project, run.run_id, after=0, limit=10)
     assert [e.event_type for e in page.items] == ["RUN_ERROR"]
 
@@ -123,9 +131,9 @@ def test_a_late_result_cannot_overwrite_a_cancelled_run(
     service: RunService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.run_id, worker="w", lease_seconds=30)
+    claimed = service.claim(run.ref, worker="w", lease_seconds=30)
     assert claimed is not None
-    assert service.emit(run.run_id, started_events(run.target))
+    assert service.emit(run.ref, started_events(run.target))
     cancelled, _ = service.cancel(project, run.run_id)
     assert cancelled
     assert not service.finish(claimed, Outcome(RunStatus.COMPLETED, output={"late": True}))
@@ -139,7 +147,7 @@ def test_terminal_is_final_cancel_after_completion_changes_nothing(
     service: RunService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.run_id, worker="w", lease_seconds=30)
+    claimed = service.claim(run.ref, worker="w", lease_seconds=30)
     assert claimed is not None
     assert service.finish(claimed, Outcome(RunStatus.COMPLETED, output={"ok": 1}, exit_code=0))
     before = service.get(project, run.run_id)
@@ -153,11 +161,11 @@ def test_finished_events_are_read_from_sql_when_the_stream_is_gone(
     service: RunService, project: Project, event_log: RedisEventLog
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.run_id, worker="w", lease_seconds=30)
+    claimed = service.claim(run.ref, worker="w", lease_seconds=30)
     assert claimed is not None
-    service.emit(run.run_id, started_events(run.target))
+    service.emit(run.ref, started_events(run.target))
     service.finish(claimed, Outcome(RunStatus.COMPLETED, output=None, exit_code=0))
-    event_log.client.delete(f"runs:{{{run.run_id}}}:events", f"runs:{{{run.run_id}}}:meta")
+    event_log.client.delete(f"runs:{{{run.ref.key}}}:events", f"runs:{{{run.ref.key}}}:meta")
     page = service.events(project, run.run_id, after=0, limit=10)
     assert [e.event_id for e in page.items] == [1, 2, 3, 4]
     assert [e.event_type for e in page.items][-1] == "RUN_FINISHED"
@@ -165,11 +173,11 @@ def test_finished_events_are_read_from_sql_when_the_stream_is_gone(
 
 def test_event_pages_are_exclusive_and_ordered(service: RunService, project: Project) -> None:
     run, _ = service.submit(project, task_request(project))
-    assert service.claim(run.run_id, worker="w", lease_seconds=30) is not None
-    service.emit(run.run_id, started_events(run.target))
+    assert service.claim(run.ref, worker="w", lease_seconds=30) is not None
+    service.emit(run.ref, started_events(run.target))
     from runs.domain.events import log_event
 
-    service.emit(run.run_id, [log_event(f"line {i}") for i in range(5)])
+    service.emit(run.ref, [log_event(f"line {i}") for i in range(5)])
     first = service.events(project, run.run_id, after=0, limit=3)
     assert [e.event_id for e in first.items] == [1, 2, 3] and first.next == "3"
     second = service.events(project, run.run_id, after=3, limit=3)

@@ -20,9 +20,10 @@ from runs.access import AccessService
 from runs.domain.errors import Unauthenticated
 from runs.domain.events import NewEvent, RunEvent, log_event, started_events, terminal_event
 from runs.domain.projects import Project, hash_token
-from runs.domain.runs import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, RunStatus
+from runs.domain.runs import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, RunRef, RunStatus
+from runs.domain.workflows import NodeStatus
 from runs.events import RedisEventLog
-from runs.persistence import store
+from runs.persistence import nodes, store
 from runs.persistence.store import RunFilters
 from runs.persistence.tables import api_tokens
 from runs.persistence.tables import runs as runs_table
@@ -64,18 +65,22 @@ def run_values(project: Project, run_id: str | None = None, **changes: Any) -> d
     return values
 
 
+def ref_of(values: dict[str, Any]) -> RunRef:
+    return RunRef(values["project_id"], values["run_id"])
+
+
 def insert(conn: sa.Connection, project: Project, **changes: Any) -> Run:
     values = run_values(project, **changes)
     store.insert_run(conn, values)
-    found = store.get_run(conn, values["run_id"])
+    found = store.get_run(conn, ref_of(values))
     assert found is not None
     return found
 
 
-def lease_of(conn: sa.Connection, run_id: str) -> tuple[Any, Any]:
+def lease_of(conn: sa.Connection, ref: RunRef) -> tuple[Any, Any]:
     row = conn.execute(
         sa.select(runs_table.c.lease_owner, runs_table.c.lease_expires_at).where(
-            runs_table.c.run_id == run_id
+            store.of_run(runs_table, ref)
         )
     ).one()
     return row.lease_owner, row.lease_expires_at
@@ -136,7 +141,7 @@ def test_a_run_keeps_every_field_through_insert_and_get(
         attempt_started_at=T0 + timedelta(seconds=2),
     )
     store.insert_run(conn, values)
-    run = store.get_run(conn, values["run_id"])
+    run = store.get_run(conn, ref_of(values))
     assert run is not None
     for field in dataclasses.fields(Run):
         assert getattr(run, field.name) == values[field.name], field.name
@@ -156,8 +161,12 @@ def test_a_run_with_only_required_fields_reads_back_with_empty_defaults(
     assert run.started_at is None and run.completed_at is None
 
 
-def test_an_unknown_run_is_none(conn: sa.Connection) -> None:
-    assert store.get_run(conn, "run_nobody") is None
+def test_an_unknown_run_and_another_projects_run_of_the_same_id_are_none(
+    conn: sa.Connection, project: Project, other_project: Project
+) -> None:
+    theirs = insert(conn, other_project)
+    assert store.get_run(conn, RunRef(project.id, "run_nobody")) is None
+    assert store.get_run(conn, RunRef(project.id, theirs.run_id)) is None
 
 
 def test_a_naive_datetime_is_refused_rather_than_guessed(
@@ -173,14 +182,28 @@ def test_a_taken_run_id_is_an_integrity_error(conn: sa.Connection, project: Proj
         store.insert_run(conn, run_values(project, run_id=run.run_id))
 
 
+def test_the_same_run_id_in_two_projects_is_two_independent_runs(
+    conn: sa.Connection, project: Project, other_project: Project
+) -> None:
+    mine = insert(conn, project, run_id="run_shared", config={"who": "me"})
+    theirs = insert(conn, other_project, run_id="run_shared", config={"who": "them"})
+    assert (mine.config, theirs.config) == ({"who": "me"}, {"who": "them"})
+    store.insert_events(conn, mine.ref, archived(2))
+    store.insert_events(conn, theirs.ref, archived(1))
+    assert store.claim_run(conn, theirs.ref, worker="w", lease_until=T0, now=T0) is not None
+    assert store.get_run(conn, mine.ref) == mine
+    assert len(store.list_events(conn, mine.ref, after=0, limit=10)) == 2
+    assert len(store.list_events(conn, theirs.ref, after=0, limit=10)) == 1
+
+
 def test_the_store_never_commits(engine: sa.Engine, project: Project) -> None:
     values = run_values(project)
     with engine.connect() as connection:
         store.insert_run(connection, values)
-        assert store.get_run(connection, values["run_id"]) is not None
+        assert store.get_run(connection, ref_of(values)) is not None
         connection.rollback()
     with engine.connect() as connection:
-        assert store.get_run(connection, values["run_id"]) is None
+        assert store.get_run(connection, ref_of(values)) is None
 
 
 # -- claim ---------------------------------------------------------------------------------
@@ -190,16 +213,16 @@ def test_a_pending_run_is_claimed_once(conn: sa.Connection, project: Project) ->
     run = insert(conn, project)
     now = T0 + timedelta(seconds=1)
     lease_until = now + timedelta(seconds=30)
-    first = store.claim_run(conn, run.run_id, worker="w1", lease_until=lease_until, now=now)
+    first = store.claim_run(conn, run.ref, worker="w1", lease_until=lease_until, now=now)
     assert first is not None
     assert first.status is RunStatus.RUNNING and first.attempt == 1
     assert first.started_at == now and first.updated_at == now and is_utc(first.started_at)
-    assert lease_of(conn, run.run_id) == ("w1", lease_until)
+    assert lease_of(conn, run.ref) == ("w1", lease_until)
 
-    second = store.claim_run(conn, run.run_id, worker="w2", lease_until=lease_until, now=now)
+    second = store.claim_run(conn, run.ref, worker="w2", lease_until=lease_until, now=now)
     assert second is None
-    assert store.get_run(conn, run.run_id) == first
-    assert lease_of(conn, run.run_id)[0] == "w1"
+    assert store.get_run(conn, run.ref) == first
+    assert lease_of(conn, run.ref)[0] == "w1"
 
 
 def test_each_claim_is_one_attempt_more_and_keeps_the_first_start_time(
@@ -207,17 +230,17 @@ def test_each_claim_is_one_attempt_more_and_keeps_the_first_start_time(
 ) -> None:
     run = insert(conn, project)
     lease = T0 + timedelta(minutes=1)
-    first = store.claim_run(conn, run.run_id, worker="w1", lease_until=lease, now=T0)
+    first = store.claim_run(conn, run.ref, worker="w1", lease_until=lease, now=T0)
     assert first is not None and first.attempt == 1
     # The sweeper puts a run whose lease expired back to pending.
     conn.execute(
-        runs_table.update().where(runs_table.c.run_id == run.run_id).values(status="pending")
+        runs_table.update().where(store.of_run(runs_table, run.ref)).values(status="pending")
     )
     later = T0 + timedelta(minutes=2)
-    second = store.claim_run(conn, run.run_id, worker="w2", lease_until=lease, now=later)
+    second = store.claim_run(conn, run.ref, worker="w2", lease_until=lease, now=later)
     assert second is not None
     assert second.attempt == 2 and second.started_at == T0 and second.updated_at == later
-    assert lease_of(conn, run.run_id)[0] == "w2"
+    assert lease_of(conn, run.ref)[0] == "w2"
 
 
 @pytest.mark.parametrize("status", ["running", "waiting", "completed", "failed", "cancelled"])
@@ -225,12 +248,17 @@ def test_only_a_pending_run_can_be_claimed(
     conn: sa.Connection, project: Project, status: str
 ) -> None:
     run = insert(conn, project, status=status, attempt=1)
-    assert store.claim_run(conn, run.run_id, worker="w", lease_until=T0, now=T0) is None
-    assert store.get_run(conn, run.run_id) == run
+    assert store.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0) is None
+    assert store.get_run(conn, run.ref) == run
 
 
-def test_claiming_an_unknown_run_is_none(conn: sa.Connection) -> None:
-    assert store.claim_run(conn, "run_nobody", worker="w", lease_until=T0, now=T0) is None
+def test_claiming_an_unknown_run_is_none(
+    conn: sa.Connection, project: Project, other_project: Project
+) -> None:
+    theirs = insert(conn, other_project)
+    for ref in (RunRef(project.id, "run_nobody"), RunRef(project.id, theirs.run_id)):
+        assert store.claim_run(conn, ref, worker="w", lease_until=T0, now=T0) is None
+    assert store.get_run(conn, theirs.ref) == theirs
 
 
 # -- finish --------------------------------------------------------------------------------
@@ -256,7 +284,7 @@ def finish_values(status: str = "completed", **changes: Any) -> dict[str, Any]:
 
 def claimed(conn: sa.Connection, project: Project) -> Run:
     run = insert(conn, project)
-    taken = store.claim_run(conn, run.run_id, worker="w", lease_until=T0, now=T0)
+    taken = store.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0)
     assert taken is not None
     return taken
 
@@ -265,14 +293,14 @@ def test_finishing_the_running_attempt_writes_the_terminal_record_and_drops_the_
     conn: sa.Connection, project: Project
 ) -> None:
     run = claimed(conn, project)
-    assert store.finish_run(conn, run.run_id, run.attempt, finish_values())
-    done = store.get_run(conn, run.run_id)
+    assert store.finish_run(conn, run.ref, run.attempt, finish_values())
+    done = store.get_run(conn, run.ref)
     assert done is not None
     assert done.status is RunStatus.COMPLETED and done.output == {"answer": 42}
     assert done.artifacts == [{"name": "out.txt"}] and done.logs == "done\n"
     assert done.exit_code == 0 and done.duration_ms == 9000
     assert done.completed_at == T0 + timedelta(seconds=9) and done.attempt == 1
-    assert lease_of(conn, run.run_id) == (None, None)
+    assert lease_of(conn, run.ref) == (None, None)
 
 
 @pytest.mark.parametrize("stale_attempt", [0, 2, 7])
@@ -280,25 +308,30 @@ def test_a_stale_attempt_cannot_finish_the_run(
     conn: sa.Connection, project: Project, stale_attempt: int
 ) -> None:
     run = claimed(conn, project)
-    assert not store.finish_run(conn, run.run_id, stale_attempt, finish_values("failed"))
-    assert store.get_run(conn, run.run_id) == run
-    assert lease_of(conn, run.run_id)[0] == "w"
+    assert not store.finish_run(conn, run.ref, stale_attempt, finish_values("failed"))
+    assert store.get_run(conn, run.ref) == run
+    assert lease_of(conn, run.ref)[0] == "w"
 
 
 def test_a_pending_run_cannot_be_finished(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project, status="pending", attempt=1)
-    assert not store.finish_run(conn, run.run_id, 1, finish_values())
-    assert store.get_run(conn, run.run_id) == run
+    assert not store.finish_run(conn, run.ref, 1, finish_values())
+    assert store.get_run(conn, run.ref) == run
 
 
 def test_a_waiting_run_can_be_finished(conn: sa.Connection, project: Project) -> None:
     """A workflow parked on a wait ends when the wait times out."""
     run = insert(conn, project, status="waiting", attempt=1)
-    assert store.finish_run(conn, run.run_id, 1, finish_values("failed"))
+    assert store.finish_run(conn, run.ref, 1, finish_values("failed"))
 
 
-def test_finishing_an_unknown_run_is_false(conn: sa.Connection) -> None:
-    assert not store.finish_run(conn, "run_nobody", 1, finish_values())
+def test_finishing_an_unknown_run_is_false(
+    conn: sa.Connection, project: Project, other_project: Project
+) -> None:
+    theirs = insert(conn, other_project, status="running", attempt=1)
+    assert not store.finish_run(conn, RunRef(project.id, "run_nobody"), 1, finish_values())
+    assert not store.finish_run(conn, RunRef(project.id, theirs.run_id), 1, finish_values())
+    assert store.get_run(conn, theirs.ref) == theirs
 
 
 # -- cancel --------------------------------------------------------------------------------
@@ -320,34 +353,39 @@ def test_an_active_run_can_be_cancelled(conn: sa.Connection, project: Project, s
     run = insert(conn, project, status=status)
     conn.execute(
         runs_table.update()
-        .where(runs_table.c.run_id == run.run_id)
+        .where(store.of_run(runs_table, run.ref))
         .values(lease_owner="w", lease_expires_at=T0)
     )
-    cancelled = store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values())
+    cancelled = store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert cancelled is not None
     assert cancelled.status is RunStatus.CANCELLED
     assert cancelled.completed_at == T0 + timedelta(seconds=2) and is_utc(cancelled.completed_at)
     assert cancelled.error == {"message": "Run cancelled", "code": "cancelled"}
     assert cancelled.cancel_requested_at == CANCEL_AT
-    assert store.get_run(conn, run.run_id) == cancelled
+    assert store.get_run(conn, run.ref) == cancelled
     if status == "running":  # its worker still has to stop: the lease stays until it says so
         assert cancelled.cancel_stopped_at is None
-        assert lease_of(conn, run.run_id) == ("w", T0)
+        assert lease_of(conn, run.ref) == ("w", T0)
     else:
         assert cancelled.cancel_stopped_at == CANCEL_AT
-        assert lease_of(conn, run.run_id) == (None, None)
+        assert lease_of(conn, run.ref) == (None, None)
 
 
 def test_a_cancelled_run_cannot_be_cancelled_again(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    first = store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values())
+    first = store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert first is not None
-    assert store.cancel_run(conn, run.run_id, T0, {"updated_at": T0 + timedelta(hours=1)}) is None
-    assert store.get_run(conn, run.run_id) == first
+    assert store.cancel_run(conn, run.ref, T0, {"updated_at": T0 + timedelta(hours=1)}) is None
+    assert store.get_run(conn, run.ref) == first
 
 
-def test_cancelling_an_unknown_run_is_none(conn: sa.Connection) -> None:
-    assert store.cancel_run(conn, "run_nobody", CANCEL_AT, cancel_values()) is None
+def test_cancelling_an_unknown_run_is_none(
+    conn: sa.Connection, project: Project, other_project: Project
+) -> None:
+    theirs = insert(conn, other_project)
+    for ref in (RunRef(project.id, "run_nobody"), RunRef(project.id, theirs.run_id)):
+        assert store.cancel_run(conn, ref, CANCEL_AT, cancel_values()) is None
+    assert store.get_run(conn, theirs.ref) == theirs
 
 
 # -- invariant 2: terminal is final --------------------------------------------------------
@@ -367,23 +405,23 @@ def test_a_terminal_run_never_changes_whatever_is_tried(
         completed_at=T0 + timedelta(seconds=1),
     )
     later = T0 + timedelta(hours=1)
-    assert store.claim_run(conn, run.run_id, worker="w", lease_until=later, now=later) is None
+    assert store.claim_run(conn, run.ref, worker="w", lease_until=later, now=later) is None
     for attempt in (0, 1, 2):
         for outcome in ("completed", "failed", "cancelled"):
             assert not store.finish_run(
-                conn, run.run_id, attempt, finish_values(outcome, output={"late": True})
+                conn, run.ref, attempt, finish_values(outcome, output={"late": True})
             )
-    assert store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values()) is None
-    assert store.get_run(conn, run.run_id) == run
-    assert lease_of(conn, run.run_id) == (None, None)
+    assert store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values()) is None
+    assert store.get_run(conn, run.ref) == run
+    assert lease_of(conn, run.ref) == (None, None)
 
 
 def test_a_late_finish_after_cancel_changes_nothing(conn: sa.Connection, project: Project) -> None:
     run = claimed(conn, project)
-    cancelled = store.cancel_run(conn, run.run_id, CANCEL_AT, cancel_values())
+    cancelled = store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert cancelled is not None
-    assert not store.finish_run(conn, run.run_id, run.attempt, finish_values())
-    assert store.get_run(conn, run.run_id) == cancelled
+    assert not store.finish_run(conn, run.ref, run.attempt, finish_values())
+    assert store.get_run(conn, run.ref) == cancelled
 
 
 # -- list ----------------------------------------------------------------------------------
@@ -496,7 +534,7 @@ def test_list_honours_the_limit(conn: sa.Connection, project: Project) -> None:
 # -- archived events -----------------------------------------------------------------------
 
 
-def archived(run_id: str, count: int) -> list[RunEvent]:
+def archived(count: int) -> list[RunEvent]:
     return [
         RunEvent(
             event_id=i,
@@ -513,35 +551,85 @@ def test_archived_events_read_back_in_order_with_exclusive_after_and_a_limit(
 ) -> None:
     run = insert(conn, project)
     other = insert(conn, project)
-    events = archived(run.run_id, 6)
-    store.insert_events(conn, run.run_id, events)
-    store.insert_events(conn, other.run_id, archived(other.run_id, 3))
+    events = archived(6)
+    store.insert_events(conn, run.ref, events)
+    store.insert_events(conn, other.ref, archived(3))
 
-    assert store.list_events(conn, run.run_id, after=0, limit=100) == events
-    assert [e.event_id for e in store.list_events(conn, run.run_id, after=2, limit=100)] == [
+    assert store.list_events(conn, run.ref, after=0, limit=100) == events
+    assert [e.event_id for e in store.list_events(conn, run.ref, after=2, limit=100)] == [
         3,
         4,
         5,
         6,
     ]
-    assert [e.event_id for e in store.list_events(conn, run.run_id, after=1, limit=2)] == [2, 3]
-    assert store.list_events(conn, run.run_id, after=6, limit=100) == []
-    assert store.list_events(conn, run.run_id, after=99, limit=100) == []
-    for event in store.list_events(conn, run.run_id, after=0, limit=100):
+    assert [e.event_id for e in store.list_events(conn, run.ref, after=1, limit=2)] == [2, 3]
+    assert store.list_events(conn, run.ref, after=6, limit=100) == []
+    assert store.list_events(conn, run.ref, after=99, limit=100) == []
+    for event in store.list_events(conn, run.ref, after=0, limit=100):
         assert is_utc(event.created_at)
 
 
 def test_inserting_no_events_is_a_no_op(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    store.insert_events(conn, run.run_id, [])
-    assert store.list_events(conn, run.run_id, after=0, limit=10) == []
+    store.insert_events(conn, run.ref, [])
+    assert store.list_events(conn, run.ref, after=0, limit=10) == []
 
 
 def test_an_event_id_is_archived_once_per_run(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    store.insert_events(conn, run.run_id, archived(run.run_id, 2))
+    store.insert_events(conn, run.ref, archived(2))
     with pytest.raises(sa.exc.IntegrityError):
-        store.insert_events(conn, run.run_id, archived(run.run_id, 1))
+        store.insert_events(conn, run.ref, archived(1))
+
+
+# -- what workers write is stored readable ------------------------------------------------
+
+UNCLEAN = "a \ud800 b \x00 c"
+CLEANED = "a \ufffd b \ufffd c"
+
+
+def test_a_terminal_record_with_invalid_text_and_nan_is_stored_cleaned(
+    conn: sa.Connection, project: Project
+) -> None:
+    run = claimed(conn, project)
+    values = finish_values(
+        "failed",
+        output={UNCLEAN: [UNCLEAN, float("nan")]},
+        error={"message": UNCLEAN, "code": "x", "detail": {"n": float("inf")}},
+        logs=UNCLEAN,
+        artifacts=[{"name": UNCLEAN}],
+        attempts=[{"attempt": 1, "status": "failed", "error": {"message": UNCLEAN}}],
+    )
+    assert store.finish_run(conn, run.ref, run.attempt, values)
+    done = store.get_run(conn, run.ref)
+    assert done is not None
+    assert done.output == {CLEANED: [CLEANED, None]}
+    assert done.error == {"message": CLEANED, "code": "x", "detail": {"n": None}}
+    assert (done.logs, done.artifacts) == (CLEANED, [{"name": CLEANED}])
+    assert done.attempts[0]["error"]["message"] == CLEANED
+
+
+def test_events_and_node_values_with_invalid_text_are_stored_cleaned(
+    conn: sa.Connection, project: Project
+) -> None:
+    run = insert(conn, project, kind="workflow")
+    event = RunEvent(1, "NOTE", {UNCLEAN: UNCLEAN, "n": float("nan")}, T0)
+    store.insert_events(conn, run.ref, [event])
+    assert store.list_events(conn, run.ref, after=0, limit=10)[0].payload == {
+        CLEANED: CLEANED,
+        "n": None,
+    }
+    nodes.insert_nodes(conn, run.ref, ["a"], T0)
+    moved = nodes.transition(
+        conn,
+        run.ref,
+        "a",
+        [NodeStatus.PENDING],
+        {"status": "failed", "output": [UNCLEAN], "error": {"message": UNCLEAN}, "logs": UNCLEAN},
+    )
+    assert moved
+    node = nodes.get_nodes(conn, run.ref)["a"]
+    assert (node.output, node.error, node.logs) == ([CLEANED], {"message": CLEANED}, CLEANED)
 
 
 # -- projects and tokens -------------------------------------------------------------------
@@ -604,17 +692,17 @@ def test_projects_are_found_by_id_or_slug(conn: sa.Connection, project: Project)
 
 
 @pytest.fixture
-def run_id(event_log: RedisEventLog) -> Iterator[str]:
-    run_id = f"run_{uuid.uuid4()}"
-    yield run_id
-    event_log.client.delete(f"runs:{{{run_id}}}:events", f"runs:{{{run_id}}}:meta")
+def ref(event_log: RedisEventLog) -> Iterator[RunRef]:
+    ref = RunRef(str(uuid.uuid4()), f"run_{uuid.uuid4()}")
+    yield ref
+    event_log.client.delete(f"runs:{{{ref.key}}}:events", f"runs:{{{ref.key}}}:meta")
 
 
-def test_event_ids_start_at_one_and_increase_by_one(event_log: RedisEventLog, run_id: str) -> None:
-    assert event_log.append(run_id, started_events("task:echo")) == [1, 2]
-    assert event_log.append(run_id, [log_event("a")]) == [3]
-    assert event_log.append(run_id, []) == []
-    read = event_log.read(run_id, after=0, limit=100)
+def test_event_ids_start_at_one_and_increase_by_one(event_log: RedisEventLog, ref: RunRef) -> None:
+    assert event_log.append(ref, started_events("task:echo")) == [1, 2]
+    assert event_log.append(ref, [log_event("a")]) == [3]
+    assert event_log.append(ref, []) == []
+    read = event_log.read(ref, after=0, limit=100)
     assert [e.event_id for e in read] == [1, 2, 3]
     assert [e.event_type for e in read] == ["RUN_STARTED", "STEP_STARTED", "RUN_LOG_CAPTURED"]
     assert read[2].payload == {"type": "RUN_LOG_CAPTURED", "logs": "a"}
@@ -622,7 +710,7 @@ def test_event_ids_start_at_one_and_increase_by_one(event_log: RedisEventLog, ru
 
 
 def test_concurrent_appends_get_distinct_strictly_increasing_ids(
-    event_log: RedisEventLog, run_id: str
+    event_log: RedisEventLog, ref: RunRef
 ) -> None:
     threads_count, rounds = 8, 25
     per_thread: list[list[int]] = [[] for _ in range(threads_count)]
@@ -632,7 +720,7 @@ def test_concurrent_appends_get_distinct_strictly_increasing_ids(
         start.wait()
         for i in range(rounds):
             batch = [log_event(f"{index}-{i}-a"), log_event(f"{index}-{i}-b")]
-            per_thread[index].extend(event_log.append(run_id, batch))
+            per_thread[index].extend(event_log.append(ref, batch))
 
     threads = [threading.Thread(target=append, args=(i,)) for i in range(threads_count)]
     for thread in threads:
@@ -646,7 +734,7 @@ def test_concurrent_appends_get_distinct_strictly_increasing_ids(
         assert ids == sorted(ids) and len(ids) == rounds * 2
         # a batch takes consecutive ids: nothing interleaves inside one append
         assert all(ids[k + 1] == ids[k] + 1 for k in range(0, len(ids), 2))
-    read = event_log.read(run_id, after=0, limit=total + 10)
+    read = event_log.read(ref, after=0, limit=total + 10)
     assert [e.event_id for e in read] == list(range(1, total + 1))
     for event in read:
         writer, i, half = event.payload["logs"].split("-")
@@ -654,60 +742,62 @@ def test_concurrent_appends_get_distinct_strictly_increasing_ids(
         assert position == int(i) * 2 + (half == "b")
 
 
-def test_read_after_is_exclusive_and_limited(event_log: RedisEventLog, run_id: str) -> None:
-    event_log.append(run_id, [log_event(str(i)) for i in range(1, 8)])
-    assert [e.event_id for e in event_log.read(run_id, after=3, limit=100)] == [4, 5, 6, 7]
-    assert [e.event_id for e in event_log.read(run_id, after=3, limit=2)] == [4, 5]
-    assert event_log.read(run_id, after=7, limit=100) == []
-    assert event_log.read(f"{run_id}-never", after=0, limit=100) == []
+def test_read_after_is_exclusive_and_limited(event_log: RedisEventLog, ref: RunRef) -> None:
+    event_log.append(ref, [log_event(str(i)) for i in range(1, 8)])
+    assert [e.event_id for e in event_log.read(ref, after=3, limit=100)] == [4, 5, 6, 7]
+    assert [e.event_id for e in event_log.read(ref, after=3, limit=2)] == [4, 5]
+    assert event_log.read(ref, after=7, limit=100) == []
+    assert event_log.read(RunRef(ref.project_id, "run_never"), after=0, limit=100) == []
+    # The same run id in another project is another stream.
+    assert event_log.read(RunRef(str(uuid.uuid4()), ref.run_id), after=0, limit=100) == []
 
 
 def test_closing_refuses_later_appends_and_reserves_the_next_ids(
-    event_log: RedisEventLog, run_id: str
+    event_log: RedisEventLog, ref: RunRef
 ) -> None:
-    event_log.append(run_id, started_events("task:echo"))
-    event_log.append(run_id, [log_event("x")])
-    first, so_far = event_log.close(run_id, 2)
+    event_log.append(ref, started_events("task:echo"))
+    event_log.append(ref, [log_event("x")])
+    first, so_far = event_log.close(ref, 2)
     assert first == 4
     assert [e.event_id for e in so_far] == [1, 2, 3]
-    assert so_far == event_log.read(run_id, after=0, limit=10)
-    assert event_log.append(run_id, [log_event("too late")]) == []
-    assert [e.event_id for e in event_log.read(run_id, after=0, limit=10)] == [1, 2, 3]
-    assert event_log.cancel_requested([(run_id, None)]) == set()
+    assert so_far == event_log.read(ref, after=0, limit=10)
+    assert event_log.append(ref, [log_event("too late")]) == []
+    assert [e.event_id for e in event_log.read(ref, after=0, limit=10)] == [1, 2, 3]
+    assert event_log.cancel_requested([(ref, None)]) == set()
 
 
 def test_closing_a_run_with_no_events_reserves_from_one(
-    event_log: RedisEventLog, run_id: str
+    event_log: RedisEventLog, ref: RunRef
 ) -> None:
-    first, so_far = event_log.close(run_id, 1, cancel=True)
+    first, so_far = event_log.close(ref, 1, cancel=True)
     assert (first, so_far) == (1, [])
-    other = (f"{run_id}-other", None)
-    assert event_log.cancel_requested([(run_id, None), other]) == {(run_id, None)}
+    other = (RunRef(str(uuid.uuid4()), ref.run_id), None)
+    assert event_log.cancel_requested([(ref, None), other]) == {(ref, None)}
     assert event_log.cancel_requested([]) == set()
 
 
 def test_a_stop_request_for_one_node_flags_only_that_node(
-    event_log: RedisEventLog, run_id: str
+    event_log: RedisEventLog, ref: RunRef
 ) -> None:
-    event_log.request_stop(run_id, "slow")
-    watched = [(run_id, "slow"), (run_id, "fast"), (run_id, None)]
-    assert event_log.cancel_requested(watched) == {(run_id, "slow")}
+    event_log.request_stop(ref, "slow")
+    watched = [(ref, "slow"), (ref, "fast"), (ref, None)]
+    assert event_log.cancel_requested(watched) == {(ref, "slow")}
 
 
 def test_publish_adds_the_final_events_last_and_lets_the_stream_expire(
-    event_log: RedisEventLog, run_id: str
+    event_log: RedisEventLog, ref: RunRef
 ) -> None:
-    event_log.append(run_id, started_events("task:echo"))
-    first, _ = event_log.close(run_id, 2)
+    event_log.append(ref, started_events("task:echo"))
+    first, _ = event_log.close(ref, 2)
     now = datetime.now(UTC).replace(microsecond=0)
     final_new: list[NewEvent] = [log_event("bye"), terminal_event("completed")]
     final = [RunEvent(first + i, e.event_type, e.payload, now) for i, e in enumerate(final_new)]
-    event_log.publish(run_id, final)
-    read = event_log.read(run_id, after=0, limit=10)
+    event_log.publish(ref, final)
+    read = event_log.read(ref, after=0, limit=10)
     assert [e.event_id for e in read] == [1, 2, 3, 4]
     assert read[-2:] == final
     assert read[-1].event_type == "RUN_FINISHED"
-    assert event_log.read(run_id, after=3, limit=10) == final[1:]
-    for key in (f"runs:{{{run_id}}}:events", f"runs:{{{run_id}}}:meta"):
+    assert event_log.read(ref, after=3, limit=10) == final[1:]
+    for key in (f"runs:{{{ref.key}}}:events", f"runs:{{{ref.key}}}:meta"):
         assert 0 < int(event_log.client.ttl(key)) <= 3600
-    assert event_log.append(run_id, [log_event("after publish")]) == []
+    assert event_log.append(ref, [log_event("after publish")]) == []

@@ -76,8 +76,8 @@ def test_a_run_pending_too_long_is_sent_again_exactly_once_by_racing_sweepers(
     later_b = service_at(engine, event_log, second, 120)
     later_a.redispatch_stale(older_than_seconds=60, limit=100_000)
     later_b.redispatch_stale(older_than_seconds=60, limit=100_000)
-    sent = [s for s in first.sent + second.sent if s[1] == run.run_id]
-    assert sent == [("task:echo", run.run_id, "runs")]
+    sent = [s for s in first.sent + second.sent if s[1] == run.ref]
+    assert sent == [("task:echo", run.ref, "runs")]
 
 
 def test_a_recent_or_started_run_is_not_sent_again(
@@ -87,13 +87,13 @@ def test_a_recent_or_started_run_is_not_sent_again(
     now_service = service_at(engine, event_log, recorder, 0)
     fresh, _ = now_service.submit(project, task_request(project))
     started, _ = now_service.submit(project, task_request(project))
-    assert now_service.claim(started.run_id, worker="w", lease_seconds=30) is not None
+    assert now_service.claim(started.ref, worker="w", lease_seconds=30) is not None
     recorder.sent.clear()
     now_service.redispatch_stale(older_than_seconds=60, limit=100_000)
     later = RecordingDispatcher(sent=[])
     service_at(engine, event_log, later, 120).redispatch_stale(older_than_seconds=60, limit=100_000)
-    assert fresh.run_id not in {s[1] for s in recorder.sent}
-    assert started.run_id not in {s[1] for s in later.sent}
+    assert fresh.ref not in {s[1] for s in recorder.sent}
+    assert started.ref not in {s[1] for s in later.sent}
 
 
 @pytest.mark.worker
@@ -138,15 +138,15 @@ def test_a_workflow_step_left_queued_is_sent_again_once(
     recorder = RecordingDispatcher(sent=[])
     runs = service_at(engine, event_log, recorder, 0)
     run, _ = runs.submit(project, task_request(project))
-    assert runs.claim(run.run_id, worker="w", lease_seconds=30) is not None
+    assert runs.claim(run.ref, worker="w", lease_seconds=30) is not None
     now = utcnow()
     with engine.begin() as conn:
-        nodes.insert_nodes(conn, run.run_id, ["a", "b"], now)
+        nodes.insert_nodes(conn, run.ref, ["a", "b"], now)
         nodes.transition(
-            conn, run.run_id, "a", [NodeStatus.PENDING], {"status": "queued", "updated_at": now}
+            conn, run.ref, "a", [NodeStatus.PENDING], {"status": "queued", "updated_at": now}
         )
-    sent = [s for s in sweep_nodes_twice_later(engine, event_log) if s[0] == run.run_id]
-    assert sent == [(run.run_id, "a")]
+    sent = [s for s in sweep_nodes_twice_later(engine, event_log) if s[0] == run.ref]
+    assert sent == [(run.ref, "a")]
 
 
 def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
@@ -155,14 +155,14 @@ def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
     recorder = RecordingDispatcher(sent=[])
     runs = service_at(engine, event_log, recorder, 0)
     run, _ = runs.submit(project, task_request(project))
-    assert runs.claim(run.run_id, worker="w", lease_seconds=30) is not None
+    assert runs.claim(run.ref, worker="w", lease_seconds=30) is not None
     now = utcnow()
     with engine.begin() as conn:
-        nodes.insert_nodes(conn, run.run_id, ["dead", "alive"], now)
+        nodes.insert_nodes(conn, run.ref, ["dead", "alive"], now)
         for node_id, lease in (("dead", 30), ("alive", 600)):
             nodes.transition(
                 conn,
-                run.run_id,
+                run.ref,
                 node_id,
                 [NodeStatus.PENDING],
                 {
@@ -172,5 +172,5 @@ def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
                     "lease_expires_at": now + timedelta(seconds=lease),
                 },
             )
-    sent = [s for s in sweep_nodes_twice_later(engine, event_log) if s[0] == run.run_id]
-    assert sent == [(run.run_id, "dead")]
+    sent = [s for s in sweep_nodes_twice_later(engine, event_log) if s[0] == run.ref]
+    assert sent == [(run.ref, "dead")]

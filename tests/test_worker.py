@@ -15,6 +15,7 @@ from runs.domain.projects import Project
 from runs.domain.runs import Run, RunStatus
 from runs.events import RedisEventLog
 from runs.routing import Router
+from runs.schemas import run_to_wire
 from runs.service import RunService
 from tests.conftest import WORKER_TARGETS, WorkerPool
 from tests.helpers import task_request
@@ -157,7 +158,7 @@ def test_the_same_job_delivered_twice_runs_once(
 ) -> None:
     run, _ = live.submit(project, task_request(project))
     dispatcher = CeleryDispatcher.from_settings(worker_pool.settings)
-    dispatcher.dispatch("task:echo", run.run_id, worker_pool.settings.default_queue)
+    dispatcher.dispatch("task:echo", run.ref, worker_pool.settings.default_queue)
     dispatcher.close()
     done = wait_terminal(live, project, run.run_id)
     time.sleep(0.5)
@@ -195,7 +196,7 @@ def test_a_visible_terminal_event_implies_the_terminal_record(
         run, _ = live.submit(project, task_request(project))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
-            types = [e.event_type for e in event_log.read(run.run_id, after=0, limit=100)]
+            types = [e.event_type for e in event_log.read(run.ref, after=0, limit=100)]
             if "RUN_FINISHED" in types:
                 assert live.get(project, run.run_id).status is RunStatus.COMPLETED
                 break
@@ -209,6 +210,40 @@ def test_events_of_a_finished_run_survive_the_loss_of_its_stream(
     run, _ = live.submit(project, task_request(project, "task:test/observable"))
     wait_terminal(live, project, run.run_id)
     before = live.events(project, run.run_id, after=0, limit=100).items
-    event_log.client.delete(f"runs:{{{run.run_id}}}:events", f"runs:{{{run.run_id}}}:meta")
-    assert event_log.read(run.run_id, after=0, limit=100) == []
+    event_log.client.delete(f"runs:{{{run.ref.key}}}:events", f"runs:{{{run.ref.key}}}:meta")
+    assert event_log.read(run.ref, after=0, limit=100) == []
     assert live.events(project, run.run_id, after=0, limit=100).items == before
+
+
+CLEANED = "lone \ufffd nul \ufffd end"
+
+
+def test_what_a_task_produces_is_stored_readable_with_invalid_text_replaced(
+    live: RunService, project: Project
+) -> None:
+    """Lone surrogates and NUL characters become U+FFFD and non-finite numbers null, in the
+    output, logs, artifacts and event payloads, so that every read of the run answers."""
+    run, _ = live.submit(project, task_request(project, "task:test/unclean"))
+    done = wait_terminal(live, project, run.run_id)
+    assert done.status is RunStatus.COMPLETED, done.error
+    assert done.output == {CLEANED: [CLEANED, None]}
+    assert done.logs == f"INFO {CLEANED}"
+    assert done.artifacts == [{"name": CLEANED, "metadata": {"inf": None}}]
+    events = live.events(project, run.run_id, after=0, limit=100).items
+    custom = next(e for e in events if e.event_type == "UNCLEAN_REPORTED")
+    assert custom.payload == {"type": "UNCLEAN_REPORTED", CLEANED: CLEANED, "nan": None}
+    logged = next(e for e in events if e.event_type == "RUN_LOG_CAPTURED")
+    assert logged.payload["logs"] == f"INFO {CLEANED}"
+    assert run_to_wire(done)["output"] == {CLEANED: [CLEANED, None]}
+
+
+def test_a_failure_message_with_invalid_text_is_stored_readable(
+    live: RunService, project: Project
+) -> None:
+    run, _ = live.submit(project, task_request(project, "task:test/unclean-failure"))
+    done = wait_terminal(live, project, run.run_id)
+    assert done.status is RunStatus.FAILED
+    assert done.error == {"message": CLEANED, "code": "unclean", "detail": {CLEANED: None}}
+    assert done.attempts[-1]["error"]["message"] == CLEANED
+    terminal = live.events(project, run.run_id, after=0, limit=100).items[-1]
+    assert terminal.payload["message"] == CLEANED

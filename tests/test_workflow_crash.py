@@ -72,7 +72,7 @@ def test_a_step_interrupted_by_sigkill_is_retried_and_finished_steps_are_not_rer
             ),
         )
         deadline = time.monotonic() + 20
-        while (slow := state.nodes(run.run_id).get("slow")) is None or slow.status != "running":
+        while (slow := state.nodes(run.ref).get("slow")) is None or slow.status != "running":
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.05)
         children = pool_children(worker.pid)
@@ -87,7 +87,7 @@ def test_a_step_interrupted_by_sigkill_is_retried_and_finished_steps_are_not_rer
             assert time.monotonic() < deadline, log_path.read_text()[-4000:]
             time.sleep(0.1)
         assert current.status is RunStatus.COMPLETED, current.error
-        nodes = state.nodes(run.run_id)
+        nodes = state.nodes(run.ref)
         assert nodes["before"].attempt == 1, "a finished step ran again"
         assert nodes["slow"].attempt == 2 and nodes["after"].attempt == 1
         started = [

@@ -14,7 +14,7 @@ from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.dispatch import CeleryDispatcher
 from runs.domain.projects import Project
-from runs.domain.runs import Run, RunKind, RunRequest, RunStatus
+from runs.domain.runs import Run, RunKind, RunRef, RunRequest, RunStatus
 from runs.events import RedisEventLog
 from runs.persistence.store import RunFilters
 from runs.routing import Router
@@ -124,8 +124,8 @@ def test_the_demo_pipeline_completes(live: RunService, project: Project) -> None
     assert done.logs is not None and done.logs.startswith("[analyze] INFO counting words")
 
 
-def node_statuses(waits: WorkflowState, run_id: str) -> dict[str, str]:
-    return {k: v.status.value for k, v in waits.nodes(run_id).items()}
+def node_statuses(waits: WorkflowState, ref: RunRef) -> dict[str, str]:
+    return {k: v.status.value for k, v in waits.nodes(ref).items()}
 
 
 def test_parallel_steps_run_at_the_same_time_on_two_workers(
@@ -134,7 +134,7 @@ def test_parallel_steps_run_at_the_same_time_on_two_workers(
     run = start(live, project, "test/parallel-sleeps")
     done = wait_status(live, project, run.run_id, TERMINAL)
     assert done.status is RunStatus.COMPLETED, done.error
-    nodes = waits.nodes(run.run_id)
+    nodes = waits.nodes(run.ref)
     left, right = nodes["left"], nodes["right"]
     assert left.started_at and right.started_at and left.completed_at and right.completed_at
     overlap = min(left.completed_at, right.completed_at) - max(left.started_at, right.started_at)
@@ -148,7 +148,7 @@ def test_a_race_takes_the_first_result_and_cancels_the_rest(
     run = start(live, project, "test/race")
     done = wait_status(live, project, run.run_id, TERMINAL, timeout=15)
     assert done.status is RunStatus.COMPLETED and done.output == {"won": "fast"}
-    statuses = node_statuses(waits, run.run_id)
+    statuses = node_statuses(waits, run.ref)
     assert statuses["fast"] == "completed" and statuses["slow"] in ("cancelled", "skipped")
     stopped = [
         p
@@ -177,7 +177,7 @@ def test_a_branch_runs_one_arm_and_skips_the_other(
     done = wait_status(live, project, run.run_id, TERMINAL)
     assert done.status is RunStatus.COMPLETED, done.error
     assert done.output["pick"] == {"size": taken}
-    statuses = node_statuses(waits, run.run_id)
+    statuses = node_statuses(waits, run.ref)
     assert statuses[taken] == "completed" and statuses[skipped] == "skipped"
     assert statuses["bonus"] == "skipped" and statuses["extra"] == "completed"
 
@@ -201,7 +201,7 @@ def test_a_failed_step_fails_the_run_and_names_the_node(
     done = wait_status(live, project, run.run_id, TERMINAL)
     assert done.status is RunStatus.FAILED and done.error is not None
     assert "boom" in done.error["message"] and done.error["detail"]["node_id"] == "boom"
-    assert node_statuses(waits, run.run_id)["never"] == "skipped"
+    assert node_statuses(waits, run.ref)["never"] == "skipped"
     assert events(live, project, run.run_id)[-1][0] == "RUN_ERROR"
 
 
@@ -254,12 +254,12 @@ def test_cancelling_a_workflow_stops_its_running_step(
 ) -> None:
     run = start(live, project, "test/long")
     deadline = time.monotonic() + 15
-    while node_statuses(waits, run.run_id).get("nap") != "running":
+    while node_statuses(waits, run.ref).get("nap") != "running":
         assert time.monotonic() < deadline
         time.sleep(0.05)
     cancelled, after = live.cancel(project, run.run_id)
     assert cancelled and after.status is RunStatus.CANCELLED
-    assert node_statuses(waits, run.run_id) == {"nap": "cancelled", "after": "skipped"}
+    assert node_statuses(waits, run.ref) == {"nap": "cancelled", "after": "skipped"}
     time.sleep(1.0)
     assert live.get(project, run.run_id).status is RunStatus.CANCELLED
     assert events(live, project, run.run_id)[-1][0] == "RUN_ERROR"

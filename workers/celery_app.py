@@ -14,6 +14,7 @@ from celery import Celery, signals
 
 from runs.catalog import DefinitionCatalog
 from runs.celery_config import celery_config
+from runs.domain.runs import RunRef
 from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
 from runs.settings import Settings
@@ -67,19 +68,21 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
 
 
 def _register_job(app: Celery, settings: Settings, registry: Registry, target: str) -> None:
+    # A job's arguments name its run by project and id (run ids are unique per project).
     if target.startswith("workflow:"):
 
-        def job(run_id: str, node_id: str | None = None) -> str:
+        def job(project_id: str, run_id: str, node_id: str | None = None) -> str:
             runtime = get_runtime(settings, registry)
             engine = WorkflowEngine(runtime)
+            ref = RunRef(project_id, run_id)
             if node_id is None:
-                return engine.advance(run_id)
-            return StepRunner(runtime, engine.advance).run(run_id, node_id)
+                return engine.advance(ref)
+            return StepRunner(runtime, engine.advance).run(ref, node_id)
 
     else:
 
-        def job(run_id: str, node_id: str | None = None) -> str:
-            return execute(get_runtime(settings, registry), run_id)
+        def job(project_id: str, run_id: str, node_id: str | None = None) -> str:
+            return execute(get_runtime(settings, registry), RunRef(project_id, run_id))
 
     job.__name__ = job.__qualname__ = re.sub(r"\W", "_", target)
     app.task(name=target, typing=False, ignore_result=True)(job)

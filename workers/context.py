@@ -10,6 +10,7 @@ from typing import Any
 
 from runs.domain.events import LIFECYCLE_EVENT_TYPES, NewEvent, log_event
 from runs.domain.runs import Outcome, RunError, RunStatus
+from runs.domain.text import clean_text
 
 CUSTOM_EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
 
@@ -73,6 +74,7 @@ class TaskContext:
     # -- logs and events ------------------------------------------------------------------
 
     def _capture(self, line: str) -> None:
+        line = clean_text(line)  # a lone surrogate or NUL would make the logs unstorable
         with self._log_lock:  # a command's stdout and stderr arrive from two threads
             if self._log_room is not None:
                 size = len(line.encode("utf-8")) + 1

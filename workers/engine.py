@@ -1,7 +1,7 @@
 """The workflow engine: applies the planner's actions and runs steps, one Celery job each.
 
-A job ``workflow:<id>(run_id)`` re-plans the run; ``workflow:<id>(run_id, node_id)`` runs one
-step and then re-plans. Every node change is a conditional update, so concurrent jobs (fan-in)
+A job ``workflow:<id>(project_id, run_id)`` re-plans the run; with a third argument, a node id,
+it runs that step and then re-plans. Every node change is a conditional update, so concurrent jobs (fan-in)
 and redelivered messages cannot start a node twice or revive a finished run.
 """
 
@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from runs.domain.clock import utcnow
 from runs.domain.events import RUN_STARTED, STEP_FINISHED, STEP_STARTED, NewEvent
-from runs.domain.runs import Outcome, Run, RunError, RunKind, RunStatus
+from runs.domain.runs import Outcome, Run, RunError, RunKind, RunRef, RunStatus
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus, approval_reason, event_reason
 from runs.workflow_state import step_event
 from workers.dsl import Step, WorkflowDefinition
@@ -46,15 +46,15 @@ class WorkflowEngine:
 
     # -- planning -------------------------------------------------------------------------
 
-    def advance(self, run_id: str) -> str:
-        run = self._runs.load(run_id)
+    def advance(self, ref: RunRef) -> str:
+        run = self._runs.load(ref)
         if run is None or run.kind is not RunKind.WORKFLOW or run.status.is_terminal:
             return "skipped: not an active workflow run"
         try:
             definition = self._rt.registry.resolve_workflow(run.target)
         except LookupError as exc:
             claimed = (
-                self._runs.claim(run_id, worker=self._rt.worker_id, lease_seconds=1)
+                self._runs.claim(ref, worker=self._rt.worker_id, lease_seconds=1)
                 if run.status is RunStatus.PENDING
                 else run
             )
@@ -70,14 +70,14 @@ class WorkflowEngine:
 
     def _start(self, run: Run, definition: WorkflowDefinition) -> Run | None:
         claimed = self._runs.claim(
-            run.run_id,
+            run.ref,
             worker=self._rt.worker_id,
             lease_seconds=self._rt.settings.worker_lease_seconds,
         )
         if claimed is None:
             return None
         started = NewEvent(RUN_STARTED, {"type": RUN_STARTED, "status": "running"})
-        if not self._runs.emit(run.run_id, [started]):
+        if not self._runs.emit(run.ref, [started]):
             return None  # cancelled in the meantime
         if definition.input_model is not None:
             try:
@@ -86,7 +86,7 @@ class WorkflowEngine:
                 message = f"input does not match the workflow's input model: {exc}"
                 self._finish(claimed, _failure(message, "invalid_input"), {})
                 return None
-        self._state.create(claimed.run_id, list(definition.nodes))
+        self._state.create(claimed.ref, list(definition.nodes))
         if definition.timeout:
             self._state.dispatch(claimed, countdown=definition.timeout)
         return claimed
@@ -94,9 +94,9 @@ class WorkflowEngine:
     def _plan_until_still(self, run: Run, definition: WorkflowDefinition) -> str:
         nodes: dict[str, NodeRecord] = {}
         for _ in range(MAX_PLANNING_ROUNDS):
-            nodes = self._state.nodes(run.run_id)
+            nodes = self._state.nodes(run.ref)
             if not nodes:  # a job died between claiming the run and creating its nodes
-                self._state.create(run.run_id, list(definition.nodes))
+                self._state.create(run.ref, list(definition.nodes))
                 continue
             ctx = context_for(run.run_id, run.input, nodes)
             now = utcnow()
@@ -128,7 +128,7 @@ class WorkflowEngine:
     def _apply(self, run: Run, action: Action) -> bool:
         move = self._state.move
         now = utcnow()
-        rid = run.run_id
+        rid = run.ref
         if isinstance(action, Start):
             if move(rid, action.node_id, [NodeStatus.PENDING], {"status": NodeStatus.QUEUED}):
                 self._state.dispatch(run, node_id=action.node_id)
@@ -223,7 +223,7 @@ class WorkflowEngine:
                 if first.wait_event
                 else approval_reason(first.node_id)
             )
-            self._state.set_waiting(run.run_id, reason)
+            self._state.set_waiting(run.ref, reason)
 
     def _finish(
         self,
@@ -270,7 +270,7 @@ class WorkflowEngine:
             exit_code=1 if failed else 0,
         )
         if self._runs.finish(run, outcome, stop_work=True):
-            self._state.end_nodes(run.run_id)
+            self._state.end_nodes(run.ref)
 
 
 def _failure(message: str, code: str) -> FinishRun:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from runs.domain.events import NewEvent, attempt_started_event, started_events
-from runs.domain.runs import Outcome, Run, RunError, RunStatus
+from runs.domain.runs import Outcome, Run, RunError, RunRef, RunStatus
 from runs.service import json_size
 from workers.adapters import run_definition
 from workers.context import TaskContext, failed_outcome
@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def execute(runtime: WorkerRuntime, run_id: str) -> str:
-    """Execute one attempt of ``run_id``; returns what happened, for the worker's log."""
+def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
+    """Execute one attempt of the run ``ref``; returns what happened, for the worker's log."""
     run = runtime.service.claim(
-        run_id, worker=runtime.worker_id, lease_seconds=runtime.settings.worker_lease_seconds
+        ref, worker=runtime.worker_id, lease_seconds=runtime.settings.worker_lease_seconds
     )
     if run is None:
         return "skipped: not pending"  # a duplicate message, or a run already running or ended
@@ -80,7 +80,7 @@ class Attempt:
             interrupter=interrupter,
             abandon=self._abandon,
         )
-        with self._rt.monitor.watch(self._run.run_id, self._flag), guard:
+        with self._rt.monitor.watch(self._run.ref, self._flag), guard:
             if not self._open():
                 guard.returned()
                 self._rt.attempts.record_stop(self._run)
@@ -94,7 +94,7 @@ class Attempt:
                     max_result_bytes=settings.max_output_bytes,
                 )
             except Exception as exc:  # an adapter's own failure: record it, do not lose the run
-                log.exception("the runtime adapter of %s failed", self._run.run_id)
+                log.exception("the runtime adapter of %s failed", self._run.ref)
                 message = f"the worker could not run the task: {exc!r}"
                 outcome = failed_outcome(self._ctx, "worker_error", message)
             guard.returned()
@@ -115,7 +115,7 @@ class Attempt:
         )
 
     def _publish(self, events: Sequence[NewEvent]) -> None:
-        if not self._rt.service.emit(self._run.run_id, events):
+        if not self._rt.service.emit(self._run.ref, events):
             self._flag.set()  # the stream is closed: the run was cancelled
 
     def _settle(self, outcome: Outcome, reason: StopReason | None) -> Outcome:

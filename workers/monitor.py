@@ -7,6 +7,7 @@ import logging
 import threading
 from collections.abc import Iterator
 
+from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
 
 log = logging.getLogger(__name__)
@@ -16,16 +17,16 @@ class CancelMonitor:
     def __init__(self, events: RedisEventLog, *, interval: float) -> None:
         self._events = events
         self._interval = interval
-        self._watched: dict[tuple[str, str | None], threading.Event] = {}
+        self._watched: dict[tuple[RunRef, str | None], threading.Event] = {}
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
     @contextlib.contextmanager
     def watch(
-        self, run_id: str, flag: threading.Event, node_id: str | None = None
+        self, ref: RunRef, flag: threading.Event, node_id: str | None = None
     ) -> Iterator[None]:
         """Set ``flag`` once the run (or this node of it) is asked to stop."""
-        key = (run_id, node_id)
+        key = (ref, node_id)
         with self._lock:
             self._watched[key] = flag
             if self._thread is None:

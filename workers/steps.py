@@ -10,7 +10,7 @@ from typing import Any
 
 from runs.domain.clock import utcnow
 from runs.domain.events import STEP_FINISHED, STEP_STARTED
-from runs.domain.runs import Lease, Outcome, Run, RunError, RunKind, RunRequest, RunStatus
+from runs.domain.runs import Lease, Outcome, Run, RunError, RunKind, RunRef, RunRequest, RunStatus
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.workflow_state import step_event
 from workers.adapters import run_definition
@@ -25,14 +25,14 @@ log = logging.getLogger(__name__)
 
 
 class StepRunner:
-    def __init__(self, runtime: WorkerRuntime, advance: Callable[[str], str]) -> None:
+    def __init__(self, runtime: WorkerRuntime, advance: Callable[[RunRef], str]) -> None:
         self._rt = runtime
         self._runs = runtime.service
         self._state = runtime.workflows
         self._advance = advance
 
-    def run(self, run_id: str, node_id: str) -> str:
-        run = self._runs.load(run_id)
+    def run(self, ref: RunRef, node_id: str) -> str:
+        run = self._runs.load(ref)
         if run is None or run.status.is_terminal:
             return "skipped: run ended"
         definition = self._rt.registry.resolve_workflow(run.target)
@@ -40,14 +40,12 @@ class StepRunner:
         assert isinstance(step, Step)
         lease = self._rt.settings.worker_lease_seconds
         claim = self._state.claim
-        node = claim(run_id, node_id, worker=self._rt.worker_id, lease_seconds=lease)
+        node = claim(ref, node_id, worker=self._rt.worker_id, lease_seconds=lease)
         if node is None:
             # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
-            node = claim(
-                run_id, node_id, worker=self._rt.worker_id, lease_seconds=lease, reclaim=True
-            )
+            node = claim(ref, node_id, worker=self._rt.worker_id, lease_seconds=lease, reclaim=True)
             if node is None:
-                left = self._state.lease_left(run_id, node_id)
+                left = self._state.lease_left(ref, node_id)
                 if left > 0:
                     self._state.dispatch(run, node_id=node_id, countdown=left + 0.2)
                     return "deferred: the node's lease is still held"
@@ -62,13 +60,13 @@ class StepRunner:
                     exit_code=1,
                 )
                 self._record(run, definition, step, node, lost, retry_allowed=False)
-                return self._advance(run_id)
-        self._runs.emit(run_id, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
-        nodes = self._state.nodes(run_id)
-        wctx = context_for(run_id, run.input, nodes)
+                return self._advance(ref)
+        self._runs.emit(ref, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
+        nodes = self._state.nodes(ref)
+        wctx = context_for(run.run_id, run.input, nodes)
         outcome = self._execute(run, definition, step, node, wctx)
         self._record(run, definition, step, node, outcome)
-        return self._advance(run_id)
+        return self._advance(ref)
 
     def _execute(
         self,
@@ -104,7 +102,7 @@ class StepRunner:
             attempt=node.attempt,
             config=config,
             input=run.input,
-            publish=lambda events: None if self._runs.emit(run.run_id, events) else flag.set(),
+            publish=lambda events: None if self._runs.emit(run.ref, events) else flag.set(),
             cancel_event=flag,
             results=dict(wctx.results),
             start_child=lambda target, cfg, name: self._start_child(run, target, cfg, name),
@@ -117,7 +115,7 @@ class StepRunner:
         def abandon(reason: StopReason) -> None:
             if reason is StopReason.TIMEOUT:  # the step ignored its stop: record it, move on
                 self._record(run, workflow, step, node, timed_out())
-                self._advance(run.run_id)
+                self._advance(run.ref)
 
         interrupter = Interrupter() if definition.command is None else None
         lease = settings.worker_lease_seconds
@@ -125,7 +123,7 @@ class StepRunner:
             flag=flag,
             renew=lambda: (
                 Lease.HELD
-                if self._state.renew(run.run_id, node.node_id, node.attempt, lease)
+                if self._state.renew(run.ref, node.node_id, node.attempt, lease)
                 else Lease.LOST
             ),
             lease_seconds=lease,
@@ -134,7 +132,7 @@ class StepRunner:
             interrupter=interrupter,
             abandon=abandon,
         )
-        with self._rt.monitor.watch(run.run_id, flag, node.node_id), guard:
+        with self._rt.monitor.watch(run.ref, flag, node.node_id), guard:
             outcome = run_definition(
                 definition,
                 ctx,
@@ -160,7 +158,7 @@ class StepRunner:
         logs = "\n".join(x for x in (node.logs, outcome.logs) if x) or None
         if outcome.status is RunStatus.COMPLETED:
             self._state.move(
-                run.run_id,
+                run.ref,
                 node.node_id,
                 [NodeStatus.RUNNING],
                 {
@@ -183,7 +181,7 @@ class StepRunner:
         ):
             delay = retry.delay(node.attempt)
             if self._state.move(
-                run.run_id,
+                run.ref,
                 node.node_id,
                 [NodeStatus.RUNNING],
                 {"status": NodeStatus.QUEUED, "error": error, "logs": logs},
@@ -203,7 +201,7 @@ class StepRunner:
             NodeStatus.CANCELLED if outcome.status is RunStatus.CANCELLED else NodeStatus.FAILED
         )
         self._state.move(
-            run.run_id,
+            run.ref,
             node.node_id,
             [NodeStatus.RUNNING],
             {"status": status, "error": error, "logs": logs, "completed_at": utcnow()},

@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from runs import __version__
 from runs.api import health, routes
 from runs.api.deps import Services
-from runs.api.errors import install_error_handlers
+from runs.api.errors import UnexpectedErrors, install_error_handlers
 from runs.api.limits import BodySizeLimit
+from runs.api.responses import JSONResponse
 from runs.settings import Settings
 from runs.wiring import wire
 
@@ -44,11 +45,13 @@ def create_app(settings: Settings) -> FastAPI:
         description="Durable, project-scoped task and workflow runs (the Veryfront Runs API).",
         lifespan=lifespan,
         redirect_slashes=False,
+        default_response_class=JSONResponse,
     )
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(routes.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(UnexpectedErrors)
     return app
 
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runs.api.responses import JSONResponse
 from runs.domain import errors
 
 log = logging.getLogger(__name__)
@@ -28,7 +30,13 @@ STATUS_BY_ERROR: dict[type[errors.RunsError], int] = {
 
 
 def problem(
-    status: int, title: str, detail: str, *, instance: str | None = None, **extra: Any
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     slug = title.lower().replace(" ", "-")
     body: dict[str, Any] = {
@@ -40,7 +48,9 @@ def problem(
     if instance is not None:
         body["instance"] = instance
     body.update({k: v for k, v in extra.items() if v is not None})
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -85,12 +95,48 @@ def install_error_handlers(app: FastAPI) -> None:
         title = titles.get(exc.status_code, "Request failed")
         return problem(exc.status_code, title, str(exc.detail), instance=request.url.path)
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(
-            500,
-            "Internal error",
-            "the server failed to handle this request; it was logged",
-            instance=request.url.path,
-        )
+
+class UnexpectedErrors:
+    """Turns an unhandled exception into a 500 problem+json carrying a request id, logs its
+    traceback once under that id, and closes the connection (``Connection: close``), so that
+    a client's next request never lands on a connection the server is dropping.
+
+    Outermost of the app's middleware: the framework's own last-resort handler would send the
+    response and then re-raise, so the server logs the error again and resets the connection.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception:
+            if started:  # too late for an answer: the server logs it and drops the connection
+                raise
+            request_id = uuid.uuid4().hex
+            log.exception(
+                "unhandled error on %s %s (request_id=%s)",
+                scope.get("method"),
+                scope.get("path"),
+                request_id,
+            )
+            response = problem(
+                500,
+                "Internal error",
+                f"the server failed to handle this request; quote request id {request_id}",
+                instance=scope.get("path"),
+                headers={"Connection": "close", "X-Request-ID": request_id},
+                request_id=request_id,
+            )
+            await response(scope, receive, send)

@@ -6,9 +6,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
 
 from runs.api.errors import problem
+from runs.api.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse
 
 from runs.api.deps import Services, current_project, services
+from runs.api.responses import JSONResponse
 from runs.domain.errors import InvalidRequest, NotFound
+from runs.domain.events import MAX_EVENT_ID
 from runs.domain.projects import Project
 from runs.domain.runs import (
     DEFINITION_ID_PATTERN,
@@ -83,7 +84,9 @@ def list_events(
     run_id: str,
     project: ProjectDep,
     svc: ServicesDep,
-    after_event_id: Annotated[int, Query(ge=0, description="exclusive; 0 = from the start")] = 0,
+    after_event_id: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="exclusive; 0 = from the start")
+    ] = 0,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> JSONResponse:
     page = svc.runs.events(project, run_id, after=after_event_id, limit=_page_size(svc, limit))

@@ -14,6 +14,9 @@ STEP_STARTED = "STEP_STARTED"
 STEP_FINISHED = "STEP_FINISHED"
 RUN_LOG_CAPTURED = "RUN_LOG_CAPTURED"
 
+# Event ids reach the official client as JavaScript numbers: they stay safe integers.
+MAX_EVENT_ID = 2**53 - 1
+
 LIFECYCLE_EVENT_TYPES = frozenset(
     {RUN_STARTED, RUN_FINISHED, RUN_ERROR, STEP_STARTED, STEP_FINISHED, RUN_LOG_CAPTURED}
 )

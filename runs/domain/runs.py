@@ -95,6 +95,25 @@ def check_target_matches_kind(kind: RunKind, target: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class RunRef:
+    """What names a run: its id is unique only inside its project.
+
+    Every lookup (API, workers, sweeper, event log, jobs) goes through both parts, so one
+    project can neither see nor take another project's run ids."""
+
+    project_id: str
+    run_id: str
+
+    @property
+    def key(self) -> str:
+        """One string for both parts (Redis keys, logs); project ids are UUIDs, without '/'."""
+        return f"{self.project_id}/{self.run_id}"
+
+    def __str__(self) -> str:
+        return self.key
+
+
+@dataclass(frozen=True, slots=True)
 class RunError:
     """The error of a failed or cancelled run; ``code`` is machine-readable."""
 
@@ -158,6 +177,10 @@ class Run:
     attempts: list[dict[str, Any]] = field(default_factory=list)
     available_at: datetime | None = None
     attempt_started_at: datetime | None = None
+
+    @property
+    def ref(self) -> RunRef:
+        return RunRef(self.project_id, self.run_id)
 
 
 @dataclass(frozen=True, slots=True)

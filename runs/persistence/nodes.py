@@ -8,8 +8,10 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from runs.domain.runs import RunStatus
+from runs.domain.runs import RunRef, RunStatus
+from runs.domain.text import storable
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
+from runs.persistence.store import of_run
 from runs.persistence.tables import runs, workflow_nodes
 
 _NODE_FIELDS = (
@@ -35,10 +37,10 @@ def _record(row: Mapping[Any, Any]) -> NodeRecord:
     return NodeRecord(**data)
 
 
-def insert_nodes(conn: sa.Connection, run_id: str, node_ids: Sequence[str], now: datetime) -> bool:
+def insert_nodes(conn: sa.Connection, ref: RunRef, node_ids: Sequence[str], now: datetime) -> bool:
     """Create the nodes of a run once; False when they exist already."""
     exists = conn.execute(
-        sa.select(sa.func.count()).where(workflow_nodes.c.run_id == run_id)
+        sa.select(sa.func.count()).where(of_run(workflow_nodes, ref))
     ).scalar_one()
     if exists:
         return False
@@ -46,7 +48,8 @@ def insert_nodes(conn: sa.Connection, run_id: str, node_ids: Sequence[str], now:
         workflow_nodes.insert(),
         [
             {
-                "run_id": run_id,
+                "project_id": ref.project_id,
+                "run_id": ref.run_id,
                 "node_id": node_id,
                 "position": i,
                 "status": NodeStatus.PENDING.value,
@@ -59,10 +62,10 @@ def insert_nodes(conn: sa.Connection, run_id: str, node_ids: Sequence[str], now:
     return True
 
 
-def get_nodes(conn: sa.Connection, run_id: str) -> dict[str, NodeRecord]:
+def get_nodes(conn: sa.Connection, ref: RunRef) -> dict[str, NodeRecord]:
     rows = conn.execute(
         workflow_nodes.select()
-        .where(workflow_nodes.c.run_id == run_id)
+        .where(of_run(workflow_nodes, ref))
         .order_by(workflow_nodes.c.position)
     ).mappings()
     return {r["node_id"]: _record(r) for r in rows}
@@ -70,7 +73,7 @@ def get_nodes(conn: sa.Connection, run_id: str) -> dict[str, NodeRecord]:
 
 def transition(
     conn: sa.Connection,
-    run_id: str,
+    ref: RunRef,
     node_id: str,
     from_statuses: Iterable[NodeStatus],
     values: Mapping[str, Any],
@@ -79,19 +82,19 @@ def transition(
 ) -> bool:
     """Move one node out of ``from_statuses`` (and ``attempt``, when given). True if it moved."""
     query = workflow_nodes.update().where(
-        workflow_nodes.c.run_id == run_id,
+        of_run(workflow_nodes, ref),
         workflow_nodes.c.node_id == node_id,
         workflow_nodes.c.status.in_([s.value for s in from_statuses]),
     )
     if attempt is not None:
         query = query.where(workflow_nodes.c.attempt == attempt)
-    values = {k: (v.value if isinstance(v, NodeStatus) else v) for k, v in values.items()}
+    values = {k: (v.value if isinstance(v, NodeStatus) else storable(v)) for k, v in values.items()}
     return conn.execute(query.values(**values)).rowcount == 1
 
 
 def claim_node(
     conn: sa.Connection,
-    run_id: str,
+    ref: RunRef,
     node_id: str,
     *,
     now: datetime,
@@ -111,9 +114,7 @@ def claim_node(
     row = (
         conn.execute(
             workflow_nodes.update()
-            .where(
-                workflow_nodes.c.run_id == run_id, workflow_nodes.c.node_id == node_id, condition
-            )
+            .where(of_run(workflow_nodes, ref), workflow_nodes.c.node_id == node_id, condition)
             .values(
                 status=NodeStatus.RUNNING.value,
                 attempt=workflow_nodes.c.attempt + 1,
@@ -131,12 +132,12 @@ def claim_node(
 
 
 def renew_node_lease(
-    conn: sa.Connection, run_id: str, node_id: str, attempt: int, lease_until: datetime
+    conn: sa.Connection, ref: RunRef, node_id: str, attempt: int, lease_until: datetime
 ) -> bool:
     result = conn.execute(
         workflow_nodes.update()
         .where(
-            workflow_nodes.c.run_id == run_id,
+            of_run(workflow_nodes, ref),
             workflow_nodes.c.node_id == node_id,
             workflow_nodes.c.status == NodeStatus.RUNNING.value,
             workflow_nodes.c.attempt == attempt,
@@ -146,10 +147,10 @@ def renew_node_lease(
     return result.rowcount == 1
 
 
-def lease_of(conn: sa.Connection, run_id: str, node_id: str) -> datetime | None:
+def lease_of(conn: sa.Connection, ref: RunRef, node_id: str) -> datetime | None:
     return conn.execute(
         sa.select(workflow_nodes.c.lease_expires_at).where(
-            workflow_nodes.c.run_id == run_id, workflow_nodes.c.node_id == node_id
+            of_run(workflow_nodes, ref), workflow_nodes.c.node_id == node_id
         )
     ).scalar_one_or_none()
 
@@ -171,11 +172,23 @@ def _stale(before: datetime, now: datetime) -> Any:
 
 def stale_nodes(
     conn: sa.Connection, before: datetime, now: datetime, limit: int
-) -> list[tuple[str, str, str, str]]:
-    """(run_id, node_id, target, queue) of stale nodes (see ``_stale``) in live runs."""
+) -> list[tuple[RunRef, str, str, str]]:
+    """(run, node_id, target, queue) of stale nodes (see ``_stale``) in live runs."""
     rows = conn.execute(
-        sa.select(workflow_nodes.c.run_id, workflow_nodes.c.node_id, runs.c.target, runs.c.queue)
-        .join(runs, runs.c.run_id == workflow_nodes.c.run_id)
+        sa.select(
+            workflow_nodes.c.project_id,
+            workflow_nodes.c.run_id,
+            workflow_nodes.c.node_id,
+            runs.c.target,
+            runs.c.queue,
+        )
+        .join(
+            runs,
+            sa.and_(
+                runs.c.project_id == workflow_nodes.c.project_id,
+                runs.c.run_id == workflow_nodes.c.run_id,
+            ),
+        )
         .where(
             _stale(before, now),
             runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]),
@@ -183,17 +196,17 @@ def stale_nodes(
         .order_by(workflow_nodes.c.updated_at)
         .limit(limit)
     )
-    return [(r.run_id, r.node_id, r.target, r.queue) for r in rows]
+    return [(RunRef(r.project_id, r.run_id), r.node_id, r.target, r.queue) for r in rows]
 
 
 def touch_stale(
-    conn: sa.Connection, run_id: str, node_id: str, before: datetime, now: datetime
+    conn: sa.Connection, ref: RunRef, node_id: str, before: datetime, now: datetime
 ) -> bool:
     """Take the right to re-send a stale node's job; one sweeper wins."""
     result = conn.execute(
         workflow_nodes.update()
         .where(
-            workflow_nodes.c.run_id == run_id,
+            of_run(workflow_nodes, ref),
             workflow_nodes.c.node_id == node_id,
             _stale(before, now),
         )
@@ -202,12 +215,12 @@ def touch_stale(
     return result.rowcount == 1
 
 
-def cancel_active_nodes(conn: sa.Connection, run_id: str, now: datetime) -> None:
+def cancel_active_nodes(conn: sa.Connection, ref: RunRef, now: datetime) -> None:
     """Every node that has not ended ends: active ones cancelled, pending ones skipped."""
     conn.execute(
         workflow_nodes.update()
         .where(
-            workflow_nodes.c.run_id == run_id,
+            of_run(workflow_nodes, ref),
             workflow_nodes.c.status.in_([s.value for s in NODE_ACTIVE]),
         )
         .values(status=NodeStatus.CANCELLED.value, completed_at=now, updated_at=now)
@@ -215,21 +228,21 @@ def cancel_active_nodes(conn: sa.Connection, run_id: str, now: datetime) -> None
     conn.execute(
         workflow_nodes.update()
         .where(
-            workflow_nodes.c.run_id == run_id,
+            of_run(workflow_nodes, ref),
             workflow_nodes.c.status == NodeStatus.PENDING.value,
         )
         .values(status=NodeStatus.SKIPPED.value, completed_at=now, updated_at=now)
     )
 
 
-def set_run_waiting(conn: sa.Connection, run_id: str, reason: str | None, now: datetime) -> bool:
+def set_run_waiting(conn: sa.Connection, ref: RunRef, reason: str | None, now: datetime) -> bool:
     """running <-> waiting, with the reason while waiting (``None`` resumes)."""
     source, target = (
         (RunStatus.RUNNING, RunStatus.WAITING) if reason else (RunStatus.WAITING, RunStatus.RUNNING)
     )
     result = conn.execute(
         runs.update()
-        .where(runs.c.run_id == run_id, runs.c.status == source.value)
+        .where(of_run(runs, ref), runs.c.status == source.value)
         .values(status=target.value, waiting_reason=reason, updated_at=now)
     )
     return result.rowcount == 1

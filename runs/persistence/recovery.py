@@ -13,8 +13,9 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from runs.domain.runs import Run, RunKind, RunStatus
-from runs.persistence.store import FINISH_FIELDS, run_from_row
+from runs.domain.runs import Run, RunKind, RunRef, RunStatus
+from runs.domain.text import storable
+from runs.persistence.store import FINISH_FIELDS, of_run, run_from_row
 from runs.persistence.tables import UTCDateTime, runs
 
 _RUNNING_TASK = (runs.c.kind == RunKind.TASK.value, runs.c.status == RunStatus.RUNNING.value)
@@ -22,6 +23,7 @@ _RUNNING_TASK = (runs.c.kind == RunKind.TASK.value, runs.c.status == RunStatus.R
 _RENEW = (
     runs.update()
     .where(
+        runs.c.project_id == sa.bindparam("b_project_id"),
         runs.c.run_id == sa.bindparam("b_run_id"),
         runs.c.attempt == sa.bindparam("b_attempt"),
         sa.or_(
@@ -40,16 +42,17 @@ _RENEW = (
 )
 
 
-def renew_lease(conn: sa.Connection, run_id: str, attempt: int, until: datetime) -> str | None:
+def renew_lease(conn: sa.Connection, ref: RunRef, attempt: int, until: datetime) -> str | None:
     """Extend an attempt's lease. Returns the run's status (``running``, or ``cancelled``
     while the attempt is still stopping), or None once the attempt no longer owns the run."""
-    row = conn.execute(_RENEW, {"b_run_id": run_id, "b_attempt": attempt, "b_until": until}).first()
+    params = {"b_project_id": ref.project_id, "b_run_id": ref.run_id}
+    row = conn.execute(_RENEW, {**params, "b_attempt": attempt, "b_until": until}).first()
     return str(row[0]) if row is not None else None
 
 
-def _owned_by(run_id: str, attempt: int, *, lease_expired_before: datetime | None) -> Any:
+def _owned_by(ref: RunRef, attempt: int, *, lease_expired_before: datetime | None) -> Any:
     condition = sa.and_(
-        runs.c.run_id == run_id,
+        of_run(runs, ref),
         runs.c.status == RunStatus.RUNNING.value,
         runs.c.attempt == attempt,
     )
@@ -64,7 +67,7 @@ def _owned_by(run_id: str, attempt: int, *, lease_expired_before: datetime | Non
 
 def requeue(
     conn: sa.Connection,
-    run_id: str,
+    ref: RunRef,
     attempt: int,
     *,
     attempts: list[dict[str, Any]],
@@ -77,10 +80,10 @@ def requeue(
     With ``lease_expired_before``, only when that attempt's lease ran out (a reclaim)."""
     result = conn.execute(
         runs.update()
-        .where(_owned_by(run_id, attempt, lease_expired_before=lease_expired_before))
+        .where(_owned_by(ref, attempt, lease_expired_before=lease_expired_before))
         .values(
             status=RunStatus.PENDING.value,
-            attempts=attempts,
+            attempts=storable(attempts),
             available_at=due,
             updated_at=now,
             lease_owner=None,
@@ -91,26 +94,28 @@ def requeue(
 
 
 def fail_lost(
-    conn: sa.Connection, run_id: str, attempt: int, lease_expired_before: datetime, values: Any
+    conn: sa.Connection, ref: RunRef, attempt: int, lease_expired_before: datetime, values: Any
 ) -> bool:
     """running -> terminal for an attempt whose lease ran out (every field of FINISH_FIELDS)."""
     result = conn.execute(
         runs.update()
-        .where(_owned_by(run_id, attempt, lease_expired_before=lease_expired_before))
+        .where(_owned_by(ref, attempt, lease_expired_before=lease_expired_before))
         .values(
             lease_owner=None,
             lease_expires_at=None,
-            **{name: values[name] for name in FINISH_FIELDS},
+            **{name: storable(values[name]) for name in FINISH_FIELDS},
         )
     )
     return result.rowcount == 1
 
 
-def stale_pending(conn: sa.Connection, before: datetime, limit: int) -> list[tuple[str, str, str]]:
-    """(run_id, target, queue) of runs runnable, and neither sent nor changed, since before
+def stale_pending(
+    conn: sa.Connection, before: datetime, limit: int
+) -> list[tuple[RunRef, str, str]]:
+    """(run, target, queue) of runs runnable, and neither sent nor changed, since before
     ``before`` (``updated_at`` marks the last send)."""
     rows = conn.execute(
-        sa.select(runs.c.run_id, runs.c.target, runs.c.queue)
+        sa.select(runs.c.project_id, runs.c.run_id, runs.c.target, runs.c.queue)
         .where(
             runs.c.status == RunStatus.PENDING.value,
             runs.c.available_at < before,
@@ -119,15 +124,15 @@ def stale_pending(conn: sa.Connection, before: datetime, limit: int) -> list[tup
         .order_by(runs.c.available_at)
         .limit(limit)
     )
-    return [(r.run_id, r.target, r.queue) for r in rows]
+    return [(RunRef(r.project_id, r.run_id), r.target, r.queue) for r in rows]
 
 
-def touch_pending(conn: sa.Connection, run_id: str, before: datetime, now: datetime) -> bool:
+def touch_pending(conn: sa.Connection, ref: RunRef, before: datetime, now: datetime) -> bool:
     """Take the right to re-send a stale pending run's job; one sweeper wins."""
     result = conn.execute(
         runs.update()
         .where(
-            runs.c.run_id == run_id,
+            of_run(runs, ref),
             runs.c.status == RunStatus.PENDING.value,
             runs.c.available_at < before,
             runs.c.updated_at < before,
@@ -148,12 +153,12 @@ def expired_leases(conn: sa.Connection, now: datetime, limit: int) -> list[Run]:
     return [run_from_row(r) for r in rows]
 
 
-def record_stop(conn: sa.Connection, run_id: str, attempt: int, now: datetime) -> bool:
+def record_stop(conn: sa.Connection, ref: RunRef, attempt: int, now: datetime) -> bool:
     """A cancelled run's attempt has stopped working: note when, and release its lease."""
     result = conn.execute(
         runs.update()
         .where(
-            runs.c.run_id == run_id,
+            of_run(runs, ref),
             runs.c.status == RunStatus.CANCELLED.value,
             runs.c.attempt == attempt,
             runs.c.cancel_stopped_at.is_(None),
@@ -189,13 +194,13 @@ def expirable(conn: sa.Connection, available_before: datetime, limit: int) -> li
 
 
 def expire(
-    conn: sa.Connection, run_id: str, available_before: datetime, values: Mapping[str, Any]
+    conn: sa.Connection, ref: RunRef, available_before: datetime, values: Mapping[str, Any]
 ) -> bool:
     """pending -> failed (``expired``) while the run is still pending and still that old."""
     result = conn.execute(
         runs.update()
         .where(
-            runs.c.run_id == run_id,
+            of_run(runs, ref),
             runs.c.status == RunStatus.PENDING.value,
             runs.c.available_at < available_before,
         )

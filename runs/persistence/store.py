@@ -1,7 +1,9 @@
 """The store: SQLAlchemy Core statements over a caller's connection.
 
 It flushes, never commits: the service owns every transaction. State changes are single
-conditional statements (``UPDATE ... WHERE status = ...``), never read-modify-write.
+conditional statements (``UPDATE ... WHERE status = ...``), never read-modify-write. What a
+task produced (output, error, logs, artifacts, event payloads) is written through
+``runs.domain.text.storable``, so that no record is stored in a form a read cannot return.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import sqlalchemy as sa
 
 from runs.domain.events import RunEvent
 from runs.domain.projects import ApiToken, Project
-from runs.domain.runs import ACTIVE_STATUSES, Run, RunKind, RunStatus
+from runs.domain.runs import ACTIVE_STATUSES, Run, RunKind, RunRef, RunStatus
+from runs.domain.text import storable
 from runs.persistence.tables import (
     UTCDateTime,
     api_tokens,
@@ -192,8 +195,13 @@ def insert_run(conn: sa.Connection, values: Mapping[str, Any]) -> None:
     conn.execute(runs.insert(), dict(values))  # parameters, not .values(): the SQL is cached
 
 
-def get_run(conn: sa.Connection, run_id: str) -> Run | None:
-    row = conn.execute(runs.select().where(runs.c.run_id == run_id)).mappings().first()
+def of_run(table: sa.Table, ref: RunRef) -> sa.ColumnElement[bool]:
+    """The rows of one run in ``table`` (``runs`` or a table keyed by the run)."""
+    return sa.and_(table.c.project_id == ref.project_id, table.c.run_id == ref.run_id)
+
+
+def get_run(conn: sa.Connection, ref: RunRef) -> Run | None:
+    row = conn.execute(runs.select().where(of_run(runs, ref))).mappings().first()
     return run_from_row(row) if row is not None else None
 
 
@@ -233,6 +241,7 @@ def list_runs(
 _CLAIM = (
     runs.update()
     .where(
+        runs.c.project_id == sa.bindparam("b_project_id"),
         runs.c.run_id == sa.bindparam("b_run_id"),
         runs.c.status == RunStatus.PENDING.value,
         # Not before a retry's backoff is over: an early duplicate message is dropped.
@@ -268,6 +277,7 @@ FINISH_FIELDS = (
 _FINISH = (
     runs.update()
     .where(
+        runs.c.project_id == sa.bindparam("b_project_id"),
         runs.c.run_id == sa.bindparam("b_run_id"),
         runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]),
         runs.c.attempt == sa.bindparam("b_attempt"),
@@ -282,13 +292,20 @@ _FINISH = (
 
 
 def claim_run(
-    conn: sa.Connection, run_id: str, *, worker: str, lease_until: datetime, now: datetime
+    conn: sa.Connection, ref: RunRef, *, worker: str, lease_until: datetime, now: datetime
 ) -> Run | None:
     """pending -> running, one attempt more. ``None`` when the run is not pending (or not
     due yet: a retry still in its backoff)."""
     row = (
         conn.execute(
-            _CLAIM, {"b_run_id": run_id, "b_now": now, "b_worker": worker, "b_lease": lease_until}
+            _CLAIM,
+            {
+                "b_project_id": ref.project_id,
+                "b_run_id": ref.run_id,
+                "b_now": now,
+                "b_worker": worker,
+                "b_lease": lease_until,
+            },
         )
         .mappings()
         .first()
@@ -296,18 +313,19 @@ def claim_run(
     return run_from_row(row) if row is not None else None
 
 
-def finish_run(conn: sa.Connection, run_id: str, attempt: int, values: Mapping[str, Any]) -> bool:
+def finish_run(conn: sa.Connection, ref: RunRef, attempt: int, values: Mapping[str, Any]) -> bool:
     """Write the terminal record of a running attempt (every field of ``FINISH_FIELDS``).
 
     False when the attempt no longer owns the run: it changed nothing.
     """
-    params = {f"b_{name}": values[name] for name in FINISH_FIELDS}
-    result = conn.execute(_FINISH, {"b_run_id": run_id, "b_attempt": attempt, **params})
+    params = {f"b_{name}": storable(values[name]) for name in FINISH_FIELDS}
+    keys = {"b_project_id": ref.project_id, "b_run_id": ref.run_id, "b_attempt": attempt}
+    result = conn.execute(_FINISH, {**keys, **params})
     return result.rowcount == 1
 
 
 def cancel_run(
-    conn: sa.Connection, run_id: str, now: datetime, values: Mapping[str, Any]
+    conn: sa.Connection, ref: RunRef, now: datetime, values: Mapping[str, Any]
 ) -> Run | None:
     """Any active status -> cancelled. Returns the cancelled run, or ``None`` if not active.
 
@@ -319,7 +337,7 @@ def cancel_run(
         conn.execute(
             runs.update()
             .where(
-                runs.c.run_id == run_id,
+                of_run(runs, ref),
                 runs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
             )
             .values(
@@ -339,24 +357,25 @@ def cancel_run(
     return run_from_row(row) if row is not None else None
 
 
-def active_children(conn: sa.Connection, run_id: str) -> list[str]:
-    """Runs started by ``run_id`` that have not ended."""
+def active_children(conn: sa.Connection, ref: RunRef) -> list[str]:
+    """Ids of the runs started by ``ref`` (always in its project) that have not ended."""
     return list(
         conn.execute(
             sa.select(runs.c.run_id).where(
-                runs.c.parent_run_id == run_id,
+                runs.c.project_id == ref.project_id,
+                runs.c.parent_run_id == ref.run_id,
                 runs.c.status.in_([s.value for s in ACTIVE_STATUSES]),
             )
         ).scalars()
     )
 
 
-def set_cancelled_duration(conn: sa.Connection, run_id: str, duration_ms: int) -> None:
+def set_cancelled_duration(conn: sa.Connection, ref: RunRef, duration_ms: int) -> None:
     """Record how long a just-cancelled run ran (only while no duration is recorded)."""
     conn.execute(
         runs.update()
         .where(
-            runs.c.run_id == run_id,
+            of_run(runs, ref),
             runs.c.status == RunStatus.CANCELLED.value,
             runs.c.duration_ms.is_(None),
         )
@@ -367,17 +386,18 @@ def set_cancelled_duration(conn: sa.Connection, run_id: str, duration_ms: int) -
 # -- archived events -----------------------------------------------------------------------
 
 
-def insert_events(conn: sa.Connection, run_id: str, events: Sequence[RunEvent]) -> None:
+def insert_events(conn: sa.Connection, ref: RunRef, events: Sequence[RunEvent]) -> None:
     if not events:
         return
     conn.execute(
         run_events.insert(),
         [
             {
-                "run_id": run_id,
+                "project_id": ref.project_id,
+                "run_id": ref.run_id,
                 "event_id": e.event_id,
                 "event_type": e.event_type,
-                "payload": e.payload,
+                "payload": storable(e.payload),
                 "created_at": e.created_at,
             }
             for e in events
@@ -385,7 +405,7 @@ def insert_events(conn: sa.Connection, run_id: str, events: Sequence[RunEvent]) 
     )
 
 
-def list_events(conn: sa.Connection, run_id: str, *, after: int, limit: int) -> list[RunEvent]:
+def list_events(conn: sa.Connection, ref: RunRef, *, after: int, limit: int) -> list[RunEvent]:
     rows = conn.execute(
         sa.select(
             run_events.c.event_id,
@@ -393,7 +413,7 @@ def list_events(conn: sa.Connection, run_id: str, *, after: int, limit: int) -> 
             run_events.c.payload,
             run_events.c.created_at,
         )
-        .where(run_events.c.run_id == run_id, run_events.c.event_id > after)
+        .where(of_run(run_events, ref), run_events.c.event_id > after)
         .order_by(run_events.c.event_id)
         .limit(limit)
     )

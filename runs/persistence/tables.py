@@ -80,16 +80,17 @@ definitions = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
 )
 
+# A run id is unique inside its project only: the key is (project_id, run_id).
 runs = sa.Table(
     "runs",
     metadata,
-    sa.Column("run_id", sa.String(128), primary_key=True),
     sa.Column(
         "project_id",
         sa.String(36),
         sa.ForeignKey("projects.id", ondelete="CASCADE"),
-        nullable=False,
+        primary_key=True,
     ),
+    sa.Column("run_id", sa.String(128), primary_key=True),
     sa.Column("kind", sa.String(16), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("owner_kind", sa.String(16), nullable=False),
@@ -137,7 +138,7 @@ runs = sa.Table(
     sa.Column("started_at", UTCDateTime(), nullable=True),
     sa.Column("completed_at", UTCDateTime(), nullable=True),
     sa.Index("ix_runs_project_created", "project_id", "created_at", "run_id"),
-    sa.Index("ix_runs_parent", "parent_run_id"),
+    sa.Index("ix_runs_parent", "project_id", "parent_run_id"),
     sa.Index("ix_runs_status_updated", "status", "updated_at"),
     sa.Index("ix_runs_status_available", "status", "available_at"),
     sa.Index("ix_runs_status_lease", "status", "lease_expires_at"),
@@ -147,22 +148,23 @@ runs = sa.Table(
 run_events = sa.Table(
     "run_events",
     metadata,
-    sa.Column(
-        "run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("project_id", sa.String(36), primary_key=True),
+    sa.Column("run_id", sa.String(128), primary_key=True),
     sa.Column("event_id", sa.BigInteger(), primary_key=True, autoincrement=False),
     sa.Column("event_type", sa.String(100), nullable=False),
     sa.Column("payload", JSONType, nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["project_id", "run_id"], ["runs.project_id", "runs.run_id"], ondelete="CASCADE"
+    ),
 )
 
 # The nodes of workflow runs: their state is the engine's only memory between jobs.
 workflow_nodes = sa.Table(
     "workflow_nodes",
     metadata,
-    sa.Column(
-        "run_id", sa.String(128), sa.ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
-    ),
+    sa.Column("project_id", sa.String(36), primary_key=True),
+    sa.Column("run_id", sa.String(128), primary_key=True),
     sa.Column("node_id", sa.String(200), primary_key=True),
     sa.Column("position", sa.Integer(), nullable=False),
     sa.Column("status", sa.String(16), nullable=False),
@@ -178,4 +180,7 @@ workflow_nodes = sa.Table(
     sa.Column("started_at", UTCDateTime(), nullable=True),
     sa.Column("completed_at", UTCDateTime(), nullable=True),
     sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.ForeignKeyConstraint(
+        ["project_id", "run_id"], ["runs.project_id", "runs.run_id"], ondelete="CASCADE"
+    ),
 )

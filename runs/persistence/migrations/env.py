@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Connection
 
 from runs.persistence.engine import create_engine
 from runs.persistence.tables import metadata
@@ -36,15 +37,27 @@ def run_migrations_online() -> None:
         engine.dispose()
 
 
-def _run(connection: object) -> None:
-    context.configure(
-        connection=connection,  # type: ignore[arg-type]
-        target_metadata=metadata,
-        render_as_batch=True,  # SQLite alters tables by copying them
-        compare_type=True,
-    )
-    with context.begin_transaction():
-        context.run_migrations()
+def _run(connection: Connection) -> None:
+    # SQLite alters a table by copying it and dropping the old one; with foreign keys on, that
+    # drop would cascade to the rows referring to it. Off for the migration (outside any
+    # transaction, where SQLite ignores the pragma), on again after.
+    sqlite = connection.dialect.name == "sqlite"
+    if sqlite:
+        connection.exec_driver_sql("PRAGMA foreign_keys=OFF")
+        connection.commit()
+    try:
+        context.configure(
+            connection=connection,
+            target_metadata=metadata,
+            render_as_batch=True,  # SQLite alters tables by copying them
+            compare_type=True,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+    finally:
+        if sqlite:
+            connection.exec_driver_sql("PRAGMA foreign_keys=ON")
+            connection.commit()
 
 
 if context.is_offline_mode():

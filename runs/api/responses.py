@@ -1,0 +1,33 @@
+"""JSON responses that always encode, whatever was stored: content is never a reason for a 500.
+
+Requests are checked on the way in (``runs.schemas.check_storable``) and workers store cleaned
+values (``runs.domain.text.storable``); a record from before those rules, holding a lone
+surrogate or a non-finite number, is still answered, with U+FFFD and null in their place.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import JSONResponse as _StarletteJSONResponse
+
+from runs.domain.text import clean_text, storable
+
+
+def dump_json(content: Any) -> bytes:
+    try:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # NaN or an infinity
+        text = json.dumps(
+            storable(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+        )
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return clean_text(text).encode("utf-8")
+
+
+class JSONResponse(_StarletteJSONResponse):
+    def render(self, content: Any) -> bytes:
+        return dump_json(content)
