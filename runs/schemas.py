@@ -14,13 +14,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 from pydantic_core import PydanticCustomError
 
 from runs.domain.events import RunEvent
-from runs.domain.runs import Run
+from runs.domain.runs import DEFINITION_ID_PATTERN, RUN_ID_PATTERN, Run
 from runs.domain.text import unstorable
 
 RunKindWire = Literal["agent", "workflow", "task", "eval"]
 RunStatusWire = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
 RuntimeTargetKind = Literal["main_branch", "environment", "preview_branch"]
 TriggerKind = Literal["manual", "schedule", "webhook", "api"]
+TARGET_PATTERN = "^(?:task|workflow):" + DEFINITION_ID_PATTERN.pattern.lstrip("^")
 
 
 def check_storable(value: Any) -> Any:
@@ -41,8 +42,22 @@ def check_storable(value: Any) -> Any:
     return value
 
 
+# Documented on every string of a request that has no pattern of its own.
+NO_NUL = "^[^\\x00]*$"
+
+
+def _document_text(schema: dict[str, Any]) -> None:
+    """OpenAPI: strings carry no NUL (``check_storable`` refuses them with its own message)."""
+    for prop in schema.get("properties", {}).values():
+        for branch in [prop, *prop.get("anyOf", ())]:
+            if branch.get("type") == "string" and "pattern" not in branch and "enum" not in branch:
+                branch["pattern"] = NO_NUL
+
+
+# Fields whose rule the service checks with a message of its own document it through
+# ``json_schema_extra`` (an enum or a pattern), so that OpenAPI says what is accepted.
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_document_text)
 
     @field_validator("*", mode="after")
     @classmethod
@@ -51,12 +66,13 @@ class _Request(BaseModel):
 
 
 class OwnerIn(_Request):
-    kind: Literal["project", "conversation"]
+    # "conversation" owners are part of the contract but not supported here (422).
+    kind: Literal["project", "conversation"] = Field(json_schema_extra={"enum": ["project"]})
     id: str = Field(min_length=1, max_length=128)
 
 
 class RunRequestIn(_Request):
-    target: str = Field(min_length=1, max_length=210)
+    target: str = Field(min_length=1, max_length=210, json_schema_extra={"pattern": TARGET_PATTERN})
     workflow_id: str | None = Field(default=None, max_length=200)
     name: str | None = Field(default=None, max_length=500)
     batch_id: str | None = Field(default=None, max_length=200)
@@ -71,9 +87,15 @@ class RunRequestIn(_Request):
 
 
 class CreateRunIn(_Request):
-    kind: RunKindWire
+    # "eval" and "agent" runs are part of the contract but not supported here (422).
+    kind: RunKindWire = Field(json_schema_extra={"enum": ["task", "workflow"]})
     owner: OwnerIn
-    public_id: str | None = Field(default=None, min_length=1, max_length=128)
+    public_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        json_schema_extra={"pattern": RUN_ID_PATTERN.pattern},
+    )
     parent_run_id: str | None = Field(default=None, min_length=1, max_length=128)
     request: RunRequestIn
 
@@ -173,6 +195,31 @@ class CreateRunOut(BaseModel):
 class CancelRunOut(BaseModel):
     cancelled: bool
     run: RunOut
+
+
+class ProblemFieldOut(BaseModel):
+    field: str
+    message: str
+
+
+class ProblemOut(BaseModel):
+    """An ``application/problem+json`` error (RFC 9457), the body of every error answer."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = Field(description="what went wrong and how to fix it")
+    instance: str | None = Field(default=None, description="the path of the request")
+    field: str | None = Field(default=None, description="the one field at fault, if one is")
+    errors: list[ProblemFieldOut] | None = Field(
+        default=None, description="each field at fault, for a request that failed validation"
+    )
+    request_id: str | None = Field(
+        default=None, description="on a 500: the id under which the server logged the failure"
+    )
+    checks: dict[str, str] | None = Field(
+        default=None, description="on /readyz: the state of each dependency"
+    )
 
 
 class PageInfo(BaseModel):

@@ -12,6 +12,7 @@ from runs.api import health, routes
 from runs.api.deps import Services
 from runs.api.errors import UnexpectedErrors, install_error_handlers
 from runs.api.limits import BodySizeLimit
+from runs.api.openapi import install_openapi
 from runs.api.responses import JSONResponse
 from runs.settings import Settings
 from runs.wiring import wire
@@ -50,6 +51,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(routes.router)
+    install_openapi(app, max_page_size=settings.max_page_size)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrors)
     return app

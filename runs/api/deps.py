@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
-from fastapi import Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
@@ -28,8 +30,13 @@ def services(request: Request) -> Services:
     return found
 
 
-def current_project(request: Request) -> Project:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    secret = token.strip() if scheme.lower() == "bearer" else None
+# Documents the bearer scheme in OpenAPI; a missing or malformed header is our own 401.
+_bearer = HTTPBearer(auto_error=False, description="a project API token")
+
+
+def current_project(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Project:
+    secret = credentials.credentials.strip() if credentials is not None else None
     return services(request).access.authenticate(secret)

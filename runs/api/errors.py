@@ -55,6 +55,8 @@ def problem(
 
 
 def _field_of(loc: tuple[Any, ...]) -> str:
+    if len(loc) >= 2 and loc[0] in ("query", "path", "header"):
+        return str(loc[1])  # a parameter, not an index into its repeated values
     parts = [str(p) for p in loc]
     if parts and parts[0] in ("body", "query", "path", "header"):
         parts = parts[1:]
@@ -93,7 +95,13 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
         title = titles.get(exc.status_code, "Request failed")
-        return problem(exc.status_code, title, str(exc.detail), instance=request.url.path)
+        return problem(
+            exc.status_code,
+            title,
+            str(exc.detail),
+            instance=request.url.path,
+            headers=dict(exc.headers or {}),  # Allow, on a 405
+        )
 
 
 class UnexpectedErrors:

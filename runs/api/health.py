@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 
 from runs.api.errors import problem
+from runs.api.openapi import problems
 from runs.api.responses import JSONResponse
 
 router = APIRouter(tags=["health"])
@@ -18,7 +19,7 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=problems(503))
 def readyz(request: Request) -> JSONResponse:
     checks: dict[str, Any] = {}
     try:

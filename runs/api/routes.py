@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
+from pydantic import StringConstraints
 
 from runs.api.deps import Services, current_project, services
+from runs.api.openapi import problems
 from runs.api.responses import JSONResponse
 from runs.domain.errors import InvalidRequest, NotFound
 from runs.domain.events import MAX_EVENT_ID
@@ -38,13 +41,37 @@ from runs.schemas import (
 
 router = APIRouter()
 
-TARGET_PREFIXES = frozenset(k.value for k in RunKind)
-
 ProjectDep = Annotated[Project, Depends(current_project)]
 ServicesDep = Annotated[Services, Depends(services)]
 
 
-@router.post("/runs", status_code=202, response_model=CreateRunOut, tags=["runs"])
+def _listing(value: str) -> str:
+    """A pattern for one ``value`` or several, comma-separated."""
+    return rf"^{value}(?:,{value})*$"
+
+
+def _one_of(values: Iterable[str]) -> str:
+    return "(?:" + "|".join(sorted(values)) + ")"
+
+
+_TARGET = _one_of(k.value for k in RunKind) + ":" + DEFINITION_ID_PATTERN.pattern.strip("^$")
+StatusFilter = Annotated[str, StringConstraints(pattern=_listing(_one_of(RunStatus)))]
+KindFilter = Annotated[str, StringConstraints(pattern=_listing(_one_of(RunKind)))]
+TargetFilter = Annotated[str, StringConstraints(pattern=_listing(_TARGET))]
+
+_FILTER = "one value or several, comma-separated and/or repeated (OR within, AND across)"
+
+# What every route of a project's runs can answer besides its success.
+AUTHENTICATED = (401, 500)
+
+
+@router.post(
+    "/runs",
+    status_code=202,
+    response_model=CreateRunOut,
+    responses=problems(400, 404, 413, 422, *AUTHENTICATED),
+    tags=["runs"],
+)
 def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     req = body.request
     run, duplicate = svc.runs.submit(
@@ -74,12 +101,19 @@ def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> JSON
     )
 
 
-@router.get("/runs/{run_id}", response_model=RunOut, tags=["runs"])
+@router.get(
+    "/runs/{run_id}", response_model=RunOut, responses=problems(404, *AUTHENTICATED), tags=["runs"]
+)
 def get_run(run_id: str, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     return JSONResponse(run_to_wire(svc.runs.get(project, run_id)))
 
 
-@router.get("/runs/{run_id}/events", response_model=RunEventListOut, tags=["runs"])
+@router.get(
+    "/runs/{run_id}/events",
+    response_model=RunEventListOut,
+    responses=problems(400, 404, *AUTHENTICATED),
+    tags=["runs"],
+)
 def list_events(
     run_id: str,
     project: ProjectDep,
@@ -95,13 +129,23 @@ def list_events(
     )
 
 
-@router.post("/runs/{run_id}/cancel", response_model=CancelRunOut, tags=["runs"])
+@router.post(
+    "/runs/{run_id}/cancel",
+    response_model=CancelRunOut,
+    responses=problems(404, 422, *AUTHENTICATED),
+    tags=["runs"],
+)
 def cancel_run(run_id: str, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     cancelled, run = svc.runs.cancel(project, run_id)
     return JSONResponse({"cancelled": cancelled, "run": run_to_wire(run)})
 
 
-@router.post("/runs/{run_id}/approvals", response_model=ApprovalOut, tags=["workflows"])
+@router.post(
+    "/runs/{run_id}/approvals",
+    response_model=ApprovalOut,
+    responses=problems(400, 404, 409, 413, *AUTHENTICATED),
+    tags=["workflows"],
+)
 def approve(run_id: str, body: ApprovalIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     """Resume a workflow run parked on ``wait_for_approval(node_id)``."""
     run = svc.workflows.approve(
@@ -110,33 +154,43 @@ def approve(run_id: str, body: ApprovalIn, project: ProjectDep, svc: ServicesDep
     return JSONResponse({"run": run_to_wire(run)})
 
 
-@router.post("/runs/{run_id}/signals", response_model=SignalOut, tags=["workflows"])
+@router.post(
+    "/runs/{run_id}/signals",
+    response_model=SignalOut,
+    responses=problems(400, 404, 409, 413, *AUTHENTICATED),
+    tags=["workflows"],
+)
 def signal(run_id: str, body: SignalIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     """Deliver an event to a workflow run parked on ``wait_for_event(event=...)``."""
     resumed = svc.workflows.signal(project, run_id, body.event, body.payload)
     return JSONResponse({"resumed": resumed, "run": run_to_wire(svc.runs.get(project, run_id))})
 
 
-@router.get("/projects/{project_reference}/runs", response_model=RunListOut, tags=["runs"])
+@router.get(
+    "/projects/{project_reference}/runs",
+    response_model=RunListOut,
+    responses=problems(400, 404, *AUTHENTICATED),
+    tags=["runs"],
+)
 def list_runs(
     project_reference: str,
     project: ProjectDep,
     svc: ServicesDep,
-    cursor: Annotated[str | None, Query(max_length=1000)] = None,
+    cursor: Annotated[str | None, Query(max_length=1000, description="page_info.next")] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
-    status: Annotated[list[str] | None, Query()] = None,
-    kind: Annotated[list[str] | None, Query()] = None,
-    target: Annotated[list[str] | None, Query()] = None,
-    parent_run_id: str | None = None,
+    status: Annotated[list[StatusFilter] | None, Query(description=_FILTER)] = None,
+    kind: Annotated[list[KindFilter] | None, Query(description=_FILTER)] = None,
+    target: Annotated[list[TargetFilter] | None, Query(description=_FILTER)] = None,
+    parent_run_id: Annotated[str | None, Query(pattern=RUN_ID_PATTERN.pattern)] = None,
     root_only: bool = False,
 ) -> JSONResponse:
     if project_reference not in (project.id, project.slug):
         raise NotFound(f"project {project_reference!r} not found")
     filters = RunFilters(
-        statuses=_closed_values("status", status, {s.value for s in RunStatus}),
-        kinds=_closed_values("kind", kind, {k.value for k in RunKind}),
-        targets=_targets(target),
-        parent_run_id=_parent_run_id(parent_run_id),
+        statuses=_split(status),
+        kinds=_split(kind),
+        targets=_split(target),
+        parent_run_id=parent_run_id,
         root_only=root_only,
     )
     page = svc.runs.list(project, filters, cursor=cursor, limit=_page_size(svc, limit))
@@ -145,7 +199,12 @@ def list_runs(
     )
 
 
-@router.get("/definitions", response_model=DefinitionListOut, tags=["definitions"])
+@router.get(
+    "/definitions",
+    response_model=DefinitionListOut,
+    responses=problems(*AUTHENTICATED),
+    tags=["definitions"],
+)
 def list_definitions(_: ProjectDep, svc: ServicesDep) -> JSONResponse:
     items = [
         {
@@ -171,38 +230,6 @@ def _page_size(svc: Services, limit: int | None) -> int:
     return limit
 
 
-def _parent_run_id(value: str | None) -> str | None:
-    if value is not None and not RUN_ID_PATTERN.fullmatch(value):
-        raise InvalidRequest(
-            f"parent_run_id {value!r} is not a run id; pass the run_id of a run",
-            field="parent_run_id",
-        )
-    return value
-
-
-def _targets(values: list[str] | None) -> tuple[str, ...]:
-    found = _split(values)
-    for value in found:
-        prefix, _, definition_id = value.partition(":")
-        if prefix not in TARGET_PREFIXES or not DEFINITION_ID_PATTERN.fullmatch(definition_id):
-            raise InvalidRequest(
-                f"target filter value {value!r} is not of the form 'task:<id>' or 'workflow:<id>'",
-                field="target",
-            )
-    return found
-
-
 def _split(values: list[str] | None) -> tuple[str, ...]:
     """Filters may be comma-separated and/or repeated."""
-    return tuple(v for raw in values or () for v in raw.split(",") if v)
-
-
-def _closed_values(name: str, values: list[str] | None, allowed: set[str]) -> tuple[str, ...]:
-    found = _split(values)
-    unknown = sorted(set(found) - allowed)
-    if unknown:
-        raise InvalidRequest(
-            f"unknown {name} value(s) {', '.join(unknown)}; use {', '.join(sorted(allowed))}",
-            field=name,
-        )
-    return found
+    return tuple(v for raw in values or () for v in raw.split(","))
