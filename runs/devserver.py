@@ -59,6 +59,16 @@ def demo_credentials(settings: Settings, info_file: Path, api_url: str) -> DevIn
     return DevInfo(api_url=api_url, project_id=project.id, project_slug=project.slug, token=token)
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (it holds a token), replacing it atomically."""
+    partial = path.with_name(f".{path.name}.partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.chmod(partial, 0o600)  # O_CREAT keeps the mode of a file left from an earlier run
+    os.replace(partial, path)
+
+
 def wait_for_targets(settings: Settings, processes: list[subprocess.Popen[bytes]]) -> list[str]:
     engine = create_engine(settings.database_url, pool_size=1)
     try:
@@ -136,7 +146,7 @@ def run_dev(
         targets = wait_for_targets(settings, children)
         wait_for_api(api_url, children)
         info = demo_credentials(settings, data_dir / "dev.json", api_url)
-        (data_dir / "dev.json").write_text(info.as_json() + "\n")
+        write_private(data_dir / "dev.json", info.as_json() + "\n")
         _print_banner(info, targets, data_dir / "dev.json")
         return _supervise(children)
     except KeyboardInterrupt:

@@ -56,11 +56,15 @@ class Caller:
 
 
 @contextmanager
-def open_api(postgres_url: str, redis_url: str, prefix: str, **limits: Any) -> Iterator[Api]:
-    """The app on the test database, sending jobs to a queue of its own that nothing consumes."""
-    queue = f"{prefix}-{uuid.uuid4().hex[:10]}"
+def open_api(
+    database_url: str, redis_url: str, prefix: str, *, queue: str | None = None, **limits: Any
+) -> Iterator[Api]:
+    """The app on the test database, sending jobs to a queue of its own that nothing consumes
+    (or to ``queue``, a worker pool's)."""
+    own_queue = queue is None
+    queue = queue or f"{prefix}-{uuid.uuid4().hex[:10]}"
     settings = base_settings(
-        database_url=postgres_url,
+        database_url=database_url,
         redis_url=redis_url,
         default_queue=queue,
         auth_cache_seconds=0,
@@ -69,7 +73,8 @@ def open_api(postgres_url: str, redis_url: str, prefix: str, **limits: Any) -> I
     broker = redis.Redis.from_url(redis_url)
     with TestClient(create_app(settings), follow_redirects=False) as client:
         yield Api(client=client, queue=queue, broker=broker)
-    broker.delete(queue)
+    if own_queue:
+        broker.delete(queue)
     broker.close()
 
 

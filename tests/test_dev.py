@@ -53,6 +53,7 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.2)
         info = json.loads(info_file.read_text())
+        assert info_file.stat().st_mode & 0o777 == 0o600, "the token file is the owner's only"
         assert set(info) == {"api_url", "project_id", "project_slug", "token"}
         assert info["token"] in log_path.read_text()
         client = httpx.Client(

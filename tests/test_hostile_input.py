@@ -92,7 +92,7 @@ def test_invalid_utf8_bytes_are_refused_as_a_body_that_is_not_json(
     api: Api, caller: Caller, pg_engine: sa.Engine
 ) -> None:
     body = raw_create(caller, '"config":{"s":"x"}').replace(b'"x"', b'"\xff\xfe"')
-    assert_problem(post_raw(api, caller, body), 400)
+    assert_problem(post_raw(api, caller, body), 400, "UTF-8")
     assert count_runs(pg_engine, caller.project) == 0
 
 

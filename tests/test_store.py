@@ -663,6 +663,23 @@ def test_a_revoked_token_is_refused(
     assert access.authenticate(kept_secret) == project
 
 
+def test_a_revoked_token_is_refused_at_once_by_the_process_that_revoked_it_despite_its_cache(
+    engine: sa.Engine, project: Project
+) -> None:
+    revoking = AccessService(engine, cache_seconds=3600)
+    uncached = AccessService(engine, cache_seconds=0)
+    cached_elsewhere = AccessService(engine, cache_seconds=3600)
+    token, secret = revoking.create_token(project.slug)
+    for access in (revoking, uncached, cached_elsewhere):
+        assert access.authenticate(secret) == project
+    revoking.revoke_token(token.id)
+    for access in (revoking, uncached):
+        with pytest.raises(Unauthenticated):
+            access.authenticate(secret)
+    # Another process with a cache accepts it until its cache entry ends (RUNS_AUTH_CACHE_SECONDS).
+    assert cached_elsewhere.authenticate(secret) == project
+
+
 def test_the_token_secret_never_appears_in_the_tokens_table(
     engine: sa.Engine, access: AccessService, project: Project
 ) -> None:

@@ -78,6 +78,17 @@ def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str,
     return detail, problems
 
 
+def _unreadable_body(cause: BaseException | None) -> str | None:
+    """Why the JSON parser could not read a body, when the framework only says it failed."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (at byte {cause.start}); send UTF-8 JSON"
+    if isinstance(cause, RecursionError):
+        return "the body nests arrays or objects too deeply to be read; flatten it"
+    if isinstance(cause, ValueError):  # an integer literal past Python's digit limit
+        return f"the body could not be read as JSON: {cause}"
+    return None
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.RunsError)
     async def on_domain_error(request: Request, exc: errors.RunsError) -> JSONResponse:
@@ -95,6 +106,9 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
         title = titles.get(exc.status_code, "Request failed")
+        unreadable = _unreadable_body(exc.__cause__)
+        if unreadable is not None:
+            return problem(400, "Invalid request", unreadable, instance=request.url.path)
         return problem(
             exc.status_code,
             title,

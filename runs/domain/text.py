@@ -13,6 +13,8 @@ import re
 from typing import Any
 
 REPLACEMENT = "\ufffd"
+# How deep arrays and objects may nest in what the API accepts.
+MAX_DEPTH = 64
 _UNSTORABLE_CHARACTER = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -46,26 +48,31 @@ def unstorable(value: Any) -> tuple[str, str] | None:
     """The first thing in ``value`` that cannot be stored, as (where, what), else ``None``.
 
     ``where`` is a path such as ``a.b[2]`` (empty for ``value`` itself), with unstorable
-    characters of keys escaped so that it can be shown.
+    characters of keys escaped so that it can be shown. Nesting deeper than ``MAX_DEPTH``
+    counts as unstorable too: every JSON encoder and decoder on the way recurses.
     """
-    stack: list[tuple[Any, str]] = [(value, "")]
+    stack: list[tuple[Any, str, int]] = [(value, "", 0)]
     while stack:
-        item, where = stack.pop()
+        item, where, depth = stack.pop()
         if isinstance(item, str):
             found = _UNSTORABLE_CHARACTER.search(item)
             if found is not None:
                 return where, _describe(found.group(), "")
         elif isinstance(item, float) and not math.isfinite(item):
             return where, f"the number {item!r}, which is not JSON"
+        elif isinstance(item, dict | list | tuple) and depth >= MAX_DEPTH:
+            return where, f"arrays or objects nested deeper than {MAX_DEPTH} levels"
         elif isinstance(item, dict):
             for key, inner in reversed(item.items()):
                 path = f"{where}.{printable(str(key))}".lstrip(".")
                 bad_key = _UNSTORABLE_CHARACTER.search(key) if isinstance(key, str) else None
                 if bad_key is not None:
                     return path, _describe(bad_key.group(), "a key with ")
-                stack.append((inner, path))
+                stack.append((inner, path, depth + 1))
         elif isinstance(item, list | tuple):
-            stack.extend((inner, f"{where}[{i}]") for i, inner in reversed(list(enumerate(item))))
+            stack.extend(
+                (inner, f"{where}[{i}]", depth + 1) for i, inner in reversed(list(enumerate(item)))
+            )
     return None
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,25 @@ class UTCDateTime(sa.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-JSONType: sa.types.TypeEngine[Any] = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+class SQLiteJSON(sa.TypeDecorator[Any]):
+    """JSON kept as TEXT on SQLite. A column declared ``JSON`` has NUMERIC affinity there, so
+    SQLite turns a stored document that is a bare number into a number of its own, and an
+    integer past 64 bits comes back as a rounded float."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> str | None:
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Any:
+        # Rows written before this type may hold a number SQLite converted already.
+        return json.loads(value) if isinstance(value, str) else value
+
+
+JSONType: sa.types.TypeEngine[Any] = (
+    sa.JSON().with_variant(postgresql.JSONB(), "postgresql").with_variant(SQLiteJSON(), "sqlite")
+)
 
 metadata = sa.MetaData(
     naming_convention={
