@@ -70,18 +70,15 @@ def api(
     host: Annotated[str | None, typer.Option(help="default: RUNS_API_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="default: RUNS_API_PORT")] = None,
 ) -> None:
-    """Serve the HTTP API (uvicorn)."""
-    import uvicorn
+    """Serve the HTTP API (uvicorn, with the RUNS_HTTP_* limits)."""
+    from runs.api.server import serve
 
     settings = Settings()
     configure_logging(settings)
-    uvicorn.run(
-        "runs.api.app:create_app_from_env",
-        factory=True,
+    serve(
+        settings,
         host=host or settings.api_host,
         port=port if port is not None else settings.api_port,
-        log_config=None,
-        access_log=False,
     )
 
 

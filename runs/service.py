@@ -344,7 +344,8 @@ class RunService:
         """Write the terminal record in one transaction, then publish the final events.
 
         Task runs end with STEP_FINISHED then RUN_FINISHED/RUN_ERROR; workflow runs (whose steps
-        report themselves) with the terminal event alone. ``stop_work`` raises the cancel flag
+        report themselves) with the terminal event alone, and their nodes that have not ended
+        end in the same transaction (cancelled, or skipped). ``stop_work`` raises the cancel flag
         for whatever of the run still executes. False when the attempt no longer owns the run
         (cancelled, or reclaimed): nothing changes.
         """
@@ -374,6 +375,8 @@ class RunService:
         with self._engine.begin() as conn:
             if not store.finish_run(conn, run.ref, run.attempt, values):
                 return False
+            if run.kind is RunKind.WORKFLOW:  # nothing of a finished run stays active
+                nodes.cancel_active_nodes(conn, run.ref, now)
             first, so_far = self._events.close(run.ref, len(closing), cancel=stop_work)
             final = ev.numbered(closing, first, now)
             store.insert_events(conn, run.ref, [*so_far, *final])

@@ -43,6 +43,22 @@ class Settings(BaseSettings):
     auth_cache_seconds: float = Field(default=5.0, ge=0)
     target_cache_seconds: float = Field(default=5.0, ge=0)
 
+    # The HTTP server of `runs api`, per process. Past a limit the answer is a problem:
+    # 431 (a header line, or the whole head), 414 (the URL), 408 (too slow), 503 (too many
+    # connections).
+    http_max_header_line_bytes: int = Field(default=8192, ge=256)
+    http_max_header_bytes: int = Field(default=32_768, ge=1024)
+    http_max_url_bytes: int = Field(default=16_384, ge=256, le=65_535)
+    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_idle_timeout_seconds: float = Field(default=10.0, gt=0)
+    http_body_timeout_seconds: float = Field(default=60.0, gt=0)
+    http_keep_alive_seconds: int = Field(default=5, ge=1)
+    http_max_connections: int = Field(default=1000, ge=1)
+    # After answering before a request body was read (a 413, say): read and drop the rest of
+    # the body this long, and at most this much, so that the client can read the answer.
+    http_linger_seconds: float = Field(default=2.0, ge=0)
+    http_linger_bytes: int = Field(default=16_777_216, ge=0)
+
     # Events
     event_stream_ttl_seconds: int = Field(default=86_400, ge=60)
 

@@ -112,11 +112,6 @@ class WorkflowState:
         """Tell the worker running this node to stop (its result would be discarded)."""
         self._events.request_stop(ref, node_id)
 
-    def end_nodes(self, ref: RunRef) -> None:
-        """After the run ended: nothing of it is left active."""
-        with self._engine.begin() as conn:
-            nodes.cancel_active_nodes(conn, ref, self._clock())
-
     def set_waiting(self, ref: RunRef, reason: str | None) -> bool:
         with self._auto.connect() as conn:
             return nodes.set_run_waiting(conn, ref, reason, self._clock())

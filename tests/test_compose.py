@@ -11,6 +11,7 @@ import yaml
 from typer.testing import CliRunner
 
 from runs.cli import app
+from runs.settings import Settings
 
 EXPECTED = {"postgres", "redis", "migrate", "api", "worker", "flower"}
 
@@ -61,3 +62,9 @@ def test_compose_points_settings_at_shipped_config_files(
     env = compose["services"]["api"]["environment"]
     for key in ("RUNS_ROUTING_FILE", "RUNS_LOGGING_CONFIG"):
         assert (repo_root / env[key].removeprefix("/app/")).is_file(), key
+
+
+def test_the_example_env_documents_every_setting(repo_root: Path) -> None:
+    documented = (repo_root / "config" / "example.env").read_text()
+    missing = [name for name in Settings.model_fields if f"RUNS_{name.upper()}=" not in documented]
+    assert missing == []

@@ -3,22 +3,39 @@ return, with one Problem schema and the problem+json media type, and the bearer 
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+import sqlalchemy as sa
 
+from runs.access import AccessService
 from runs.api.app import create_app
+from runs.catalog import DefinitionCatalog
+from runs.persistence.store import Definition
+from tests.api_support import Caller, new_caller
 from tests.conftest import base_settings
+from tests.helpers import create_body
+from tests.server_support import Server, start_server, stop_server
+from tests.workflow_support import park
 
 PROBLEM = {"$ref": "#/components/schemas/ProblemOut"}
+# What the HTTP server can answer to any request: too slow, body or URL or head too large,
+# too many connections.
+ANY_REQUEST = {408, 413, 414, 431, 503}
 
 # What each operation can answer besides its success (design.md invariant 8; §11 of the
 # contract), as the tests of each route show.
 EXPECTED_PROBLEMS = {
     ("post", "/runs"): {400, 401, 404, 413, 422, 500},
-    ("get", "/runs/{run_id}"): {401, 404, 500},
+    ("get", "/runs/{run_id}"): {400, 401, 404, 500},
     ("get", "/runs/{run_id}/events"): {400, 401, 404, 500},
-    ("post", "/runs/{run_id}/cancel"): {401, 404, 422, 500},
+    ("post", "/runs/{run_id}/cancel"): {400, 401, 404, 422, 500},
     ("post", "/runs/{run_id}/approvals"): {400, 401, 404, 409, 413, 500},
     ("post", "/runs/{run_id}/signals"): {400, 401, 404, 409, 413, 500},
     ("get", "/projects/{project_reference}/runs"): {400, 401, 404, 500},
@@ -45,7 +62,7 @@ def test_every_operation_documents_exactly_the_problems_it_answers(
     assert set(operations) == set(EXPECTED_PROBLEMS)
     for key, operation in operations.items():
         problems = {int(s) for s in operation["responses"] if int(s) >= 400}
-        assert problems == EXPECTED_PROBLEMS[key], key
+        assert problems == EXPECTED_PROBLEMS[key] | ANY_REQUEST, key
         for status in problems:
             content = operation["responses"][str(status)]["content"]
             assert content == {"application/problem+json": {"schema": PROBLEM}}, (key, status)
@@ -76,3 +93,101 @@ def test_query_parameters_state_their_bounds_and_patterns(openapi: dict[str, Any
     assert (by_name["limit"]["type"], by_name["limit"]["maximum"]) == ("integer", 50)
     assert "pending" in by_name["status"]["items"]["pattern"]
     assert by_name["parent_run_id"]["pattern"].startswith("^")
+
+
+# -- schemathesis against a real server ----------------------------------------------------
+
+# About two minutes on two cores, over 3,000 cases.
+FUZZ_EXAMPLES = int(os.environ.get("RUNS_TEST_SCHEMATHESIS_EXAMPLES", "250"))
+FUZZ_SEED = os.environ.get("RUNS_TEST_SCHEMATHESIS_SEED", "20261203")
+
+
+@pytest.mark.worker  # a real server process
+@pytest.mark.timeout(600)
+def test_schemathesis_finds_no_failure_over_every_operation(
+    postgres_url: str, redis_url: str, pg_engine: sa.Engine, tmp_path: Path, repo_root: Path
+) -> None:
+    """Every default check of schemathesis, over every operation (examples, coverage,
+    fuzzing, stateful), with known ids to reach past the 404s: 0 failures."""
+    DefinitionCatalog(pg_engine, cache_seconds=0).register(
+        [Definition(target="workflow:fuzzed", kind="workflow")]
+    )
+    access = AccessService(pg_engine)
+    caller = new_caller(access, "fuzz")
+    server = start_server(postgres_url, redis_url, tmp_path, repo_root)
+    try:
+        run_ids = known_runs(server, caller, pg_engine)
+        dictionaries = {
+            "projects": [caller.project.id, caller.project.slug],
+            "runs": run_ids,
+            "targets": ["task:echo", "workflow:fuzzed"],
+        }
+        config = tmp_path / "schemathesis.toml"
+        config.write_text(fuzz_config(repo_root, tmp_path, dictionaries))
+        done = subprocess.run(
+            [
+                str(Path(sys.executable).with_name("st")),
+                "--config-file",
+                str(config),
+                "run",
+                f"{server.url}/openapi.json",
+                "-H",
+                f"Authorization: Bearer {caller.token}",
+                "--max-examples",
+                str(FUZZ_EXAMPLES),
+                "--seed",
+                FUZZ_SEED,
+                "--no-color",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            cwd=tmp_path,  # its cache stays out of the repository
+        )
+    finally:
+        stop_server(server)
+    report = done.stdout + done.stderr
+    (tmp_path / "schemathesis.log").write_text(report)
+    failures = report[report.find("= FAILURES =") :] if "= FAILURES =" in report else report
+    assert done.returncode == 0, failures[:12000]
+    generated = re.search(r"(\d+) generated, (\d+) passed", report)
+    assert generated is not None, report[-3000:]
+    assert generated.group(1) == generated.group(2), report[-3000:]
+    assert "unhandled error" not in server.log()
+
+
+def known_runs(server: Server, caller: Caller, engine: sa.Engine) -> list[str]:
+    """A pending run, a cancelled one, and a workflow run parked on its waits."""
+    with httpx.Client(base_url=server.url, headers=caller.headers) as client:
+        ids = []
+        for _ in range(2):
+            created = client.post("/runs", json=create_body(caller.project))
+            ids.append(created.json()["run"]["run_id"])
+        client.post(f"/runs/{ids[1]}/cancel")
+        workflow = {
+            "kind": "workflow",
+            "owner": {"kind": "project", "id": caller.project.id},
+            "request": {"target": "workflow:fuzzed", "workflow_id": "fuzzed"},
+        }
+        parked = client.post("/runs", json=workflow).json()["run"]["run_id"]
+    park(engine, parked)
+    return [*ids, parked]
+
+
+def fuzz_config(repo_root: Path, directory: Path, dictionaries: dict[str, list[str]]) -> str:
+    """tests/schemathesis.toml, plus dictionaries of ids that exist."""
+    text = (repo_root / "tests" / "schemathesis.toml").read_text()
+    for name, values in dictionaries.items():
+        path = directory / f"{name}.dict"
+        path.write_text("".join(f'"{value}"\n' for value in values))
+        text += f'\n[dictionaries.{name}]\nfrom-file = "{path}"\n'
+    return (
+        text
+        + """
+[parameters]
+"path.project_reference" = { dictionary = "projects", probability = 0.7 }
+"path.run_id" = { dictionary = "runs", probability = 0.7 }
+"body.owner.id" = { dictionary = "projects", probability = 0.7 }
+"body.request.target" = { dictionary = "targets", probability = 0.7 }
+"""
+    )

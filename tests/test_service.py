@@ -5,12 +5,16 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from runs.catalog import DefinitionCatalog
+from runs.domain.clock import utcnow
 from runs.domain.errors import NotFound, PayloadTooLarge, UnknownTarget
 from runs.domain.events import started_events
 from runs.domain.projects import Project
-from runs.domain.runs import Outcome, RunError, RunStatus
+from runs.domain.runs import Outcome, RunError, RunKind, RunStatus
+from runs.domain.workflows import NodeStatus
 from runs.events import RedisEventLog
-from runs.persistence import store
+from runs.persistence import nodes, store
+from runs.persistence.store import Definition
 from runs.persistence.tables import runs as runs_table
 from runs.service import RunService
 from tests.conftest import RecordingDispatcher
@@ -184,3 +188,40 @@ def test_event_pages_are_exclusive_and_ordered(service: RunService, project: Pro
     assert [e.event_id for e in second.items] == [4, 5, 6] and second.next == "6"
     last = service.events(project, run.run_id, after=6, limit=3)
     assert [e.event_id for e in last.items] == [7] and last.next is None
+
+
+def test_finishing_a_workflow_run_ends_its_nodes_in_the_same_transaction(
+    service: RunService, project: Project, engine: sa.Engine
+) -> None:
+    """When a workflow's terminal record is visible, none of its nodes is still active."""
+    catalog_has_workflow(engine)
+    run, _ = service.submit(
+        project,
+        task_request(
+            project,
+            "workflow:finishing",
+            kind=RunKind.WORKFLOW,
+            workflow_id="finishing",
+            config=None,
+        ),
+    )
+    claimed = service.claim(run.ref, worker="w", lease_seconds=60)
+    assert claimed is not None
+    now = utcnow()
+    with engine.begin() as conn:
+        nodes.insert_nodes(conn, run.ref, ["done", "busy", "later"], now)
+        for node_id, status in (("done", "completed"), ("busy", "running")):
+            assert nodes.transition(
+                conn, run.ref, node_id, [NodeStatus.PENDING], {"status": status, "updated_at": now}
+            )
+    failed = Outcome(RunStatus.FAILED, error=RunError("boom", code="x"))
+    assert service.finish(claimed, failed)
+    with engine.connect() as conn:
+        statuses = {k: n.status.value for k, n in nodes.get_nodes(conn, run.ref).items()}
+    assert statuses == {"done": "completed", "busy": "cancelled", "later": "skipped"}
+
+
+def catalog_has_workflow(engine: sa.Engine) -> None:
+    DefinitionCatalog(engine, cache_seconds=0).register(
+        [Definition(target="workflow:finishing", kind="workflow")]
+    )

@@ -269,8 +269,7 @@ class WorkflowEngine:
             logs=_joined_logs(nodes),
             exit_code=1 if failed else 0,
         )
-        if self._runs.finish(run, outcome, stop_work=True):
-            self._state.end_nodes(run.ref)
+        self._runs.finish(run, outcome, stop_work=True)
 
 
 def _failure(message: str, code: str) -> FinishRun:

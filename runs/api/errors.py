@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runs.api.responses import JSONResponse
@@ -143,6 +144,8 @@ class UnexpectedErrors:
 
         try:
             await self.app(scope, receive, tracking_send)
+        except ClientDisconnect:
+            log.info("the client of %s %s went away", scope.get("method"), scope.get("path"))
         except Exception:
             if started:  # too late for an answer: the server logs it and drops the connection
                 raise

@@ -64,6 +64,8 @@ class BodySizeLimit:
                 "headers": [
                     (b"content-type", b"application/problem+json"),
                     (b"content-length", str(len(body)).encode()),
+                    # The rest of the body is not read: the server drops it and the connection.
+                    (b"connection", b"close"),
                 ],
             }
         )

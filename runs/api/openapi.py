@@ -21,6 +21,11 @@ PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/ProblemOut"}
 
 
+# What the HTTP server and the body-size limit can answer to any request, before a route runs
+# (runs.api.server, runs.api.limits).
+ANY_REQUEST = (408, 413, 414, 431, 503)
+
+
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The ``responses=`` of a route that can answer these problem statuses."""
     return {
@@ -57,7 +62,9 @@ def _tidy(schema: dict[str, Any], *, max_page_size: int) -> None:
     components["ProblemOut"] = problem
     for path_item in schema.get("paths", {}).values():
         for operation in path_item.values():
-            responses = operation.get("responses", {})
+            responses = operation.setdefault("responses", {})
+            for status, response in problems(*ANY_REQUEST).items():
+                responses.setdefault(str(status), response)
             validation = responses.get("422", {}).get("content", {}).get("application/json")
             if validation is not None:
                 del responses["422"]

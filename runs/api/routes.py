@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import StringConstraints
 
 from runs.api.deps import Services, current_project, services
@@ -55,9 +55,15 @@ def _one_of(values: Iterable[str]) -> str:
 
 
 _TARGET = _one_of(k.value for k in RunKind) + ":" + DEFINITION_ID_PATTERN.pattern.strip("^$")
-StatusFilter = Annotated[str, StringConstraints(pattern=_listing(_one_of(RunStatus)))]
-KindFilter = Annotated[str, StringConstraints(pattern=_listing(_one_of(RunKind)))]
-TargetFilter = Annotated[str, StringConstraints(pattern=_listing(_TARGET))]
+# Bounded so that any valid request fits the server's URL limit (RUNS_HTTP_MAX_URL_BYTES).
+StatusFilter = Annotated[
+    str, StringConstraints(max_length=100, pattern=_listing(_one_of(RunStatus)))
+]
+KindFilter = Annotated[str, StringConstraints(max_length=50, pattern=_listing(_one_of(RunKind)))]
+TargetFilter = Annotated[str, StringConstraints(max_length=500, pattern=_listing(_TARGET))]
+RunIdPath = Annotated[str, Path(max_length=128, description="the run_id of a run")]
+ProjectPath = Annotated[str, Path(max_length=100, description="the project's id or slug")]
+CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
 
 _FILTER = "one value or several, comma-separated and/or repeated (OR within, AND across)"
 
@@ -102,9 +108,12 @@ def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> JSON
 
 
 @router.get(
-    "/runs/{run_id}", response_model=RunOut, responses=problems(404, *AUTHENTICATED), tags=["runs"]
+    "/runs/{run_id}",
+    response_model=RunOut,
+    responses=problems(400, 404, *AUTHENTICATED),
+    tags=["runs"],
 )
-def get_run(run_id: str, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
+def get_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     return JSONResponse(run_to_wire(svc.runs.get(project, run_id)))
 
 
@@ -115,7 +124,7 @@ def get_run(run_id: str, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     tags=["runs"],
 )
 def list_events(
-    run_id: str,
+    run_id: RunIdPath,
     project: ProjectDep,
     svc: ServicesDep,
     after_event_id: Annotated[
@@ -132,10 +141,10 @@ def list_events(
 @router.post(
     "/runs/{run_id}/cancel",
     response_model=CancelRunOut,
-    responses=problems(404, 422, *AUTHENTICATED),
+    responses=problems(400, 404, 422, *AUTHENTICATED),
     tags=["runs"],
 )
-def cancel_run(run_id: str, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
+def cancel_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
     cancelled, run = svc.runs.cancel(project, run_id)
     return JSONResponse({"cancelled": cancelled, "run": run_to_wire(run)})
 
@@ -146,7 +155,9 @@ def cancel_run(run_id: str, project: ProjectDep, svc: ServicesDep) -> JSONRespon
     responses=problems(400, 404, 409, 413, *AUTHENTICATED),
     tags=["workflows"],
 )
-def approve(run_id: str, body: ApprovalIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
+def approve(
+    run_id: RunIdPath, body: ApprovalIn, project: ProjectDep, svc: ServicesDep
+) -> JSONResponse:
     """Resume a workflow run parked on ``wait_for_approval(node_id)``."""
     run = svc.workflows.approve(
         project, run_id, body.node_id, approved=body.approved, comment=body.comment
@@ -160,7 +171,9 @@ def approve(run_id: str, body: ApprovalIn, project: ProjectDep, svc: ServicesDep
     responses=problems(400, 404, 409, 413, *AUTHENTICATED),
     tags=["workflows"],
 )
-def signal(run_id: str, body: SignalIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
+def signal(
+    run_id: RunIdPath, body: SignalIn, project: ProjectDep, svc: ServicesDep
+) -> JSONResponse:
     """Deliver an event to a workflow run parked on ``wait_for_event(event=...)``."""
     resumed = svc.workflows.signal(project, run_id, body.event, body.payload)
     return JSONResponse({"resumed": resumed, "run": run_to_wire(svc.runs.get(project, run_id))})
@@ -173,14 +186,16 @@ def signal(run_id: str, body: SignalIn, project: ProjectDep, svc: ServicesDep) -
     tags=["runs"],
 )
 def list_runs(
-    project_reference: str,
+    project_reference: ProjectPath,
     project: ProjectDep,
     svc: ServicesDep,
-    cursor: Annotated[str | None, Query(max_length=1000, description="page_info.next")] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=400, pattern=CURSOR_PATTERN, description="page_info.next")
+    ] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
-    status: Annotated[list[StatusFilter] | None, Query(description=_FILTER)] = None,
-    kind: Annotated[list[KindFilter] | None, Query(description=_FILTER)] = None,
-    target: Annotated[list[TargetFilter] | None, Query(description=_FILTER)] = None,
+    status: Annotated[list[StatusFilter] | None, Query(max_length=10, description=_FILTER)] = None,
+    kind: Annotated[list[KindFilter] | None, Query(max_length=10, description=_FILTER)] = None,
+    target: Annotated[list[TargetFilter] | None, Query(max_length=10, description=_FILTER)] = None,
     parent_run_id: Annotated[str | None, Query(pattern=RUN_ID_PATTERN.pattern)] = None,
     root_only: bool = False,
 ) -> JSONResponse:
