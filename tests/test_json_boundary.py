@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from runs.access import AccessService
@@ -35,11 +35,14 @@ from tests.workflow_support import EVENT, park, ref_of
 # -- values --------------------------------------------------------------------------------
 
 any_character = st.characters(exclude_categories=())  # surrogates and NUL included
-texts = st.text(any_character, max_size=12)
+# Drawn at random, a lone surrogate is rare: the hostile strings are also drawn on purpose.
+hostile_texts = st.sampled_from(["\ud800", "\udfff", "a\udc00b", "\udbff\ud800", "\x00", ""])
+texts = st.text(any_character, max_size=12) | hostile_texts
 numbers = (
     st.integers()
     | st.integers(min_value=-(10**600), max_value=10**600)
     | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from([2**63, -(2**63) - 1, 2**64, 10**308, 1e308, -0.0])
 )
 scalars = st.none() | st.booleans() | numbers | texts
 json_values = st.recursive(
@@ -146,6 +149,9 @@ def assert_refused_or_round_trips(
 
 
 @BOUNDARY
+@example(config={"\ud800": "x"}, raw=False)
+@example(config={"s": "\udfff"}, raw=True)
+@example(config={"n": 2**63}, raw=False)
 @given(config=configs, raw=st.booleans())
 def test_any_config_is_refused_with_a_4xx_or_round_trips_exactly(
     boundary: tuple[Api, Caller, sa.Engine], config: dict[str, Any], raw: bool
@@ -154,6 +160,9 @@ def test_any_config_is_refused_with_a_4xx_or_round_trips_exactly(
 
 
 @BOUNDARY
+@example(value="\ud800", raw=True)
+@example(value=2**63, raw=False)
+@example(value=10**308, raw=False)
 @given(value=json_values, raw=st.booleans())
 def test_any_input_is_refused_with_a_4xx_or_round_trips_exactly(
     boundary: tuple[Api, Caller, sa.Engine], value: Any, raw: bool
@@ -162,6 +171,8 @@ def test_any_input_is_refused_with_a_4xx_or_round_trips_exactly(
 
 
 @BOUNDARY
+@example(payload={"\ud800": None}, raw=False)
+@example(payload=2**63, raw=False)
 @given(payload=json_values, raw=st.booleans())
 def test_any_signal_payload_is_refused_with_a_4xx_or_becomes_the_node_output_exactly(
     boundary: tuple[Api, Caller, sa.Engine], payload: Any, raw: bool
@@ -249,6 +260,8 @@ def worker_api(
 
 
 @settings(max_examples=25, deadline=None)
+@example(config={"s": "\ud800"}, raw=True)
+@example(config={"big": 2**64, "small": -(2**63) - 1, "f": 1e308}, raw=False)
 @given(config=st.dictionaries(texts, json_values, max_size=4), raw=st.booleans())
 def test_a_config_accepted_comes_back_exactly_as_the_output_of_echo(
     worker_api: tuple[Api, Caller], config: dict[str, Any], raw: bool
