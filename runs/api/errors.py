@@ -30,15 +30,10 @@ STATUS_BY_ERROR: dict[type[errors.RunsError], int] = {
 }
 
 
-def problem(
-    status: int,
-    title: str,
-    detail: str,
-    *,
-    instance: str | None = None,
-    headers: dict[str, str] | None = None,
-    **extra: Any,
-) -> JSONResponse:
+def problem_document(
+    status: int, title: str, detail: str, *, instance: str | None = None
+) -> dict[str, Any]:
+    """The body of every error answer (also of those the HTTP server writes itself)."""
     slug = title.lower().replace(" ", "-")
     body: dict[str, Any] = {
         "type": f"urn:runs:problem:{slug}",
@@ -48,6 +43,19 @@ def problem(
     }
     if instance is not None:
         body["instance"] = instance
+    return body
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    *,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = problem_document(status, title, detail, instance=instance)
     body.update({k: v for k, v in extra.items() if v is not None})
     headers = dict(headers or {})
     if status == 401:

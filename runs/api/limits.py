@@ -12,6 +12,8 @@ import json
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runs.api.errors import PROBLEM_JSON, problem_document
+
 
 class BodySizeLimit:
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
@@ -49,20 +51,19 @@ class BodySizeLimit:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         body = json.dumps(
-            {
-                "type": "urn:runs:problem:payload-too-large",
-                "title": "Payload too large",
-                "status": 413,
-                "detail": f"the request body exceeds {self.max_bytes} bytes; send less data",
-                "instance": scope.get("path"),
-            }
+            problem_document(
+                413,
+                "Payload too large",
+                f"the request body exceeds {self.max_bytes} bytes; send less data",
+                instance=scope.get("path"),
+            )
         ).encode()
         await send(
             {
                 "type": "http.response.start",
                 "status": 413,
                 "headers": [
-                    (b"content-type", b"application/problem+json"),
+                    (b"content-type", PROBLEM_JSON.encode()),
                     (b"content-length", str(len(body)).encode()),
                     # The rest of the body is not read: the server drops it and the connection.
                     (b"connection", b"close"),

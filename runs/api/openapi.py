@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
+from runs.api.errors import PROBLEM_JSON
 from runs.schemas import ProblemOut
 
-PROBLEM_JSON = "application/problem+json"
 PROBLEM_REF = {"$ref": "#/components/schemas/ProblemOut"}
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from runs.api.errors import PROBLEM_JSON, problem_document
 from runs.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -261,20 +262,13 @@ class LimitedHttpProtocol(HttpToolsProtocol):
         """Write a problem and close, lingering; the app of this connection is told the
         client went away."""
         title = STATUS_LINE[status].decode("ascii").split(" ", 2)[2].strip()
-        body = json.dumps(
-            {
-                "type": f"urn:runs:problem:{title.lower().replace(' ', '-')}",
-                "title": title,
-                "status": status,
-                "detail": detail,
-            }
-        ).encode()
+        body = json.dumps(problem_document(status, title, detail)).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             head.extend([name, b": ", value, b"\r\n"])
         head.extend(
             [
-                b"content-type: application/problem+json\r\n",
+                b"content-type: " + PROBLEM_JSON.encode() + b"\r\n",
                 b"content-length: " + str(len(body)).encode("ascii") + b"\r\n",
                 b"connection: close\r\n\r\n",
             ]
