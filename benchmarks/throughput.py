@@ -1,20 +1,24 @@
 """End-to-end throughput of `task:echo` runs through the HTTP API vs plain Celery no-op jobs.
 
 Both run on this machine in the same invocation, each with one prefork worker of 2 processes
-on the local Redis; runs use a fresh PostgreSQL database. Prints runs/s, jobs/s and their
-ratio, plus the API's accept latency. Usage: python benchmarks/throughput.py [--runs N]
+on the local Redis (durable settings: late acks, prefetch 1); runs use a fresh PostgreSQL
+database, one API process, and task events on as shipped. Runs are created by wrk (a C load
+generator, whose CPU is reported) for a few seconds, then counted until all completed.
+Prints runs/s, jobs/s, their ratio, and the CPU each part spent per run.
+Usage: python benchmarks/throughput.py [--rounds 3] [--seconds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -89,7 +93,58 @@ def plain_celery(n: int, logdir: Path) -> float:
         client.delete(counter)
 
 
-def runs_stack(n: int, concurrency: int, logdir: Path) -> tuple[float, list[float]]:
+POST_SCRIPT = """
+wrk.method = "POST"
+wrk.body = [[%s]]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %s"
+"""
+
+
+def cpu_seconds(pids: list[int]) -> dict[int, float]:
+    """CPU seconds (user + system) so far of each process."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    found = {}
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    return found
+
+
+def parts(worker_pid: int) -> dict[str, list[int]]:
+    """The processes of each part, for CPU accounting."""
+    found: dict[str, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        pid = int(entry.name)
+        if pid == worker_pid:
+            part = "worker main process"
+        elif parent == worker_pid:
+            part = "worker pool processes"
+        elif "runs.cli api" in command:
+            part = "api"
+        elif "postgres" in command:
+            part = "postgres"
+        elif "redis-server" in command:
+            part = "redis"
+        else:
+            continue
+        found.setdefault(part, []).append(pid)
+    return found
+
+
+def runs_stack(seconds: int, connections: int, logdir: Path) -> tuple[float, int, dict[str, float]]:
+    """Runs created by wrk for ``seconds`` through POST /runs until all completed: returns
+    (runs/s from the first request to the last completion, runs, CPU seconds per part)."""
     from runs.access import AccessService
     from runs.embedded import free_port
     from runs.persistence import migrate
@@ -122,20 +177,18 @@ def runs_stack(n: int, concurrency: int, logdir: Path) -> tuple[float, list[floa
         [sys.executable, "-m", "runs.cli", "api", "--port", str(port)], env, logdir / "runs-api.log"
     )
     base = f"http://127.0.0.1:{port}"
-    headers = {"Authorization": f"Bearer {token}"}
     body = {
         "kind": "task",
         "owner": {"kind": "project", "id": project.id},
         "request": {"target": "task:echo", "config": {"i": 0}},
     }
+    script = logdir / "post.lua"
+    script.write_text(POST_SCRIPT % (json.dumps(body), token))
 
-    def completed() -> int:
+    def count(status: str | None = None) -> int:
+        where = f" WHERE status = '{status}'" if status else ""
         with engine.connect() as conn:
-            return int(
-                conn.execute(
-                    sa.text("SELECT count(*) FROM runs WHERE status='completed'")
-                ).scalar_one()
-            )
+            return int(conn.execute(sa.text(f"SELECT count(*) FROM runs{where}")).scalar_one())
 
     try:
 
@@ -146,27 +199,34 @@ def runs_stack(n: int, concurrency: int, logdir: Path) -> tuple[float, list[floa
                 return False
 
         wait_for(api_up, 60, "API")
+        headers = {"Authorization": f"Bearer {token}"}
         with httpx.Client(base_url=base, headers=headers) as warm:
             wait_for(lambda: warm.post("/runs", json=body).status_code == 202, 60, "catalogue")
-        wait_for(lambda: completed() >= 1, 60, "warm-up run")
-        latencies: list[float] = []
-        clients = [httpx.Client(base_url=base, headers=headers) for _ in range(concurrency)]
-
-        def submit(i: int) -> None:
-            t0 = time.perf_counter()
-            response = clients[i % concurrency].post("/runs", json=body)
-            latencies.append(time.perf_counter() - t0)
-            assert response.status_code == 202, response.text
-
+        wait_for(lambda: count("completed") >= 1, 60, "warm-up run")
+        groups = parts(worker.pid)
+        before = {part: cpu_seconds(pids) for part, pids in groups.items()}
+        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            list(pool.map(submit, range(n)))
-        print(f"  accepted {n / (time.perf_counter() - started):.0f} runs/s", flush=True)
-        wait_for(lambda: completed() >= n + 1, 600, "runs")
-        rate = n / (time.perf_counter() - started)
-        for c in clients:
-            c.close()
-        return rate, latencies
+        subprocess.run(
+            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), base + "/runs"],
+            check=True,
+            capture_output=True,
+        )
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        created = count() - 1
+        wait_for(lambda: count("completed") >= created + 1, 600, "runs")
+        rate = created / (time.perf_counter() - started)
+        cpu = {
+            part: sum(cpu_seconds(pids).get(p, 0) - before[part].get(p, 0) for p in pids) / created
+            for part, pids in groups.items()
+        }
+        cpu["load generator (wrk)"] = (
+            children.ru_utime
+            + children.ru_stime
+            - children_before.ru_utime
+            - children_before.ru_stime
+        ) / created
+        return rate, created, cpu
     finally:
         stop(api)
         stop(worker)
@@ -177,31 +237,32 @@ def runs_stack(n: int, concurrency: int, logdir: Path) -> tuple[float, list[floa
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--runs", type=int, default=2000)
-    parser.add_argument("--concurrency", type=int, default=8, help="concurrent HTTP clients")
+    parser.add_argument("--jobs", type=int, default=3000, help="plain Celery jobs per round")
+    parser.add_argument("--seconds", type=int, default=5, help="wrk's time per round")
+    parser.add_argument("--connections", type=int, default=8, help="wrk's connections")
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
-    plain, ours, lat = [], [], []
+    plain, ours, cpus = [], [], []
     for round_ in range(args.rounds):
-        plain.append(plain_celery(args.runs, logdir))
-        rate, latencies = runs_stack(args.runs, args.concurrency, logdir)
+        plain.append(plain_celery(args.jobs, logdir))
+        rate, created, cpu = runs_stack(args.seconds, args.connections, logdir)
         ours.append(rate)
-        lat.extend(latencies)
+        cpus.append(cpu)
         print(
-            f"round {round_ + 1}: plain Celery {plain[-1]:.0f} jobs/s, runs {rate:.0f} runs/s, "
-            f"ratio {rate / plain[-1]:.2f}",
+            f"round {round_ + 1}: plain Celery {plain[-1]:.0f} jobs/s, runs {rate:.0f} runs/s "
+            f"({created} runs), ratio {rate / plain[-1]:.2f}",
             flush=True,
         )
-    lat.sort()
-    p50, p99 = lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
     print(f"median plain Celery: {statistics.median(plain):.0f} jobs/s")
     print(
-        f"median runs (HTTP create -> completed, PostgreSQL): {statistics.median(ours):.0f} runs/s"
+        f"median runs (POST /runs -> completed, PostgreSQL): {statistics.median(ours):.0f} runs/s"
     )
     print(f"median ratio runs/plain: {statistics.median(ours) / statistics.median(plain):.2f}")
-    print(f"POST /runs latency with {args.concurrency} clients: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    print("CPU per run (ms, median of rounds):")
+    for part in sorted(cpus[0], key=lambda p: -cpus[0][p]):
+        print(f"  {part:22} {1000 * statistics.median(c.get(part, 0) for c in cpus):6.2f}")
 
 
 if __name__ == "__main__":

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from runs.broker import REDIS_TRANSPORT
 from runs.settings import Settings
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
+    broker = settings.effective_broker_url
     return {
-        "broker_url": settings.effective_broker_url,
+        "broker_url": broker,
+        # On Redis, kombu's transport with a publishing client that is kept (runs/broker.py).
+        "broker_transport": REDIS_TRANSPORT if broker.startswith("redis://") else None,
         "broker_connection_retry_on_startup": True,
         # A Redis broker hands an unacknowledged message to another worker once this expires;
         # it must exceed the longest run, or a slow run would be delivered twice. Settings

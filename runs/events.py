@@ -31,24 +31,48 @@ if tonumber(redis.call('HGET', KEYS[2], 'seq') or '0') < floor then
 end
 """
 
-_APPEND = (
-    """
-if redis.call('HGET', KEYS[2], 'closed') then return {} end
-"""
-    + _FLOOR.replace("FLOOR", "2")
-    + """
+_EVENTS_FROM = """
 local ids = {}
-for i = 3, #ARGV, 2 do
+for i = FIRST, #ARGV, 2 do
   local n = redis.call('HINCRBY', KEYS[2], 'seq', 1)
   redis.call('XADD', KEYS[1], '0-' .. n, 't', ARGV[i], 'p', ARGV[i + 1], 'c', ARGV[1])
   ids[#ids + 1] = n
 end
 return ids
 """
+
+_APPEND = (
+    """
+if redis.call('HGET', KEYS[2], 'closed') then return {} end
+"""
+    + _FLOOR.replace("FLOOR", "2")
+    + _EVENTS_FROM.replace("FIRST", "3")
 )
 
+# An attempt opens the stream: unless the run was cancelled, it accepts appends again (an
+# earlier attempt may have closed it and died before its record landed), and it is this
+# attempt's; then its opening events are appended, all in one round trip.
+_OPEN = (
+    """
+if redis.call('HGET', KEYS[2], 'cancel') then return {} end
+redis.call('HDEL', KEYS[2], 'closed')
+redis.call('HSET', KEYS[2], 'attempt', ARGV[3])
+"""
+    + _FLOOR.replace("FLOOR", "2")
+    + _EVENTS_FROM.replace("FIRST", "4")
+)
+
+# ARGV[4], when not empty, is the attempt that closes the stream to finish: refused (0) when
+# the stream was closed already (a cancel, a sweeper) or belongs to another attempt.
 _CLOSE = (
-    _FLOOR.replace("FLOOR", "3")
+    """
+if ARGV[4] ~= '' then
+  if redis.call('HGET', KEYS[2], 'closed') then return 0 end
+  local owner = redis.call('HGET', KEYS[2], 'attempt')
+  if owner and owner ~= ARGV[4] then return 0 end
+end
+"""
+    + _FLOOR.replace("FLOOR", "3")
     + """
 redis.call('HSET', KEYS[2], 'closed', '1')
 if ARGV[2] == '1' then redis.call('HSET', KEYS[2], 'cancel', '1') end
@@ -56,12 +80,6 @@ local last = redis.call('HINCRBY', KEYS[2], 'seq', tonumber(ARGV[1]))
 return {last - tonumber(ARGV[1]) + 1, redis.call('XRANGE', KEYS[1], '-', '+')}
 """
 )
-
-_REOPEN = """
-if redis.call('HGET', KEYS[1], 'cancel') then return 0 end
-redis.call('HDEL', KEYS[1], 'closed')
-return 1
-"""
 
 _PUBLISH = """
 for i = 2, #ARGV, 4 do
@@ -115,7 +133,7 @@ class RedisEventLog:
         self._append = client.register_script(_APPEND)
         self._close = client.register_script(_CLOSE)
         self._publish = client.register_script(_PUBLISH)
-        self._reopen = client.register_script(_REOPEN)
+        self._open = client.register_script(_OPEN)
         self._seen: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
@@ -130,10 +148,20 @@ class RedisEventLog:
         """Append events in one round trip; returns their ids, or [] once the run is closed."""
         if not events:
             return []
-        args: list[Any] = [_now_ms(), self._seen.get(ref.key, 0)]
+        return self._appended(ref, self._append, [], events)
+
+    def open(self, ref: RunRef, attempt: int, events: Sequence[NewEvent]) -> bool:
+        """Open the stream for ``attempt`` and append its opening events, in one round trip.
+        False when the run was cancelled (nothing is appended)."""
+        return bool(self._appended(ref, self._open, [attempt], events)) or not events
+
+    def _appended(
+        self, ref: RunRef, script: Any, extra: list[Any], events: Sequence[NewEvent]
+    ) -> list[int]:
+        args: list[Any] = [_now_ms(), self._seen.get(ref.key, 0), *extra]
         for event in events:
             args.extend((event.event_type, _payload(event.payload)))
-        ids = [int(i) for i in self._append(keys=[_stream_key(ref), _meta_key(ref)], args=args)]
+        ids = [int(i) for i in script(keys=[_stream_key(ref), _meta_key(ref)], args=args)]
         if ids:
             self._saw(ref.key, ids[-1])
         return ids
@@ -143,10 +171,28 @@ class RedisEventLog:
 
         Returns the first reserved id and every event appended so far.
         """
-        first, entries = self._close(
+        closed = self._closed(ref, count, cancel=cancel, attempt="")
+        assert closed is not None, "an unconditional close is never refused"
+        return closed
+
+    def close_attempt(
+        self, ref: RunRef, attempt: int, count: int, *, cancel: bool = False
+    ) -> tuple[int, list[RunEvent]] | None:
+        """``close`` on behalf of the attempt that finishes the run. ``None`` when the stream
+        was closed already (the run was cancelled, or ended by the sweeper) or belongs to a
+        later attempt: the attempt lost the run."""
+        return self._closed(ref, count, cancel=cancel, attempt=str(attempt))
+
+    def _closed(
+        self, ref: RunRef, count: int, *, cancel: bool, attempt: str
+    ) -> tuple[int, list[RunEvent]] | None:
+        reply = self._close(
             keys=[_stream_key(ref), _meta_key(ref)],
-            args=[count, "1" if cancel else "0", self._seen.pop(ref.key, 0)],
+            args=[count, "1" if cancel else "0", self._seen.pop(ref.key, 0), attempt],
         )
+        if not isinstance(reply, list):
+            return None
+        first, entries = reply
         return int(first), [_decode(e) for e in entries]
 
     def _saw(self, key: str, event_id: int) -> None:
@@ -154,10 +200,6 @@ class RedisEventLog:
         self._seen.move_to_end(key)
         if len(self._seen) > _SEEN_LIMIT:
             self._seen.popitem(last=False)
-
-    def reopen(self, ref: RunRef) -> bool:
-        """Accept appends again for a new attempt, unless the run was cancelled meanwhile."""
-        return bool(self._reopen(keys=[_meta_key(ref)]))
 
     def publish(self, ref: RunRef, events: Sequence[RunEvent]) -> None:
         """Add the final events under their reserved ids and let the run's keys expire."""

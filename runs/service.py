@@ -331,10 +331,7 @@ class RunService:
 
     def open_attempt(self, run: Run, events: Sequence[NewEvent]) -> bool:
         """Emit a claimed attempt's opening events. False when the run was cancelled first."""
-        if run.attempt > 1:
-            # An earlier attempt may have closed the stream and died before its record landed.
-            self._events.reopen(run.ref)
-        return self.emit(run.ref, events)
+        return self._events.open(run.ref, run.attempt, events)
 
     def emit(self, ref: RunRef, events: Sequence[NewEvent]) -> bool:
         """Append events of a running run. False once the run is closed (cancelled)."""
@@ -370,16 +367,21 @@ class RunService:
             "updated_at": now,
             "attempts": attempts or None,
         }
-        # The conditional update first (it holds the row until commit), then close the stream:
-        # an attempt that lost the run must not close the stream of the attempt that has it.
-        with self._engine.begin() as conn:
-            if not store.finish_run(conn, run.ref, run.attempt, values):
+        # The stream is closed first, on behalf of this attempt: refused when a cancel or the
+        # sweeper closed it, or a later attempt owns it. Then the conditional update and the
+        # copy of the events, at once; the final events are published only after that commit.
+        closed = self._events.close_attempt(run.ref, run.attempt, len(closing), cancel=stop_work)
+        if closed is None:
+            return False
+        first, so_far = closed
+        final = ev.numbered(closing, first, now)
+        # One statement needs no transaction; a workflow also ends its nodes in the same one.
+        single = run.kind is RunKind.TASK and store.finishes_in_one_statement(self._engine)
+        with self._auto.connect() if single else self._engine.begin() as conn:
+            if not store.finish_run(conn, run.ref, run.attempt, values, [*so_far, *final]):
                 return False
             if run.kind is RunKind.WORKFLOW:  # nothing of a finished run stays active
                 nodes.cancel_active_nodes(conn, run.ref, now)
-            first, so_far = self._events.close(run.ref, len(closing), cancel=stop_work)
-            final = ev.numbered(closing, first, now)
-            store.insert_events(conn, run.ref, [*so_far, *final])
         self._events.publish(run.ref, final)
         return True
 

@@ -231,3 +231,71 @@ def test_scoping_run_ids_by_project_carries_existing_runs_events_and_nodes_over(
             assert len(store.list_events(conn, task, after=0, limit=10)) == 3
     finally:
         engine.dispose()
+
+
+def test_statements_by_key_use_the_primary_key_on_a_table_never_analyzed(
+    fresh_postgres_url: str,
+) -> None:
+    """A partial index whose condition a claim implied was preferred to the key while the
+    table had no statistics yet (a new deployment), and every claim scanned the index."""
+    migrate.upgrade(fresh_postgres_url)
+    now = datetime(2026, 12, 1, tzinfo=UTC)
+    project = Project(str(uuid.uuid4()), "p", "p", now)
+    engine = create_engine(fresh_postgres_url, pool_size=1)
+    try:
+        with engine.begin() as conn:
+            store.insert_project(conn, project)
+            for i in range(300):
+                run_id = f"run_{i}"
+                conn.execute(
+                    runs_table.insert(),
+                    {
+                        "run_id": run_id,
+                        "project_id": project.id,
+                        "kind": "task",
+                        "status": "pending",
+                        "owner_kind": "project",
+                        "owner_id": project.id,
+                        "root_run_id": run_id,
+                        "parent_run_id": "run_0" if i % 2 else None,
+                        "target": "task:echo",
+                        "queue": "runs",
+                        "artifacts": [],
+                        "attempt": 0,
+                        "created_at": now,
+                        "updated_at": now,
+                        "available_at": now,
+                    },
+                )
+        key = {"b_project_id": project.id, "b_run_id": "run_7"}
+        statements = {
+            "claim": (store._CLAIM, {**key, "b_now": now, "b_worker": "w", "b_lease": now}),
+            "finish": (
+                store._FINISH_WITH_EVENTS,
+                {
+                    **key,
+                    "b_attempt": 1,
+                    **{f"b_{name}": None for name in store.FINISH_FIELDS},
+                    "b_status": "completed",
+                    "b_artifacts": [],
+                    "b_updated_at": now,
+                    "b_events": [],
+                },
+            ),
+            "get": (
+                runs_table.select().where(store.of_run(runs_table, RunRef(project.id, "run_7"))),
+                {},
+            ),
+        }
+        with engine.connect() as conn:
+            for name, (statement, params) in statements.items():
+                compiled = statement.compile(dialect=conn.dialect)
+                bound = compiled.construct_params(params)
+                processors = compiled._bind_processors
+                bound = {k: processors[k](v) if k in processors else v for k, v in bound.items()}
+                plan = "\n".join(
+                    row[0] for row in conn.exec_driver_sql(f"EXPLAIN {compiled}", bound)
+                )
+                assert "pk_runs" in plan, f"{name}:\n{plan}"
+    finally:
+        engine.dispose()

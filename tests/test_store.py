@@ -293,7 +293,8 @@ def test_finishing_the_running_attempt_writes_the_terminal_record_and_drops_the_
     conn: sa.Connection, project: Project
 ) -> None:
     run = claimed(conn, project)
-    assert store.finish_run(conn, run.ref, run.attempt, finish_values())
+    assert store.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
+    assert store.list_events(conn, run.ref, after=0, limit=10) == archived(2)
     done = store.get_run(conn, run.ref)
     assert done is not None
     assert done.status is RunStatus.COMPLETED and done.output == {"answer": 42}
@@ -308,29 +309,43 @@ def test_a_stale_attempt_cannot_finish_the_run(
     conn: sa.Connection, project: Project, stale_attempt: int
 ) -> None:
     run = claimed(conn, project)
-    assert not store.finish_run(conn, run.ref, stale_attempt, finish_values("failed"))
+    assert not store.finish_run(conn, run.ref, stale_attempt, finish_values("failed"), archived(2))
     assert store.get_run(conn, run.ref) == run
     assert lease_of(conn, run.ref)[0] == "w"
 
 
+def test_a_finish_that_changes_nothing_archives_no_events(
+    conn: sa.Connection, project: Project
+) -> None:
+    run = claimed(conn, project)
+    assert not store.finish_run(conn, run.ref, run.attempt + 1, finish_values(), archived(3))
+    assert store.list_events(conn, run.ref, after=0, limit=10) == []
+    assert store.finish_run(conn, run.ref, run.attempt, finish_values(), [])
+    assert store.get_run(conn, run.ref).status is RunStatus.COMPLETED  # type: ignore[union-attr]
+
+
 def test_a_pending_run_cannot_be_finished(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project, status="pending", attempt=1)
-    assert not store.finish_run(conn, run.ref, 1, finish_values())
+    assert not store.finish_run(conn, run.ref, 1, finish_values(), archived(2))
     assert store.get_run(conn, run.ref) == run
 
 
 def test_a_waiting_run_can_be_finished(conn: sa.Connection, project: Project) -> None:
     """A workflow parked on a wait ends when the wait times out."""
     run = insert(conn, project, status="waiting", attempt=1)
-    assert store.finish_run(conn, run.ref, 1, finish_values("failed"))
+    assert store.finish_run(conn, run.ref, 1, finish_values("failed"), archived(2))
 
 
 def test_finishing_an_unknown_run_is_false(
     conn: sa.Connection, project: Project, other_project: Project
 ) -> None:
     theirs = insert(conn, other_project, status="running", attempt=1)
-    assert not store.finish_run(conn, RunRef(project.id, "run_nobody"), 1, finish_values())
-    assert not store.finish_run(conn, RunRef(project.id, theirs.run_id), 1, finish_values())
+    assert not store.finish_run(
+        conn, RunRef(project.id, "run_nobody"), 1, finish_values(), archived(2)
+    )
+    assert not store.finish_run(
+        conn, RunRef(project.id, theirs.run_id), 1, finish_values(), archived(2)
+    )
     assert store.get_run(conn, theirs.ref) == theirs
 
 
@@ -409,7 +424,7 @@ def test_a_terminal_run_never_changes_whatever_is_tried(
     for attempt in (0, 1, 2):
         for outcome in ("completed", "failed", "cancelled"):
             assert not store.finish_run(
-                conn, run.ref, attempt, finish_values(outcome, output={"late": True})
+                conn, run.ref, attempt, finish_values(outcome, output={"late": True}), archived(2)
             )
     assert store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values()) is None
     assert store.get_run(conn, run.ref) == run
@@ -420,7 +435,7 @@ def test_a_late_finish_after_cancel_changes_nothing(conn: sa.Connection, project
     run = claimed(conn, project)
     cancelled = store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert cancelled is not None
-    assert not store.finish_run(conn, run.ref, run.attempt, finish_values())
+    assert not store.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
     assert store.get_run(conn, run.ref) == cancelled
 
 
@@ -600,7 +615,7 @@ def test_a_terminal_record_with_invalid_text_and_nan_is_stored_cleaned(
         artifacts=[{"name": UNCLEAN}],
         attempts=[{"attempt": 1, "status": "failed", "error": {"message": UNCLEAN}}],
     )
-    assert store.finish_run(conn, run.ref, run.attempt, values)
+    assert store.finish_run(conn, run.ref, run.attempt, values, archived(2))
     done = store.get_run(conn, run.ref)
     assert done is not None
     assert done.output == {CLEANED: [CLEANED, None]}

@@ -66,9 +66,9 @@ class TaskContext:
         self._log_room = max_log_bytes
         self._log_lock = threading.Lock()
         self.artifacts: list[dict[str, Any]] = []
-        # An unmanaged logger: not kept in logging's registry after the run.
-        self.logger = logging.Logger(f"runs.task.{target}")
-        self.logger.setLevel(logging.DEBUG)
+        # An unmanaged logger: not kept in logging's registry after the run. Its level is set
+        # by the constructor: setLevel would clear the cache of every logger of the process.
+        self.logger = logging.Logger(f"runs.task.{target}", logging.DEBUG)
         self.logger.addHandler(_CaptureHandler(self._capture))
 
     # -- logs and events ------------------------------------------------------------------

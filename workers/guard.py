@@ -116,8 +116,9 @@ def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
 
 
 class AttemptGuard:
-    """A thread beside one attempt: renews its lease every third of the lease, raises the
-    flag at the timeout, and escalates a stop as the module docstring says."""
+    """Watches one attempt: renews its lease every third of the lease, raises the flag at the
+    timeout, and escalates a stop as the module docstring says. The guards of a process are
+    ticked by one shared thread (``_Ticker``), not a thread each."""
 
     def __init__(
         self,
@@ -129,7 +130,6 @@ class AttemptGuard:
         grace_seconds: float,
         interrupter: Interrupter | None,
         abandon: Callable[[StopReason], None],
-        tick: float = 0.1,
     ) -> None:
         self.reason: StopReason | None = None
         self._flag = flag
@@ -139,54 +139,50 @@ class AttemptGuard:
         self._grace = grace_seconds
         self._interrupter = interrupter
         self._abandon = abandon
-        self._tick = tick
         self._returned = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="runs-attempt-guard", daemon=True)
+        self._started = 0.0
+        self._next_renewal = 0.0
+        self._stop_at: float | None = None
+        self._step = 0
 
     def __enter__(self) -> AttemptGuard:
-        self._thread.start()
+        self._started = time.monotonic()
+        self._next_renewal = self._started + self._lease / 3
+        _ticker().add(self)
         return self
 
     def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+        _ticker().remove(self)
 
     def returned(self) -> None:
         """The task's code has returned: no timeout or escalation from now on."""
         self._returned.set()
 
-    def _loop(self) -> None:
-        started = time.monotonic()
-        next_renewal = started + self._lease / 3
-        stop_at: float | None = None
-        step = 0
-        while not self._stop.wait(self._tick):
-            now = time.monotonic()
-            if now >= next_renewal:
-                next_renewal = now + self._lease / 3
-                lease = self._renewed()
-                if lease is not Lease.HELD and self.reason is None:
-                    stopping = lease is Lease.STOPPING
-                    self.reason = StopReason.CANCELLED if stopping else StopReason.LOST
-                    self._flag.set()
-            if self._returned.is_set():
-                continue
-            if self.reason is None and now - started >= self._timeout:
-                self.reason = StopReason.TIMEOUT
+    def tick(self, now: float) -> None:
+        if now >= self._next_renewal:
+            self._next_renewal = now + self._lease / 3
+            lease = self._renewed()
+            if lease is not Lease.HELD and self.reason is None:
+                stopping = lease is Lease.STOPPING
+                self.reason = StopReason.CANCELLED if stopping else StopReason.LOST
                 self._flag.set()
-            if stop_at is None and self._flag.is_set():
-                stop_at = now
-                self.reason = self.reason or StopReason.CANCELLED
-            if stop_at is None:
-                continue
-            if step == 0 and now >= stop_at + self._grace:
-                step = 1
-                if self._interrupter is not None and self._interrupter.fire():
-                    log.warning("interrupted a task that did not stop (%s)", self.reason)
-            elif step == 1 and now >= stop_at + 2 * self._grace:
-                step = 2
-                self._give_up()
+        if self._returned.is_set():
+            return
+        if self.reason is None and now - self._started >= self._timeout:
+            self.reason = StopReason.TIMEOUT
+            self._flag.set()
+        if self._stop_at is None and self._flag.is_set():
+            self._stop_at = now
+            self.reason = self.reason or StopReason.CANCELLED
+        if self._stop_at is None:
+            return
+        if self._step == 0 and now >= self._stop_at + self._grace:
+            self._step = 1
+            if self._interrupter is not None and self._interrupter.fire():
+                log.warning("interrupted a task that did not stop (%s)", self.reason)
+        elif self._step == 1 and now >= self._stop_at + 2 * self._grace:
+            self._step = 2
+            self._give_up()
 
     def _renewed(self) -> Lease:
         try:
@@ -216,3 +212,53 @@ class AttemptGuard:
             "process; it keeps running, but its outcome is recorded",
             reason,
         )
+
+
+class _Ticker:
+    """The thread of a process that ticks the guards of its running attempts."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._guards: set[AttemptGuard] = set()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, guard: AttemptGuard) -> None:
+        with self._lock:
+            self._guards.add(guard)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="runs-attempt-guards", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, guard: AttemptGuard) -> None:
+        with self._lock:
+            self._guards.discard(guard)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            with self._lock:
+                guards = list(self._guards)
+            now = time.monotonic()
+            for guard in guards:
+                try:
+                    guard.tick(now)
+                except Exception:  # one guard's failure must not stop the others'
+                    log.exception("an attempt guard failed")
+
+
+_tickers: dict[int, _Ticker] = {}
+_tickers_lock = threading.Lock()
+TICK_SECONDS = 0.1
+
+
+def _ticker() -> _Ticker:
+    """The ticker of this process (a forked pool process starts its own)."""
+    pid = os.getpid()
+    ticker = _tickers.get(pid)
+    if ticker is None:
+        with _tickers_lock:
+            ticker = _tickers.setdefault(pid, _Ticker(TICK_SECONDS))
+    return ticker

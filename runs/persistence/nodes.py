@@ -12,7 +12,7 @@ from runs.domain.runs import RunRef, RunStatus
 from runs.domain.text import storable
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
 from runs.persistence.store import of_run
-from runs.persistence.tables import runs, workflow_nodes
+from runs.persistence.tables import is_one_of, runs, workflow_nodes
 
 _NODE_FIELDS = (
     "run_id",
@@ -84,7 +84,7 @@ def transition(
     query = workflow_nodes.update().where(
         of_run(workflow_nodes, ref),
         workflow_nodes.c.node_id == node_id,
-        workflow_nodes.c.status.in_([s.value for s in from_statuses]),
+        is_one_of(workflow_nodes.c.status, [s.value for s in from_statuses]),
     )
     if attempt is not None:
         query = query.where(workflow_nodes.c.attempt == attempt)
@@ -191,7 +191,7 @@ def stale_nodes(
         )
         .where(
             _stale(before, now),
-            runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]),
+            is_one_of(runs.c.status, [RunStatus.RUNNING.value, RunStatus.WAITING.value]),
         )
         .order_by(workflow_nodes.c.updated_at)
         .limit(limit)
@@ -221,7 +221,7 @@ def cancel_active_nodes(conn: sa.Connection, ref: RunRef, now: datetime) -> None
         workflow_nodes.update()
         .where(
             of_run(workflow_nodes, ref),
-            workflow_nodes.c.status.in_([s.value for s in NODE_ACTIVE]),
+            is_one_of(workflow_nodes.c.status, [s.value for s in NODE_ACTIVE]),
         )
         .values(status=NodeStatus.CANCELLED.value, completed_at=now, updated_at=now)
     )

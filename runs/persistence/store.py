@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from runs.domain.events import RunEvent
 from runs.domain.projects import ApiToken, Project
@@ -24,12 +25,41 @@ from runs.persistence.tables import (
     UTCDateTime,
     api_tokens,
     definitions,
+    is_one_of,
     projects,
     run_events,
     runs,
 )
 
 _RUN_COLUMNS = tuple(c for c in runs.c)
+# What an attempt needs of its run: a claimed run is pending, so its outcome columns are
+# empty, and the rest is the API's to show.
+_CLAIMED_COLUMNS = tuple(
+    runs.c[name]
+    for name in (
+        "project_id",
+        "run_id",
+        "kind",
+        "status",
+        "owner_kind",
+        "owner_id",
+        "parent_run_id",
+        "root_run_id",
+        "target",
+        "queue",
+        "config",
+        "input",
+        "timeout_seconds",
+        "backoff_limit",
+        "attempt",
+        "attempts",
+        "available_at",
+        "attempt_started_at",
+        "created_at",
+        "updated_at",
+        "started_at",
+    )
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +87,7 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
         data.pop(key, None)
     data["kind"] = RunKind(data["kind"])
     data["status"] = RunStatus(data["status"])
-    data["artifacts"] = data["artifacts"] or []
+    data["artifacts"] = data.get("artifacts") or []
     data["attempts"] = data.get("attempts") or []
     return Run(**data)
 
@@ -259,7 +289,7 @@ _CLAIM = (
         lease_owner=sa.bindparam("b_worker"),
         lease_expires_at=sa.bindparam("b_lease", type_=UTCDateTime()),
     )
-    .returning(*_RUN_COLUMNS)
+    .returning(*_CLAIMED_COLUMNS)
 )
 
 FINISH_FIELDS = (
@@ -279,7 +309,7 @@ _FINISH = (
     .where(
         runs.c.project_id == sa.bindparam("b_project_id"),
         runs.c.run_id == sa.bindparam("b_run_id"),
-        runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.WAITING.value]),
+        is_one_of(runs.c.status, [RunStatus.RUNNING.value, RunStatus.WAITING.value]),
         runs.c.attempt == sa.bindparam("b_attempt"),
     )
     .values(
@@ -295,7 +325,8 @@ def claim_run(
     conn: sa.Connection, ref: RunRef, *, worker: str, lease_until: datetime, now: datetime
 ) -> Run | None:
     """pending -> running, one attempt more. ``None`` when the run is not pending (or not
-    due yet: a retry still in its backoff)."""
+    due yet: a retry still in its backoff). The run returned holds what an attempt needs
+    (``_CLAIMED_COLUMNS``); its other fields keep their defaults."""
     row = (
         conn.execute(
             _CLAIM,
@@ -313,15 +344,75 @@ def claim_run(
     return run_from_row(row) if row is not None else None
 
 
-def finish_run(conn: sa.Connection, ref: RunRef, attempt: int, values: Mapping[str, Any]) -> bool:
-    """Write the terminal record of a running attempt (every field of ``FINISH_FIELDS``).
+# On PostgreSQL the terminal record and the copy of the events are one statement: the
+# conditional UPDATE, and an INSERT of the events that happens only when the UPDATE did.
+_FINISHED = _FINISH.returning(runs.c.project_id, runs.c.run_id).cte("finished")
+# The events travel as one JSON array: one parameter to encode, whatever their number.
+_FINAL_EVENTS = (
+    sa.func.jsonb_to_recordset(sa.bindparam("b_events", type_=postgresql.JSONB()))
+    .table_valued(
+        sa.column("event_id", sa.BigInteger()),
+        sa.column("event_type", sa.String()),
+        sa.column("payload", postgresql.JSONB()),
+        sa.column("created_at", sa.DateTime(timezone=True)),
+    )
+    .render_derived(with_types=True)
+)
+_ARCHIVED = (
+    run_events.insert()
+    .from_select(
+        ["project_id", "run_id", "event_id", "event_type", "payload", "created_at"],
+        sa.select(
+            _FINISHED.c.project_id,
+            _FINISHED.c.run_id,
+            _FINAL_EVENTS.c.event_id,
+            _FINAL_EVENTS.c.event_type,
+            _FINAL_EVENTS.c.payload,
+            _FINAL_EVENTS.c.created_at,
+        )
+        .select_from(_FINISHED)
+        .join(_FINAL_EVENTS, sa.true()),
+    )
+    .cte("archived")
+)
+_FINISH_WITH_EVENTS = sa.select(sa.func.count()).select_from(_FINISHED).add_cte(_ARCHIVED)
+
+
+def finishes_in_one_statement(engine: sa.Engine) -> bool:
+    """Whether ``finish_run`` is a single statement (atomic even in autocommit) here."""
+    return engine.dialect.name == "postgresql"
+
+
+def finish_run(
+    conn: sa.Connection,
+    ref: RunRef,
+    attempt: int,
+    values: Mapping[str, Any],
+    events: Sequence[RunEvent],
+) -> bool:
+    """Write the terminal record of a running attempt (every field of ``FINISH_FIELDS``) and
+    archive the run's events. One statement on PostgreSQL; elsewhere two, so call it inside
+    a transaction (see ``finishes_in_one_statement``).
 
     False when the attempt no longer owns the run: it changed nothing.
     """
     params = {f"b_{name}": storable(values[name]) for name in FINISH_FIELDS}
-    keys = {"b_project_id": ref.project_id, "b_run_id": ref.run_id, "b_attempt": attempt}
-    result = conn.execute(_FINISH, {**keys, **params})
-    return result.rowcount == 1
+    params |= {"b_project_id": ref.project_id, "b_run_id": ref.run_id, "b_attempt": attempt}
+    if conn.dialect.name == "postgresql":
+        params["b_events"] = [
+            {
+                "event_id": e.event_id,
+                "event_type": e.event_type,
+                "payload": storable(e.payload),
+                "created_at": e.created_at.isoformat(),
+            }
+            for e in events
+        ]
+        return bool(conn.execute(_FINISH_WITH_EVENTS, params).scalar_one())
+    if conn.execute(_FINISH, params).rowcount != 1:
+        return False
+    insert_events(conn, ref, events)
+    return True
 
 
 def cancel_run(

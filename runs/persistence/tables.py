@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,9 +48,21 @@ class SQLiteJSON(sa.TypeDecorator[Any]):
         return json.loads(value) if isinstance(value, str) else value
 
 
+def is_one_of(column: sa.ColumnElement[str], values: Iterable[str]) -> sa.ColumnElement[bool]:
+    """``column IN (...)`` of constants written into the SQL: an expanding parameter would be
+    rendered again on every execution."""
+    return column.in_([sa.literal_column(f"'{value}'") for value in values])
+
+
 JSONType: sa.types.TypeEngine[Any] = (
     sa.JSON().with_variant(postgresql.JSONB(), "postgresql").with_variant(SQLiteJSON(), "sqlite")
 )
+
+
+def _partial(name: str, columns: list[str], where: str) -> sa.Index:
+    condition = sa.text(where)
+    return sa.Index(name, *columns, postgresql_where=condition, sqlite_where=condition)
+
 
 metadata = sa.MetaData(
     naming_convention={
@@ -156,11 +169,17 @@ runs = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.Column("started_at", UTCDateTime(), nullable=True),
     sa.Column("completed_at", UTCDateTime(), nullable=True),
+    # Listing, newest first. The other indexes are partial, on the few rows they serve: every
+    # change of a row writes an entry in each index whose condition the row meets. No
+    # statement that names a run by its key may imply a partial index's condition, or the
+    # planner may scan that index instead of the key on a table it has no statistics of
+    # yet (hence "available_at IS NOT NULL", which a claim's condition does not imply).
     sa.Index("ix_runs_project_created", "project_id", "created_at", "run_id"),
-    sa.Index("ix_runs_parent", "project_id", "parent_run_id"),
-    sa.Index("ix_runs_status_updated", "status", "updated_at"),
-    sa.Index("ix_runs_status_available", "status", "available_at"),
-    sa.Index("ix_runs_status_lease", "status", "lease_expires_at"),
+    _partial("ix_runs_parent", ["project_id", "parent_run_id"], "parent_run_id IS NOT NULL"),
+    _partial(
+        "ix_runs_pending", ["available_at"], "status = 'pending' AND available_at IS NOT NULL"
+    ),
+    _partial("ix_runs_leased", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
 )
 
 # Events of finished runs, copied from the Redis stream in the run's terminal transaction.
@@ -201,5 +220,12 @@ workflow_nodes = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.ForeignKeyConstraint(
         ["project_id", "run_id"], ["runs.project_id", "runs.run_id"], ondelete="CASCADE"
+    ),
+    # The sweeper's look for steps left queued, or running on a lapsed lease ("updated_at IS
+    # NOT NULL": a node's claim must not imply the condition, see runs above).
+    _partial(
+        "ix_workflow_nodes_live",
+        ["updated_at"],
+        "status IN ('queued', 'running') AND updated_at IS NOT NULL",
     ),
 )
