@@ -14,10 +14,10 @@ import sqlalchemy as sa
 
 from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict
-from runs.domain.events import STEP_FINISHED, NewEvent
+from runs.domain.events import STEP_FINISHED, STEP_STARTED, NewEvent
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunKind, RunRef
-from runs.domain.workflows import NodeRecord, NodeStatus
+from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
 from runs.persistence import nodes
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
@@ -56,7 +56,140 @@ class WorkflowState:
         with self._auto.connect() as conn:
             return nodes.get_nodes(conn, ref)
 
-    def move(
+    # -- node transitions: each a conditional update, and its event once it happened -------
+
+    def queue(self, ref: RunRef, node_id: str) -> bool:
+        """pending -> queued: its job is about to be sent."""
+        return self._move(ref, node_id, [NodeStatus.PENDING], {"status": NodeStatus.QUEUED})
+
+    def skip(self, ref: RunRef, node_id: str, *, broken: bool) -> bool:
+        """pending -> skipped (its branch was not taken), or cancelled when ``broken`` (a node
+        it depends on failed)."""
+        status = NodeStatus.CANCELLED if broken else NodeStatus.SKIPPED
+        return self._move(
+            ref,
+            node_id,
+            [NodeStatus.PENDING],
+            {"status": status, "completed_at": self._clock()},
+            event=step_event(STEP_FINISHED, node_id, status.value, 0),
+        )
+
+    def park(
+        self, ref: RunRef, node_id: str, *, deadline: datetime | None, event: str | None
+    ) -> bool:
+        """pending -> waiting for an approval, or for ``event``, until ``deadline``."""
+        return self._move(
+            ref,
+            node_id,
+            [NodeStatus.PENDING],
+            {
+                "status": NodeStatus.WAITING,
+                "deadline": deadline,
+                "wait_event": event,
+                "started_at": self._clock(),
+            },
+            event=step_event(STEP_STARTED, node_id, "waiting", 0),
+        )
+
+    def open(self, ref: RunRef, node_id: str, *, arm: str | None) -> bool:
+        """pending -> running, for a group (parallel, branch: ``arm`` names the branch taken)."""
+        extra = {"arm": arm} if arm else {}
+        return self._move(
+            ref,
+            node_id,
+            [NodeStatus.PENDING],
+            {"status": NodeStatus.RUNNING, "arm": arm, "started_at": self._clock()},
+            event=step_event(STEP_STARTED, node_id, "running", 0, **extra),
+        )
+
+    def complete(
+        self,
+        ref: RunRef,
+        node_id: str,
+        output: Any,
+        *,
+        attempt: int | None = None,
+        logs: str | None = None,
+        waiting: bool = False,
+    ) -> bool:
+        """running (or, with ``waiting``, parked) -> completed with ``output``; ``attempt``
+        names the step's attempt that ran it."""
+        values: dict[str, Any] = {
+            "status": NodeStatus.COMPLETED,
+            "output": output,
+            "completed_at": self._clock(),
+        }
+        if attempt is not None:
+            values |= {"logs": logs, "error": None}
+        return self._move(
+            ref,
+            node_id,
+            [NodeStatus.WAITING if waiting else NodeStatus.RUNNING],
+            values,
+            attempt=attempt,
+            event=step_event(STEP_FINISHED, node_id, "completed", attempt or 0),
+        )
+
+    def fail(
+        self,
+        ref: RunRef,
+        node_id: str,
+        error: dict[str, Any],
+        *,
+        attempt: int | None = None,
+        logs: str | None = None,
+        status: NodeStatus = NodeStatus.FAILED,
+    ) -> bool:
+        """running or parked -> failed (or cancelled: a step whose run was cancelled)."""
+        values: dict[str, Any] = {"status": status, "error": error, "completed_at": self._clock()}
+        if attempt is not None:
+            values["logs"] = logs
+        return self._move(
+            ref,
+            node_id,
+            [NodeStatus.RUNNING, NodeStatus.WAITING],
+            values,
+            attempt=attempt,
+            event=step_event(
+                STEP_FINISHED, node_id, status.value, attempt or 0, message=error.get("message")
+            ),
+        )
+
+    def requeue(
+        self, ref: RunRef, node_id: str, *, attempt: int, error: dict[str, Any], logs: str | None
+    ) -> bool:
+        """running -> queued for another attempt of the step (its job is sent after a delay)."""
+        return self._move(
+            ref,
+            node_id,
+            [NodeStatus.RUNNING],
+            {"status": NodeStatus.QUEUED, "error": error, "logs": logs},
+            attempt=attempt,
+            event=step_event(
+                STEP_FINISHED,
+                node_id,
+                "failed",
+                attempt,
+                retrying=True,
+                message=error.get("message"),
+            ),
+        )
+
+    def cancel(self, ref: RunRef, node_id: str) -> bool:
+        """queued, running or parked -> cancelled (a race's losers, a group given up); the
+        worker running it is told to stop."""
+        cancelled = self._move(
+            ref,
+            node_id,
+            NODE_ACTIVE,
+            {"status": NodeStatus.CANCELLED, "completed_at": self._clock()},
+            event=step_event(STEP_FINISHED, node_id, "cancelled", 0),
+        )
+        if cancelled:
+            self._events.request_stop(ref, node_id)
+        return cancelled
+
+    def _move(
         self,
         ref: RunRef,
         node_id: str,
@@ -81,9 +214,16 @@ class WorkflowState:
         return moved
 
     def claim(
-        self, ref: RunRef, node_id: str, *, worker: str, lease_seconds: float, reclaim: bool = False
+        self,
+        ref: RunRef,
+        node_id: str,
+        *,
+        worker: str,
+        lease_seconds: float,
+        from_status: NodeStatus = NodeStatus.QUEUED,
     ) -> NodeRecord | None:
-        """Take a queued node (or, with ``reclaim``, one whose worker's lease expired)."""
+        """Take a step for one attempt: queued (its job arrived), pending (the job of the step
+        before goes on with it), or running on a lapsed lease (its worker died)."""
         now = self._clock()
         with self._auto.connect() as conn:
             return nodes.claim_node(
@@ -93,7 +233,7 @@ class WorkflowState:
                 now=now,
                 worker=worker,
                 lease_until=now + timedelta(seconds=lease_seconds),
-                reclaim=reclaim,
+                from_status=from_status,
             )
 
     def renew(self, ref: RunRef, node_id: str, attempt: int, lease_seconds: float) -> bool:
@@ -107,10 +247,6 @@ class WorkflowState:
         with self._auto.connect() as conn:
             until = nodes.lease_of(conn, ref, node_id)
         return max(0.0, (until - self._clock()).total_seconds()) if until else 0.0
-
-    def stop_node(self, ref: RunRef, node_id: str) -> None:
-        """Tell the worker running this node to stop (its result would be discarded)."""
-        self._events.request_stop(ref, node_id)
 
     def set_waiting(self, ref: RunRef, reason: str | None) -> bool:
         with self._auto.connect() as conn:
@@ -156,23 +292,15 @@ class WorkflowState:
                 "send it to /signals",
                 field="node_id",
             )
-        now = self._clock()
         if approved:
-            values: dict[str, Any] = {
-                "status": NodeStatus.COMPLETED,
-                "output": {"approved": True, "comment": comment},
-            }
+            moved = self.complete(
+                run.ref, node_id, {"approved": True, "comment": comment}, waiting=True
+            )
         else:
-            values = {
-                "status": NodeStatus.FAILED,
-                "error": {
-                    "message": f"approval {node_id!r} was rejected"
-                    + (f": {comment}" if comment else ""),
-                    "code": "rejected",
-                },
-            }
-        status = values["status"].value
-        self._resume(run, node, {**values, "completed_at": now}, status)
+            reason = f"approval {node_id!r} was rejected" + (f": {comment}" if comment else "")
+            moved = self.fail(run.ref, node_id, {"message": reason, "code": "rejected"})
+        if moved:
+            self._resumed(run)
         return self._runs.get(project, run_id)
 
     def signal(self, project: Project, run_id: str, event: str, payload: Any) -> list[str]:
@@ -185,14 +313,13 @@ class WorkflowState:
         ]
         if run.kind is not RunKind.WORKFLOW or run.status.is_terminal or not waiting:
             raise Conflict(f"run {run_id!r} is not waiting for the event {event!r}", field="event")
-        now = self._clock()
-        resumed = []
-        for node in waiting:
-            values = {"status": NodeStatus.COMPLETED, "output": payload, "completed_at": now}
-            if self._resume(run, node, values, "completed", dispatch=False):
-                resumed.append(node.node_id)
+        resumed = [
+            node.node_id
+            for node in waiting
+            if self.complete(run.ref, node.node_id, payload, waiting=True)
+        ]
         if resumed:
-            self.dispatch(run)  # one re-plan for every node this event resumed
+            self._resumed(run)  # one re-plan for every node this event resumed
         return resumed
 
     def _waiting_node(self, project: Project, run_id: str, node_id: str) -> tuple[Run, NodeRecord]:
@@ -202,24 +329,7 @@ class WorkflowState:
             raise Conflict(f"run {run_id!r} is not waiting at node {node_id!r}", field="node_id")
         return run, node
 
-    def _resume(
-        self,
-        run: Run,
-        node: NodeRecord,
-        values: Mapping[str, Any],
-        status: str,
-        *,
-        dispatch: bool = True,
-    ) -> bool:
-        moved = self.move(
-            run.ref,
-            node.node_id,
-            [NodeStatus.WAITING],
-            values,
-            event=step_event(STEP_FINISHED, node.node_id, status, node.attempt),
-        )
-        if moved:
-            self.set_waiting(run.ref, None)
-            if dispatch:
-                self.dispatch(run)  # the engine re-plans the run
-        return moved
+    def _resumed(self, run: Run) -> None:
+        """A wait of the run ended: it runs again, and a job re-plans it."""
+        self.set_waiting(run.ref, None)
+        self.dispatch(run)

@@ -77,7 +77,7 @@ def _register_job(app: Celery, settings: Settings, registry: Registry, target: s
             ref = RunRef(project_id, run_id)
             if node_id is None:
                 return engine.advance(ref)
-            return StepRunner(runtime, engine.advance).run(ref, node_id)
+            return StepRunner(runtime, engine).run(ref, node_id)
 
     else:
 

@@ -13,10 +13,9 @@ import logging
 from pydantic import ValidationError
 
 from runs.domain.clock import utcnow
-from runs.domain.events import RUN_STARTED, STEP_FINISHED, STEP_STARTED, NewEvent
+from runs.domain.events import RUN_STARTED, NewEvent
 from runs.domain.runs import Outcome, Run, RunError, RunKind, RunRef, RunStatus
-from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus, approval_reason, event_reason
-from runs.workflow_state import step_event
+from runs.domain.workflows import NodeRecord, NodeStatus, approval_reason, event_reason
 from workers.dsl import Step, WorkflowDefinition
 from workers.runtime import WorkerRuntime
 from workers.workflows import (
@@ -43,11 +42,23 @@ class WorkflowEngine:
         self._rt = runtime
         self._runs = runtime.service
         self._state = runtime.workflows
+        self.continuation: str | None = None
+        self._may_continue = False
+        # What the last planning pass saw, for the job that goes on with ``continuation``.
+        self.planned_run: Run | None = None
+        self.planned_nodes: dict[str, NodeRecord] = {}
 
     # -- planning -------------------------------------------------------------------------
 
-    def advance(self, ref: RunRef) -> str:
-        run = self._runs.load(ref)
+    def advance(self, ref: RunRef, *, may_continue: bool = False, run: Run | None = None) -> str:
+        """Re-plan the run. With ``may_continue`` (the caller is a step's job that has just
+        recorded its step), one step the plan starts is left to the caller to run next in
+        the same job, as ``continuation``, instead of being sent as a job of its own. A
+        caller that read the run already passes it (a cancel since then ended its nodes, so
+        the plan starts nothing, and a finish it decides is refused)."""
+        self.continuation = None
+        self._may_continue = may_continue
+        run = run if run is not None else self._runs.load(ref)
         if run is None or run.kind is not RunKind.WORKFLOW or run.status.is_terminal:
             return "skipped: not an active workflow run"
         try:
@@ -98,6 +109,7 @@ class WorkflowEngine:
             if not nodes:  # a job died between claiming the run and creating its nodes
                 self._state.create(run.ref, list(definition.nodes))
                 continue
+            self.planned_run, self.planned_nodes = run, nodes
             ctx = context_for(run.run_id, run.input, nodes)
             now = utcnow()
             if (
@@ -126,84 +138,32 @@ class WorkflowEngine:
         return "advanced"
 
     def _apply(self, run: Run, action: Action) -> bool:
-        move = self._state.move
-        now = utcnow()
-        rid = run.ref
+        state, ref = self._state, run.ref
         if isinstance(action, Start):
-            if move(rid, action.node_id, [NodeStatus.PENDING], {"status": NodeStatus.QUEUED}):
-                self._state.dispatch(run, node_id=action.node_id)
+            if self._may_continue and self.continuation in (None, action.node_id):
+                # This job runs the step next and claims it from pending itself: nothing moved.
+                self.continuation = action.node_id
+                return False
+            if state.queue(ref, action.node_id):
+                state.dispatch(run, node_id=action.node_id)
                 return True
             return False
         if isinstance(action, Skip):
-            status = NodeStatus.CANCELLED if action.broken else NodeStatus.SKIPPED
-            return move(
-                rid,
-                action.node_id,
-                [NodeStatus.PENDING],
-                {"status": status, "completed_at": now},
-                event=step_event(STEP_FINISHED, action.node_id, status.value, 0),
-            )
+            return state.skip(ref, action.node_id, broken=action.broken)
         if isinstance(action, Park):
-            parked = move(
-                rid,
-                action.node_id,
-                [NodeStatus.PENDING],
-                {
-                    "status": NodeStatus.WAITING,
-                    "deadline": action.deadline,
-                    "wait_event": action.event,
-                    "started_at": now,
-                },
-                event=step_event(STEP_STARTED, action.node_id, "waiting", 0),
-            )
+            parked = state.park(ref, action.node_id, deadline=action.deadline, event=action.event)
             if parked and action.deadline is not None:
-                self._state.dispatch(
-                    run, countdown=max(0.0, (action.deadline - now).total_seconds()) + 0.05
-                )
+                wait = (action.deadline - utcnow()).total_seconds()
+                state.dispatch(run, countdown=max(0.0, wait) + 0.05)
             return parked
         if isinstance(action, Open):
-            return move(
-                rid,
-                action.node_id,
-                [NodeStatus.PENDING],
-                {"status": NodeStatus.RUNNING, "arm": action.arm, "started_at": now},
-                event=step_event(
-                    STEP_STARTED,
-                    action.node_id,
-                    "running",
-                    0,
-                    **({"arm": action.arm} if action.arm else {}),
-                ),
-            )
+            return state.open(ref, action.node_id, arm=action.arm)
         if isinstance(action, Complete):
-            return move(
-                rid,
-                action.node_id,
-                [NodeStatus.RUNNING],
-                {"status": NodeStatus.COMPLETED, "output": action.output, "completed_at": now},
-                event=step_event(STEP_FINISHED, action.node_id, "completed", 0),
-            )
+            return state.complete(ref, action.node_id, action.output)
         if isinstance(action, Fail):
-            return move(
-                rid,
-                action.node_id,
-                [NodeStatus.RUNNING, NodeStatus.WAITING],
-                {"status": NodeStatus.FAILED, "error": action.error, "completed_at": now},
-                event=step_event(
-                    STEP_FINISHED, action.node_id, "failed", 0, message=action.error.get("message")
-                ),
-            )
+            return state.fail(ref, action.node_id, action.error)
         if isinstance(action, Cancel):
-            cancelled = move(
-                rid,
-                action.node_id,
-                NODE_ACTIVE,
-                {"status": NodeStatus.CANCELLED, "completed_at": now},
-                event=step_event(STEP_FINISHED, action.node_id, "cancelled", 0),
-            )
-            if cancelled:
-                self._state.stop_node(rid, action.node_id)
-            return cancelled
+            return state.cancel(ref, action.node_id)
         raise TypeError(action)
 
     def _park_if_only_waiting(

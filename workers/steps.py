@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+import time
 from typing import Any
 
-from runs.domain.clock import utcnow
-from runs.domain.events import STEP_FINISHED, STEP_STARTED
+from runs.domain.events import STEP_STARTED
 from runs.domain.runs import Lease, Outcome, Run, RunError, RunKind, RunRef, RunRequest, RunStatus
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.workflow_state import step_event
 from workers.adapters import run_definition
 from workers.context import TaskContext, failed_outcome
 from workers.dsl import Step, WorkflowDefinition
+from workers.engine import WorkflowEngine
 from workers.guard import AttemptGuard, Interrupter, StopReason
 from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
@@ -24,26 +24,70 @@ from workers.workflows import WorkflowContext, context_for
 log = logging.getLogger(__name__)
 
 
+# How long one job keeps running the steps that become ready one after the other (a
+# sequence) before it sends the next one as a job of its own.
+CONTINUE_SECONDS = 5.0
+
+
 class StepRunner:
-    def __init__(self, runtime: WorkerRuntime, advance: Callable[[RunRef], str]) -> None:
+    def __init__(self, runtime: WorkerRuntime, engine: WorkflowEngine) -> None:
         self._rt = runtime
         self._runs = runtime.service
         self._state = runtime.workflows
-        self._advance = advance
+        self._engine = engine
+        self._run: Run | None = None  # the run of the step this job runs
 
     def run(self, ref: RunRef, node_id: str) -> str:
-        run = self._runs.load(ref)
-        if run is None or run.status.is_terminal:
-            return "skipped: run ended"
+        """Run the step, re-plan the run, and go on with a step the plan started right after
+        (saving the broker's round trip of a sequence); steps that can run beside it are sent
+        as jobs, so that other workers take them."""
+        deadline = time.monotonic() + CONTINUE_SECONDS
+        engine = self._engine
+        ended = self._run_step(ref, node_id, None, None)
+        while ended is None:
+            may_continue = time.monotonic() < deadline
+            outcome = engine.advance(ref, may_continue=may_continue, run=self._run)
+            next_node = engine.continuation
+            if next_node is None:
+                return outcome
+            ended = self._run_step(ref, next_node, engine.planned_run, engine.planned_nodes)
+        return ended
+
+    def _advance(self, ref: RunRef) -> str:
+        return self._engine.advance(ref)
+
+    def _run_step(
+        self,
+        ref: RunRef,
+        node_id: str,
+        run: Run | None,
+        known: dict[str, NodeRecord] | None,
+    ) -> str | None:
+        """Claim and run one step; ``None`` once its outcome is recorded (re-plan next).
+
+        Given the run and its nodes as the planner just saw them, the step goes on from the
+        step before it in the same job: it is claimed from pending."""
+        continuing = run is not None
+        if run is None:
+            run = self._runs.load(ref)
+            if run is None or run.status.is_terminal:
+                return "skipped: run ended"
+        self._run = run
         definition = self._rt.registry.resolve_workflow(run.target)
         step = definition.nodes[node_id].node
         assert isinstance(step, Step)
         lease = self._rt.settings.worker_lease_seconds
         claim = self._state.claim
-        node = claim(ref, node_id, worker=self._rt.worker_id, lease_seconds=lease)
+        worker = self._rt.worker_id
+        first = NodeStatus.PENDING if continuing else NodeStatus.QUEUED
+        node = claim(ref, node_id, worker=worker, lease_seconds=lease, from_status=first)
+        if node is None and continuing:
+            return "skipped: the step was taken or cancelled meanwhile"
         if node is None:
             # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
-            node = claim(ref, node_id, worker=self._rt.worker_id, lease_seconds=lease, reclaim=True)
+            node = claim(
+                ref, node_id, worker=worker, lease_seconds=lease, from_status=NodeStatus.RUNNING
+            )
             if node is None:
                 left = self._state.lease_left(ref, node_id)
                 if left > 0:
@@ -60,13 +104,13 @@ class StepRunner:
                     exit_code=1,
                 )
                 self._record(run, definition, step, node, lost, retry_allowed=False)
-                return self._advance(ref)
+                return None
         self._runs.emit(ref, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
-        nodes = self._state.nodes(ref)
+        nodes = known if known is not None else self._state.nodes(ref)
         wctx = context_for(run.run_id, run.input, nodes)
         outcome = self._execute(run, definition, step, node, wctx)
         self._record(run, definition, step, node, outcome)
-        return self._advance(ref)
+        return None
 
     def _execute(
         self,
@@ -156,60 +200,23 @@ class StepRunner:
         retry_allowed: bool = True,
     ) -> None:
         logs = "\n".join(x for x in (node.logs, outcome.logs) if x) or None
+        ref, node_id, attempt = run.ref, node.node_id, node.attempt
         if outcome.status is RunStatus.COMPLETED:
-            self._state.move(
-                run.ref,
-                node.node_id,
-                [NodeStatus.RUNNING],
-                {
-                    "status": NodeStatus.COMPLETED,
-                    "output": outcome.output,
-                    "logs": logs,
-                    "error": None,
-                    "completed_at": utcnow(),
-                },
-                attempt=node.attempt,
-                event=step_event(STEP_FINISHED, node.node_id, "completed", node.attempt),
-            )
+            self._state.complete(ref, node_id, outcome.output, attempt=attempt, logs=logs)
             return
         error = outcome.error.to_json() if outcome.error else {"message": "step failed"}
         retry = (step.retry or definition.retry) if retry_allowed else None
         if (
             outcome.status is RunStatus.FAILED
             and retry is not None
-            and node.attempt < retry.max_attempts
+            and attempt < retry.max_attempts
         ):
-            delay = retry.delay(node.attempt)
-            if self._state.move(
-                run.ref,
-                node.node_id,
-                [NodeStatus.RUNNING],
-                {"status": NodeStatus.QUEUED, "error": error, "logs": logs},
-                attempt=node.attempt,
-                event=step_event(
-                    STEP_FINISHED,
-                    node.node_id,
-                    "failed",
-                    node.attempt,
-                    retrying=True,
-                    message=error["message"],
-                ),
-            ):
-                self._state.dispatch(run, node_id=node.node_id, countdown=delay)
+            if self._state.requeue(ref, node_id, attempt=attempt, error=error, logs=logs):
+                self._state.dispatch(run, node_id=node_id, countdown=retry.delay(attempt))
             return
-        status = (
-            NodeStatus.CANCELLED if outcome.status is RunStatus.CANCELLED else NodeStatus.FAILED
-        )
-        self._state.move(
-            run.ref,
-            node.node_id,
-            [NodeStatus.RUNNING],
-            {"status": status, "error": error, "logs": logs, "completed_at": utcnow()},
-            attempt=node.attempt,
-            event=step_event(
-                STEP_FINISHED, node.node_id, status.value, node.attempt, message=error["message"]
-            ),
-        )
+        cancelled = outcome.status is RunStatus.CANCELLED
+        status = NodeStatus.CANCELLED if cancelled else NodeStatus.FAILED
+        self._state.fail(ref, node_id, error, attempt=attempt, logs=logs, status=status)
 
     def _start_child(self, run: Run, target: str, config: Any, name: str | None) -> str:
         project = self._rt.access.find_project(run.project_id)

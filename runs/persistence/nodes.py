@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,7 @@ from runs.domain.runs import RunRef, RunStatus
 from runs.domain.text import storable
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
 from runs.persistence.store import of_run
-from runs.persistence.tables import is_one_of, runs, workflow_nodes
+from runs.persistence.tables import UTCDateTime, is_one_of, runs, workflow_nodes
 
 _NODE_FIELDS = (
     "run_id",
@@ -71,6 +72,29 @@ def get_nodes(conn: sa.Connection, ref: RunRef) -> dict[str, NodeRecord]:
     return {r["node_id"]: _record(r) for r in rows}
 
 
+def _key(table: sa.Table) -> sa.ColumnElement[bool]:
+    return sa.and_(
+        table.c.project_id == sa.bindparam("k_project_id"),
+        table.c.run_id == sa.bindparam("k_run_id"),
+        table.c.node_id == sa.bindparam("k_node_id"),
+    )
+
+
+@functools.cache
+def _transition_statement(
+    from_statuses: tuple[str, ...], fields: tuple[str, ...], with_attempt: bool
+) -> sa.Update:
+    """The UPDATE of one shape of transition, built once; each call binds its values."""
+    query = workflow_nodes.update().where(
+        _key(workflow_nodes), is_one_of(workflow_nodes.c.status, from_statuses)
+    )
+    if with_attempt:
+        query = query.where(workflow_nodes.c.attempt == sa.bindparam("k_attempt"))
+    return query.values(
+        {name: sa.bindparam(f"v_{name}", type_=workflow_nodes.c[name].type) for name in fields}
+    )
+
+
 def transition(
     conn: sa.Connection,
     ref: RunRef,
@@ -81,15 +105,49 @@ def transition(
     attempt: int | None = None,
 ) -> bool:
     """Move one node out of ``from_statuses`` (and ``attempt``, when given). True if it moved."""
-    query = workflow_nodes.update().where(
-        of_run(workflow_nodes, ref),
-        workflow_nodes.c.node_id == node_id,
-        is_one_of(workflow_nodes.c.status, [s.value for s in from_statuses]),
+    fields = tuple(sorted(values))
+    query = _transition_statement(
+        tuple(sorted(s.value for s in from_statuses)), fields, attempt is not None
     )
-    if attempt is not None:
-        query = query.where(workflow_nodes.c.attempt == attempt)
-    values = {k: (v.value if isinstance(v, NodeStatus) else storable(v)) for k, v in values.items()}
-    return conn.execute(query.values(**values)).rowcount == 1
+    params: dict[str, Any] = {
+        "k_project_id": ref.project_id,
+        "k_run_id": ref.run_id,
+        "k_node_id": node_id,
+        "k_attempt": attempt,
+    }
+    for name in fields:
+        value = values[name]
+        params[f"v_{name}"] = value.value if isinstance(value, NodeStatus) else storable(value)
+    return conn.execute(query, params).rowcount == 1
+
+
+def _claim_statement(condition: sa.ColumnElement[bool]) -> sa.Update:
+    now = sa.bindparam("k_now", type_=UTCDateTime())
+    return (
+        workflow_nodes.update()
+        .where(_key(workflow_nodes), condition)
+        .values(
+            status=NodeStatus.RUNNING.value,
+            attempt=workflow_nodes.c.attempt + 1,
+            started_at=sa.func.coalesce(workflow_nodes.c.started_at, now),
+            lease_owner=sa.bindparam("k_worker"),
+            lease_expires_at=sa.bindparam("k_lease", type_=UTCDateTime()),
+            updated_at=now,
+        )
+        .returning(*workflow_nodes.c)
+    )
+
+
+_CLAIMS = {
+    NodeStatus.QUEUED: _claim_statement(workflow_nodes.c.status == NodeStatus.QUEUED.value),
+    NodeStatus.PENDING: _claim_statement(workflow_nodes.c.status == NodeStatus.PENDING.value),
+    NodeStatus.RUNNING: _claim_statement(
+        sa.and_(
+            workflow_nodes.c.status == NodeStatus.RUNNING.value,
+            workflow_nodes.c.lease_expires_at < sa.bindparam("k_now", type_=UTCDateTime()),
+        )
+    ),
+}
 
 
 def claim_node(
@@ -100,30 +158,22 @@ def claim_node(
     now: datetime,
     worker: str,
     lease_until: datetime,
-    reclaim: bool = False,
+    from_status: NodeStatus = NodeStatus.QUEUED,
 ) -> NodeRecord | None:
-    """queued -> running with one attempt more; with ``reclaim``, running whose lease expired
-    (its worker died) -> running with one attempt more. ``None`` when neither holds."""
-    if reclaim:
-        condition = sa.and_(
-            workflow_nodes.c.status == NodeStatus.RUNNING.value,
-            workflow_nodes.c.lease_expires_at < now,
-        )
-    else:
-        condition = workflow_nodes.c.status == NodeStatus.QUEUED.value
+    """Take a node for one attempt more: a queued one (its job arrived), a pending one (the
+    job that ran the step before it goes on with it), or a running one whose lease expired
+    (its worker died). ``None`` when the node is not in that state."""
     row = (
         conn.execute(
-            workflow_nodes.update()
-            .where(of_run(workflow_nodes, ref), workflow_nodes.c.node_id == node_id, condition)
-            .values(
-                status=NodeStatus.RUNNING.value,
-                attempt=workflow_nodes.c.attempt + 1,
-                started_at=sa.func.coalesce(workflow_nodes.c.started_at, now),
-                lease_owner=worker,
-                lease_expires_at=lease_until,
-                updated_at=now,
-            )
-            .returning(*workflow_nodes.c)
+            _CLAIMS[from_status],
+            {
+                "k_project_id": ref.project_id,
+                "k_run_id": ref.run_id,
+                "k_node_id": node_id,
+                "k_now": now,
+                "k_worker": worker,
+                "k_lease": lease_until,
+            },
         )
         .mappings()
         .first()
