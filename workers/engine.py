@@ -42,7 +42,7 @@ class WorkflowEngine:
         self._rt = runtime
         self._runs = runtime.service
         self._state = runtime.workflows
-        self.continuation: str | None = None
+        self.continuation: NodeRecord | None = None
         self._may_continue = False
         # What the last planning pass saw, for the job that goes on with ``continuation``.
         self.planned_run: Run | None = None
@@ -53,7 +53,8 @@ class WorkflowEngine:
     def advance(self, ref: RunRef, *, may_continue: bool = False, run: Run | None = None) -> str:
         """Re-plan the run. With ``may_continue`` (the caller is a step's job that has just
         recorded its step), one step the plan starts is left to the caller to run next in
-        the same job, as ``continuation``, instead of being sent as a job of its own. A
+        the same job, as ``continuation`` (claimed already: should the job die, its lease
+        lapses and the sweeper sends the step again), instead of a job of its own. A
         caller that read the run already passes it (a cancel since then ended its nodes, so
         the plan starts nothing, and a finish it decides is refused)."""
         self.continuation = None
@@ -140,10 +141,15 @@ class WorkflowEngine:
     def _apply(self, run: Run, action: Action) -> bool:
         state, ref = self._state, run.ref
         if isinstance(action, Start):
-            if self._may_continue and self.continuation in (None, action.node_id):
-                # This job runs the step next and claims it from pending itself: nothing moved.
-                self.continuation = action.node_id
-                return False
+            if self._may_continue and self.continuation is None:
+                self.continuation = state.claim(
+                    ref,
+                    action.node_id,
+                    worker=self._rt.worker_id,
+                    lease_seconds=self._rt.settings.worker_lease_seconds,
+                    from_status=NodeStatus.PENDING,
+                )
+                return self.continuation is not None
             if state.queue(ref, action.node_id):
                 state.dispatch(run, node_id=action.node_id)
                 return True

@@ -43,14 +43,16 @@ class StepRunner:
         as jobs, so that other workers take them."""
         deadline = time.monotonic() + CONTINUE_SECONDS
         engine = self._engine
-        ended = self._run_step(ref, node_id, None, None)
+        ended = self._run_step(ref, node_id, None, None, None)
         while ended is None:
             may_continue = time.monotonic() < deadline
             outcome = engine.advance(ref, may_continue=may_continue, run=self._run)
-            next_node = engine.continuation
-            if next_node is None:
+            claimed = engine.continuation
+            if claimed is None:
                 return outcome
-            ended = self._run_step(ref, next_node, engine.planned_run, engine.planned_nodes)
+            ended = self._run_step(
+                ref, claimed.node_id, engine.planned_run, engine.planned_nodes, claimed
+            )
         return ended
 
     def _advance(self, ref: RunRef) -> str:
@@ -62,12 +64,12 @@ class StepRunner:
         node_id: str,
         run: Run | None,
         known: dict[str, NodeRecord] | None,
+        claimed: NodeRecord | None,
     ) -> str | None:
         """Claim and run one step; ``None`` once its outcome is recorded (re-plan next).
 
-        Given the run and its nodes as the planner just saw them, the step goes on from the
-        step before it in the same job: it is claimed from pending."""
-        continuing = run is not None
+        Given the run and its nodes as the planner just saw them, and the step the planner
+        claimed for this job, it goes on from the step before it in the same job."""
         if run is None:
             run = self._runs.load(ref)
             if run is None or run.status.is_terminal:
@@ -79,10 +81,7 @@ class StepRunner:
         lease = self._rt.settings.worker_lease_seconds
         claim = self._state.claim
         worker = self._rt.worker_id
-        first = NodeStatus.PENDING if continuing else NodeStatus.QUEUED
-        node = claim(ref, node_id, worker=worker, lease_seconds=lease, from_status=first)
-        if node is None and continuing:
-            return "skipped: the step was taken or cancelled meanwhile"
+        node = claimed or claim(ref, node_id, worker=worker, lease_seconds=lease)
         if node is None:
             # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
             node = claim(
