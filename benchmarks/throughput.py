@@ -21,37 +21,13 @@ import time
 import uuid
 from pathlib import Path
 
-import httpx
 import redis
-import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-POSTGRES_URL = os.environ.get(
-    "BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
 
-
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as handle:
-        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT)
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        process.kill()
+from benchmarks import procrastinate_peer  # noqa: E402
+from benchmarks.stack import REDIS_URL, RunsSystem, runs_system, start, stop, wait_for  # noqa: E402
 
 
 def start_plain_worker(
@@ -145,94 +121,45 @@ def parts(worker_pid: int) -> dict[str, list[int]]:
 def runs_stack(seconds: int, connections: int, logdir: Path) -> tuple[float, int, dict[str, float]]:
     """Runs created by wrk for ``seconds`` through POST /runs until all completed: returns
     (runs/s from the first request to the last completion, runs, CPU seconds per part)."""
-    from runs.access import AccessService
-    from runs.embedded import free_port
-    from runs.persistence import migrate
-    from runs.persistence.engine import create_engine
+    with runs_system(logdir) as system:
+        return _measure(system, seconds, connections, logdir)
 
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
-    name = f"runs_bench_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    migrate.upgrade(url)
-    engine = create_engine(url)
-    access = AccessService(engine)
-    project = access.create_project("bench")
-    _, token = access.create_token("bench")
-    port = free_port(0)
-    env = {
-        **os.environ,
-        "RUNS_DATABASE_URL": url,
-        "RUNS_REDIS_URL": REDIS_URL,
-        "RUNS_DEFAULT_QUEUE": f"bench-runs-{uuid.uuid4().hex[:6]}",
-        "RUNS_LOG_LEVEL": "WARNING",
-    }
-    worker = start(
-        [sys.executable, "-m", "runs.cli", "worker", "--concurrency", "2"],
-        env,
-        logdir / "runs-worker.log",
-    )
-    api = start(
-        [sys.executable, "-m", "runs.cli", "api", "--port", str(port)], env, logdir / "runs-api.log"
-    )
-    base = f"http://127.0.0.1:{port}"
-    body = {
-        "kind": "task",
-        "owner": {"kind": "project", "id": project.id},
-        "request": {"target": "task:echo", "config": {"i": 0}},
-    }
+
+def _measure(
+    system: RunsSystem, seconds: int, connections: int, logdir: Path
+) -> tuple[float, int, dict[str, float]]:
     script = logdir / "post.lua"
-    script.write_text(POST_SCRIPT % (json.dumps(body), token))
-
-    def count(status: str | None = None) -> int:
-        where = f" WHERE status = '{status}'" if status else ""
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text(f"SELECT count(*) FROM runs{where}")).scalar_one())
-
-    try:
-
-        def api_up() -> bool:
-            try:
-                return httpx.get(f"{base}/readyz", timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        wait_for(api_up, 60, "API")
-        headers = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=base, headers=headers) as warm:
-            wait_for(lambda: warm.post("/runs", json=body).status_code == 202, 60, "catalogue")
-        wait_for(lambda: count("completed") >= 1, 60, "warm-up run")
-        groups = parts(worker.pid)
-        before = {part: cpu_seconds(pids) for part, pids in groups.items()}
-        children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        started = time.perf_counter()
-        subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "-s", str(script), base + "/runs"],
-            check=True,
-            capture_output=True,
-        )
-        children = resource.getrusage(resource.RUSAGE_CHILDREN)
-        created = count() - 1
-        wait_for(lambda: count("completed") >= created + 1, 600, "runs")
-        rate = created / (time.perf_counter() - started)
-        cpu = {
-            part: sum(cpu_seconds(pids).get(p, 0) - before[part].get(p, 0) for p in pids) / created
-            for part, pids in groups.items()
-        }
-        cpu["load generator (wrk)"] = (
-            children.ru_utime
-            + children.ru_stime
-            - children_before.ru_utime
-            - children_before.ru_stime
-        ) / created
-        return rate, created, cpu
-    finally:
-        stop(api)
-        stop(worker)
-        engine.dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    script.write_text(POST_SCRIPT % (json.dumps(system.task_body), system.token))
+    groups = parts(system.worker.pid)
+    before = {part: cpu_seconds(pids) for part, pids in groups.items()}
+    children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            "-s",
+            str(script),
+            system.base + "/runs",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    created = system.count() - 1
+    wait_for(lambda: system.count("completed") >= created + 1, 600, "runs")
+    rate = created / (time.perf_counter() - started)
+    cpu = {
+        part: sum(cpu_seconds(pids).get(p, 0) - before[part].get(p, 0) for p in pids) / created
+        for part, pids in groups.items()
+    }
+    spent = children.ru_utime + children.ru_stime
+    cpu["load generator (wrk)"] = (
+        spent - children_before.ru_utime - children_before.ru_stime
+    ) / created
+    return rate, created, cpu
 
 
 def main() -> None:
@@ -244,15 +171,17 @@ def main() -> None:
     args = parser.parse_args()
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
-    plain, ours, cpus = [], [], []
+    plain, ours, peer, cpus = [], [], [], []
     for round_ in range(args.rounds):
         plain.append(plain_celery(args.jobs, logdir))
         rate, created, cpu = runs_stack(args.seconds, args.connections, logdir)
         ours.append(rate)
         cpus.append(cpu)
+        peer.append(procrastinate_peer.throughput(args.jobs // 2, logdir))
         print(
             f"round {round_ + 1}: plain Celery {plain[-1]:.0f} jobs/s, runs {rate:.0f} runs/s "
-            f"({created} runs), ratio {rate / plain[-1]:.2f}",
+            f"({created} runs), ratio {rate / plain[-1]:.2f}; "
+            f"Procrastinate {peer[-1]:.0f} jobs/s",
             flush=True,
         )
     print(f"median plain Celery: {statistics.median(plain):.0f} jobs/s")
@@ -260,6 +189,10 @@ def main() -> None:
         f"median runs (POST /runs -> completed, PostgreSQL): {statistics.median(ours):.0f} runs/s"
     )
     print(f"median ratio runs/plain: {statistics.median(ours) / statistics.median(plain):.2f}")
+    print(
+        f"median Procrastinate: {statistics.median(peer):.0f} jobs/s "
+        f"(runs/Procrastinate {statistics.median(ours) / statistics.median(peer):.2f})"
+    )
     print("CPU per run (ms, median of rounds):")
     for part in sorted(cpus[0], key=lambda p: -cpus[0][p]):
         print(f"  {part:22} {1000 * statistics.median(c.get(part, 0) for c in cpus):6.2f}")

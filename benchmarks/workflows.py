@@ -21,14 +21,8 @@ import sqlalchemy as sa
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.throughput import (  # noqa: E402
-    POSTGRES_URL,
-    REDIS_URL,
-    start,
-    start_plain_worker,
-    stop,
-    wait_for,
-)
+from benchmarks.stack import POSTGRES_URL, REDIS_URL, start, stop, wait_for  # noqa: E402
+from benchmarks.throughput import start_plain_worker  # noqa: E402
 
 
 def plain_chain(rounds: int, logdir: Path) -> list[float]:

@@ -102,9 +102,18 @@ def _meta_key(ref: RunRef) -> str:
     return f"runs:{{{ref.key}}}:meta"
 
 
-def _payload(payload: Any) -> str:
-    """An event payload as stored: cleaned so that every read can return it."""
-    return json.dumps(storable(payload), separators=(",", ":"), allow_nan=False)
+def _payload(payload: Any) -> bytes:
+    """An event payload as stored: cleaned so that every read can return it. Most payloads
+    need no cleaning, which the encoder itself finds out (a lone surrogate cannot be encoded,
+    NaN is refused, a NUL shows as its escape)."""
+    try:
+        text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
+        data = text.encode("utf-8")
+        if b"\\u0000" not in data:
+            return data
+    except (ValueError, UnicodeEncodeError):
+        pass
+    return json.dumps(storable(payload), separators=(",", ":"), allow_nan=False).encode()
 
 
 def _now_ms() -> int:

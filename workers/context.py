@@ -11,6 +11,7 @@ from typing import Any
 from runs.domain.events import LIFECYCLE_EVENT_TYPES, NewEvent, log_event
 from runs.domain.runs import Outcome, RunError, RunStatus
 from runs.domain.text import clean_text
+from workers.outbox import EventOutbox
 
 CUSTOM_EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
 
@@ -58,7 +59,7 @@ class TaskContext:
         self.attempt = attempt
         self.config = config if config is not None else {}
         self.input = input
-        self._publish = publish
+        self._outbox = EventOutbox(publish)
         self.results = results if results is not None else {}  # earlier workflow steps' outputs
         self._start_child = start_child
         self._cancel = cancel_event or threading.Event()
@@ -87,7 +88,7 @@ class TaskContext:
                 else:
                     self._log_room -= size
             self._lines.append(line)
-        self._publish([log_event(line)])
+            self._outbox.put([log_event(line)])  # under the lock: lines keep their order
 
     def log_line(self, line: str) -> None:
         """Add one line to the run's logs as it is (a command's output, for example)."""
@@ -112,7 +113,11 @@ class TaskContext:
                 "value": payload,
             }
         )
-        self._publish([NewEvent(event_type, body)])
+        self._outbox.put([NewEvent(event_type, body)])
+
+    def flush_events(self) -> None:
+        """Send the events still waiting in the outbox (before the outcome is recorded)."""
+        self._outbox.flush()
 
     def add_artifact(
         self,

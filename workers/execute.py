@@ -147,7 +147,12 @@ class Attempt:
     def _record_patiently(self, outcome: Outcome) -> str:
         """Record the outcome, retrying while Redis or SQL is unreachable (the guard keeps the
         lease meanwhile). Past ``finish_retry_seconds`` the sweeper takes over."""
-        return patiently(lambda: self._record(outcome), self._rt.settings.finish_retry_seconds)
+
+        def record() -> str:
+            self._ctx.flush_events()  # the attempt's events come before its final ones
+            return self._record(outcome)
+
+        return patiently(record, self._rt.settings.finish_retry_seconds)
 
     def _record(self, outcome: Outcome) -> str:
         run = self._run

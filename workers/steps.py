@@ -184,6 +184,7 @@ class StepRunner:
                 max_result_bytes=settings.max_output_bytes,
             )
             guard.returned()
+        ctx.flush_events()  # the step's events come before its STEP_FINISHED
         if guard.reason is StopReason.TIMEOUT and outcome.status is not RunStatus.COMPLETED:
             return timed_out()
         return outcome

@@ -28,6 +28,15 @@ def clean_text(text: str) -> str:
 def storable(value: Any) -> Any:
     """``value`` with every string (dictionary keys too) cleaned by ``clean_text`` and every
     non-finite float (NaN, infinities) turned into ``None``; tuples become lists."""
+    kind = type(value)  # the exact types first: this runs on every event a worker stores
+    if kind is str:
+        return clean_text(value)
+    if kind is dict:
+        return {(clean_text(k) if type(k) is str else k): storable(v) for k, v in value.items()}
+    if kind is list:
+        return [storable(v) for v in value]
+    if kind is int or kind is bool or value is None:
+        return value
     if isinstance(value, str):
         return clean_text(value)
     if isinstance(value, float):

@@ -1,0 +1,98 @@
+"""The events an attempt emits (log lines, custom events), sent to the event log in batches.
+
+An attempt puts its events in its outbox and goes on; one thread per process sends what is
+waiting within a few milliseconds, many events to a round trip, and an attempt that fills a
+batch sends it itself. Batches of one outbox leave in order. Before its outcome is recorded an
+attempt flushes its outbox, so that its events come before the final ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+from runs.domain.events import NewEvent
+
+log = logging.getLogger(__name__)
+
+BATCH = 512  # events an attempt sends itself once that many wait
+WAIT_SECONDS = 0.002  # how long the flusher lets events gather before it sends them
+
+
+class EventOutbox:
+    def __init__(self, send: Callable[[Sequence[NewEvent]], None]) -> None:
+        self._send = send
+        self._pending: list[NewEvent] = []
+        self._lock = threading.Lock()
+        self._sending = threading.Lock()  # one batch of this outbox at a time, in order
+
+    def put(self, events: Sequence[NewEvent]) -> None:
+        with self._lock:
+            first = not self._pending  # the flusher needs waking only for the first
+            self._pending.extend(events)
+            full = len(self._pending) >= BATCH
+        if full:
+            self.flush()
+        elif first:
+            _flusher().wake(self)
+
+    def flush(self) -> None:
+        """Send whatever waits, now (returns once it is sent)."""
+        with self._sending:
+            with self._lock:
+                batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                self._send(batch)
+            except Exception:
+                with self._lock:  # keep them, first, for the next flush
+                    self._pending[:0] = batch
+                raise
+
+
+class _Flusher:
+    """The thread of a process that sends the events waiting in outboxes."""
+
+    def __init__(self) -> None:
+        self._due: set[EventOutbox] = set()
+        self._ready = threading.Condition()
+        self._thread = threading.Thread(target=self._loop, name="runs-event-flusher", daemon=True)
+        self._thread.start()
+
+    def wake(self, outbox: EventOutbox) -> None:
+        with self._ready:
+            if outbox not in self._due:
+                self._due.add(outbox)
+                self._ready.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._ready:
+                while not self._due:
+                    self._ready.wait()
+            time.sleep(WAIT_SECONDS)
+            with self._ready:
+                due, self._due = self._due, set()
+            for outbox in due:
+                try:
+                    outbox.flush()
+                except Exception:  # Redis away: the attempt's own flush tries again
+                    log.warning("could not send events of an attempt", exc_info=True)
+
+
+_flushers: dict[int, _Flusher] = {}
+_flushers_lock = threading.Lock()
+
+
+def _flusher() -> _Flusher:
+    """The flusher of this process (a forked pool process starts its own)."""
+    pid = os.getpid()
+    flusher = _flushers.get(pid)
+    if flusher is None:
+        with _flushers_lock:
+            flusher = _flushers.get(pid) or _flushers.setdefault(pid, _Flusher())
+    return flusher
