@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 from starlette.responses import JSONResponse as _StarletteJSONResponse
 
 from runs.domain.text import clean_text, storable
@@ -17,14 +18,11 @@ from runs.domain.text import clean_text, storable
 
 def dump_json(content: Any) -> bytes:
     try:
-        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    except ValueError:  # NaN or an infinity
+        return orjson.dumps(content)  # NaN and the infinities become null
+    except TypeError:  # a lone surrogate (or a key that is not a string)
         text = json.dumps(
             storable(content), ensure_ascii=False, allow_nan=False, separators=(",", ":")
         )
-    try:
-        return text.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
         return clean_text(text).encode("utf-8")
 
 

@@ -246,7 +246,10 @@ def list_runs(
     """Runs of a project, newest first (``created_at`` then ``run_id`` descending)."""
     query = runs.select().where(runs.c.project_id == project_id)
     if filters.statuses:
-        query = query.where(runs.c.status.in_(filters.statuses))
+        # Constants, so that the planner can prove a filter of statuses other than
+        # "completed" matches ix_runs_project_status (whose condition also needs the second).
+        query = query.where(is_one_of(runs.c.status, filters.statuses))
+        query = query.where(runs.c.created_at.is_not(None))
     if filters.kinds:
         query = query.where(runs.c.kind.in_(filters.kinds))
     if filters.targets:

@@ -176,6 +176,13 @@ runs = sa.Table(
     # yet (hence "available_at IS NOT NULL", which a claim's condition does not imply).
     sa.Index("ix_runs_project_created", "project_id", "created_at", "run_id"),
     _partial("ix_runs_parent", ["project_id", "parent_run_id"], "parent_run_id IS NOT NULL"),
+    # Listing by status: runs that did not complete (the statuses a filter looks for when few
+    # runs have them), so that finishing a run as completed writes nothing here.
+    _partial(
+        "ix_runs_project_status",
+        ["project_id", "status", "created_at", "run_id"],
+        "status <> 'completed' AND created_at IS NOT NULL",
+    ),
     _partial(
         "ix_runs_pending", ["available_at"], "status = 'pending' AND available_at IS NOT NULL"
     ),
