@@ -13,6 +13,7 @@ from typing import TypeVar
 from runs.domain.events import NewEvent, attempt_started_event, started_events
 from runs.domain.runs import Outcome, Run, RunError, RunRef, RunStatus
 from runs.service import json_size
+from runs.transient import TRANSIENT_ERRORS
 from workers.adapters import run_definition
 from workers.context import TaskContext, failed_outcome
 from workers.guard import AttemptGuard, Interrupter, StopReason
@@ -171,13 +172,14 @@ class Attempt:
 
 
 def patiently(call: Callable[[], T], seconds: float) -> T:
-    """``call()``, tried again with growing pauses for up to ``seconds`` while it raises."""
+    """``call()``, tried again with growing pauses for up to ``seconds`` while storage is
+    unreachable (``TRANSIENT_ERRORS``); any other error is raised at once."""
     deadline = time.monotonic() + seconds
     delay = 0.2
     while True:
         try:
             return call()
-        except Exception:
+        except TRANSIENT_ERRORS:
             if time.monotonic() + delay > deadline:
                 raise
             log.warning("storage unreachable; trying again in %.1f s", delay, exc_info=True)

@@ -24,6 +24,7 @@ from enum import StrEnum
 from types import FrameType
 
 from runs.domain.runs import Lease
+from runs.transient import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +188,7 @@ class AttemptGuard:
     def _renewed(self) -> Lease:
         try:
             return self._renew()
-        except Exception:  # storage briefly away: the lease still has two thirds to run
+        except TRANSIENT_ERRORS:  # storage briefly away: the lease still has two thirds to run
             log.warning("could not renew a lease", exc_info=True)
             return Lease.HELD
 
