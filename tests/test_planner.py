@@ -24,7 +24,7 @@ from workers.dsl import (
     wait_for_event,
     when,
 )
-from workers.workflows import (
+from workers.planner import (
     Action,
     Cancel,
     Complete,
@@ -36,7 +36,7 @@ from workers.workflows import (
     Start,
     context_for,
 )
-from workers.workflows import plan as plan_actions
+from workers.planner import plan as plan_actions
 
 RUN_ID = "run_planner"
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)

@@ -17,8 +17,7 @@ from runs.domain.events import RUN_STARTED, NewEvent
 from runs.domain.runs import Outcome, Run, RunError, RunKind, RunRef, RunStatus
 from runs.domain.workflows import NodeRecord, NodeStatus, approval_reason, event_reason
 from workers.dsl import Step, WorkflowDefinition
-from workers.runtime import WorkerRuntime
-from workers.workflows import (
+from workers.planner import (
     Action,
     Cancel,
     Complete,
@@ -31,6 +30,7 @@ from workers.workflows import (
     context_for,
     plan,
 )
+from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 

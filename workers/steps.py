@@ -17,9 +17,9 @@ from workers.context import TaskContext, failed_outcome
 from workers.dsl import Step, WorkflowDefinition
 from workers.engine import WorkflowEngine
 from workers.guard import AttemptGuard, Interrupter, StopReason
+from workers.planner import WorkflowContext, context_for
 from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
-from workers.workflows import WorkflowContext, context_for
 
 log = logging.getLogger(__name__)
 
