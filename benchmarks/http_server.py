@@ -52,8 +52,8 @@ def fresh_database() -> tuple[str, str, str]:
     from runs.access import AccessService
     from runs.catalog import DefinitionCatalog
     from runs.persistence import migrate
+    from runs.persistence.definitions import Definition
     from runs.persistence.engine import create_engine
-    from runs.persistence.store import Definition
 
     admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"bench_http_{uuid.uuid4().hex[:8]}"

@@ -136,7 +136,10 @@ def main() -> None:
                     httpx.get(url_, headers={"Authorization": f"Bearer {token}"}).json()["data"]
                 )
                 p50, p99, rate = wrk_latency(url_, token, args.seconds)
-                print(f"  {label:34} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  ({found} runs a page)")
+                print(
+                    f"  {label:34} p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  {rate:5.0f} req/s  "
+                    f"({found} runs a page)"
+                )
         finally:
             stop(api)
             engine.dispose()

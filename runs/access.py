@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict, NotFound, Unauthenticated
 from runs.domain.projects import ApiToken, Project, check_slug, hash_token, new_token_secret
-from runs.persistence import store
+from runs.persistence import projects
 from runs.persistence.engine import autocommit
 
 
@@ -27,21 +27,21 @@ class AccessService:
         )
         try:
             with self._engine.begin() as conn:
-                store.insert_project(conn, project)
+                projects.insert_project(conn, project)
         except IntegrityError:
             raise Conflict(f"a project with slug {slug!r} exists already", field="slug") from None
         return project
 
     def find_project(self, reference: str) -> Project:
         with self._engine.connect() as conn:
-            project = store.find_project(conn, reference)
+            project = projects.find_project(conn, reference)
         if project is None:
             raise NotFound(f"project {reference!r} not found")
         return project
 
     def list_projects(self) -> list[Project]:
         with self._engine.connect() as conn:
-            return store.list_projects(conn)
+            return projects.list_projects(conn)
 
     def create_token(self, project_reference: str, name: str = "default") -> tuple[ApiToken, str]:
         """Create a token; the secret is returned once and only its hash is stored."""
@@ -51,17 +51,17 @@ class AccessService:
             id=str(uuid.uuid4()), project_id=project.id, name=name, created_at=utcnow()
         )
         with self._engine.begin() as conn:
-            store.insert_token(conn, token, hash_token(secret))
+            projects.insert_token(conn, token, hash_token(secret))
         return token, secret
 
     def list_tokens(self, project_reference: str) -> list[ApiToken]:
         project = self.find_project(project_reference)
         with self._engine.connect() as conn:
-            return store.list_tokens(conn, project.id)
+            return projects.list_tokens(conn, project.id)
 
     def revoke_token(self, token_id: str) -> None:
         with self._engine.begin() as conn:
-            if not store.revoke_token(conn, token_id, utcnow()):
+            if not projects.revoke_token(conn, token_id, utcnow()):
                 raise NotFound(f"active token {token_id!r} not found")
         self._cache.clear()
 
@@ -74,7 +74,7 @@ class AccessService:
         if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
             return cached[1]
         with autocommit(self._engine).connect() as conn:
-            project = store.project_for_token(conn, digest)
+            project = projects.project_for_token(conn, digest)
         if project is None:
             raise Unauthenticated(
                 "the token is unknown or revoked; create one with `runs tokens create`"

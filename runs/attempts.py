@@ -17,7 +17,7 @@ from runs.domain import events as ev
 from runs.domain.clock import utcnow
 from runs.domain.events import NewEvent
 from runs.domain.runs import Lease, Outcome, Run, RunError, RunRef, RunStatus, attempt_record
-from runs.persistence import recovery, store
+from runs.persistence import event_archive, recovery
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
 from runs.service import duration_ms
@@ -189,6 +189,6 @@ class AttemptService:
                 return False
             first, so_far = self._events.close(ref, len(closing))
             final = ev.numbered(closing, first, now)
-            store.insert_events(conn, ref, [*so_far, *final])
+            event_archive.insert_events(conn, ref, [*so_far, *final])
         self._events.publish(ref, final)
         return True

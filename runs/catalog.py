@@ -13,8 +13,8 @@ import sqlalchemy as sa
 
 from runs.domain.clock import utcnow
 from runs.domain.errors import UnknownTarget
-from runs.persistence import store
-from runs.persistence.store import Definition
+from runs.persistence import definitions
+from runs.persistence.definitions import Definition
 
 
 class DefinitionCatalog:
@@ -26,18 +26,18 @@ class DefinitionCatalog:
 
     def register(self, items: Iterable[Definition]) -> None:
         with self._engine.begin() as conn:
-            store.upsert_definitions(conn, items, utcnow())
+            definitions.upsert_definitions(conn, items, utcnow())
         self._loaded_at = float("-inf")
 
     def list(self) -> list[Definition]:
         with self._engine.connect() as conn:
-            return store.list_definitions(conn)
+            return definitions.list_definitions(conn)
 
     def require(self, target: str) -> None:
         if target in self._known and time.monotonic() - self._loaded_at < self._cache_seconds:
             return
         with self._engine.connect() as conn:
-            self._known = store.known_targets(conn)
+            self._known = definitions.known_targets(conn)
         self._loaded_at = time.monotonic()
         if target not in self._known:
             raise UnknownTarget(

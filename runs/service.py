@@ -37,9 +37,9 @@ from runs.domain.runs import (
     check_target_matches_kind,
     new_run_id,
 )
-from runs.persistence import nodes, recovery, store
+from runs.persistence import event_archive, nodes, records, recovery
 from runs.persistence.engine import autocommit
-from runs.persistence.store import RunFilters
+from runs.persistence.records import RunFilters
 from runs.ports import Dispatcher, EventLog
 from runs.routing import Router
 
@@ -114,11 +114,11 @@ class RunService:
         ref = RunRef(project.id, values["run_id"])
         try:
             with self._auto.connect() as conn:
-                store.insert_run(conn, values)
+                records.insert_run(conn, values)
         except IntegrityError:
             # Ids are unique per project: only a run of this project can hold this one.
             with self._auto.connect() as conn:
-                existing = store.get_run(conn, ref)
+                existing = records.get_run(conn, ref)
             if existing is None:  # the conflict was not on the id (for example a vanished parent)
                 raise
             return existing, True
@@ -204,14 +204,14 @@ class RunService:
             self._dispatcher.dispatch(values["target"], ref, values["queue"])
         except Exception:
             log.exception("dispatch of %s failed; the run stays pending", values["run_id"])
-        return store.run_from_row(values | {"lease_owner": None, "lease_expires_at": None})
+        return records.run_from_row(values | {"lease_owner": None, "lease_expires_at": None})
 
     # -- reading --------------------------------------------------------------------------
 
     def load(self, ref: RunRef) -> Run | None:
         """A run by project and id (for workers, which read it from their job)."""
         with self._auto.connect() as conn:
-            return store.get_run(conn, ref)
+            return records.get_run(conn, ref)
 
     def get(self, project: Project, run_id: str) -> Run:
         """A run of the caller's project; any other run id is not found."""
@@ -232,7 +232,7 @@ class RunService:
             )
         before = decode_cursor(cursor) if cursor else None
         with self._auto.connect() as conn:
-            found = store.list_runs(conn, project.id, filters, before=before, limit=limit + 1)
+            found = records.list_runs(conn, project.id, filters, before=before, limit=limit + 1)
         items = found[:limit]
         return Page(items, encode_cursor(items[-1]) if len(found) > limit else None)
 
@@ -241,7 +241,7 @@ class RunService:
         run = self.get(project, run_id)
         if run.status.is_terminal:
             with self._auto.connect() as conn:
-                found = store.list_events(conn, run.ref, after=after, limit=limit + 1)
+                found = event_archive.list_events(conn, run.ref, after=after, limit=limit + 1)
         else:
             found = self._events.read(run.ref, after=after, limit=limit + 1)
         items = found[:limit]
@@ -262,7 +262,7 @@ class RunService:
         now = self._clock()
         error = RunError("Run cancelled", code="cancelled")
         with self._engine.begin() as conn:
-            cancelled = store.cancel_run(
+            cancelled = records.cancel_run(
                 conn,
                 ref,
                 now,
@@ -276,10 +276,10 @@ class RunService:
                     final.insert(0, ev.step_finished_event(cancelled.target, "cancelled"))
                 if cancelled.started_at is not None:
                     ran_ms = duration_ms(cancelled.started_at, now)
-                    store.set_cancelled_duration(conn, ref, ran_ms)
+                    records.set_cancelled_duration(conn, ref, ran_ms)
                     cancelled = replace(cancelled, duration_ms=ran_ms)
                 published = ev.numbered(final, first + 2 - len(final), now)
-                store.insert_events(conn, ref, [*so_far, *published])
+                event_archive.insert_events(conn, ref, [*so_far, *published])
         if cancelled is None:
             return False, self.get(project, run_id)
         self._events.publish(ref, published)
@@ -288,7 +288,7 @@ class RunService:
 
     def _cancel_children(self, project: Project, ref: RunRef) -> None:
         with self._auto.connect() as conn:
-            children = store.active_children(conn, ref)
+            children = records.active_children(conn, ref)
         for child_id in children:
             self.cancel(project, child_id)
 
@@ -321,7 +321,7 @@ class RunService:
         """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
         now = self._clock()
         with self._auto.connect() as conn:
-            return store.claim_run(
+            return records.claim_run(
                 conn,
                 ref,
                 worker=worker,
@@ -376,9 +376,9 @@ class RunService:
         first, so_far = closed
         final = ev.numbered(closing, first, now)
         # One statement needs no transaction; a workflow also ends its nodes in the same one.
-        single = run.kind is RunKind.TASK and store.finishes_in_one_statement(self._engine)
+        single = run.kind is RunKind.TASK and records.finishes_in_one_statement(self._engine)
         with self._auto.connect() if single else self._engine.begin() as conn:
-            if not store.finish_run(conn, run.ref, run.attempt, values, [*so_far, *final]):
+            if not records.finish_run(conn, run.ref, run.attempt, values, [*so_far, *final]):
                 return False
             if run.kind is RunKind.WORKFLOW:  # nothing of a finished run stays active
                 nodes.cancel_active_nodes(conn, run.ref, now)

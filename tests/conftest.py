@@ -28,8 +28,8 @@ from runs.domain.projects import Project
 from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
 from runs.persistence import migrate
+from runs.persistence.definitions import Definition
 from runs.persistence.engine import create_engine
-from runs.persistence.store import Definition
 from runs.routing import Router
 from runs.service import RunService
 from runs.settings import Settings

@@ -23,7 +23,7 @@ from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.persistence import nodes
-from runs.persistence.store import Definition
+from runs.persistence.definitions import Definition
 from runs.schemas import ApprovalOut, CancelRunOut, CreateRunOut, RunEventListOut, RunOut, SignalOut
 from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.workflow_support import EVENT, park, ref_of

@@ -22,7 +22,7 @@ from runs.access import AccessService
 from runs.api.app import create_app
 from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
-from runs.persistence import store
+from runs.persistence import records
 from runs.persistence.engine import create_engine
 from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.conftest import base_settings
@@ -164,7 +164,7 @@ def test_a_run_stored_with_lone_surrogates_on_sqlite_is_read_listed_and_cancelle
     now = datetime.now(UTC)
     run_id = f"run_{uuid.uuid4()}"
     with engine.begin() as conn:
-        store.insert_run(
+        records.insert_run(
             conn,
             {
                 "run_id": run_id,

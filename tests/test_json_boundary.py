@@ -26,8 +26,8 @@ from runs.catalog import DefinitionCatalog
 from runs.domain.text import MAX_DEPTH
 from runs.domain.workflows import NodeStatus
 from runs.persistence import nodes
+from runs.persistence.definitions import Definition
 from runs.persistence.engine import create_engine
-from runs.persistence.store import Definition
 from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.conftest import WorkerPool
 from tests.workflow_support import EVENT, park, ref_of

@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 
 from runs.domain.projects import Project
 from runs.domain.runs import RunRef
-from runs.persistence import migrate, nodes, store
+from runs.persistence import event_archive, migrate, nodes, projects, records
 from runs.persistence.engine import create_engine
 from runs.persistence.tables import metadata
 from runs.persistence.tables import runs as runs_table
@@ -198,15 +198,15 @@ def test_scoping_run_ids_by_project_carries_existing_runs_events_and_nodes_over(
         assert schema_diff(fresh_url) == []
         task, flow = RunRef(project_id, "run_task"), RunRef(project_id, "run_flow")
         with engine.connect() as conn:
-            carried = store.get_run(conn, task)
+            carried = records.get_run(conn, task)
             assert carried is not None and carried.config == {"kept": "run_task"}
-            events = store.list_events(conn, task, after=0, limit=10)
+            events = event_archive.list_events(conn, task, after=0, limit=10)
             assert [(e.event_id, e.payload) for e in events] == [(i, {"n": i}) for i in (1, 2, 3)]
             assert nodes.get_nodes(conn, flow)["a"].output == {"a": 1}
         # The new key holds the same id in another project.
         other = Project(str(uuid.uuid4()), f"n-{project_id[:8]}", "n", now)
         with engine.begin() as conn:
-            store.insert_project(conn, other)
+            projects.insert_project(conn, other)
             conn.execute(
                 runs_table.insert(),
                 {
@@ -226,9 +226,12 @@ def test_scoping_run_ids_by_project_carries_existing_runs_events_and_nodes_over(
             )
         with engine.connect() as conn:
             assert (
-                len(store.list_events(conn, RunRef(other.id, "run_task"), after=0, limit=10)) == 0
+                len(
+                    event_archive.list_events(conn, RunRef(other.id, "run_task"), after=0, limit=10)
+                )
+                == 0
             )
-            assert len(store.list_events(conn, task, after=0, limit=10)) == 3
+            assert len(event_archive.list_events(conn, task, after=0, limit=10)) == 3
     finally:
         engine.dispose()
 
@@ -244,7 +247,7 @@ def test_statements_by_key_use_the_primary_key_on_a_table_never_analyzed(
     engine = create_engine(fresh_postgres_url, pool_size=1)
     try:
         with engine.begin() as conn:
-            store.insert_project(conn, project)
+            projects.insert_project(conn, project)
             for i in range(300):
                 run_id = f"run_{i}"
                 conn.execute(
@@ -269,13 +272,13 @@ def test_statements_by_key_use_the_primary_key_on_a_table_never_analyzed(
                 )
         key = {"b_project_id": project.id, "b_run_id": "run_7"}
         statements = {
-            "claim": (store._CLAIM, {**key, "b_now": now, "b_worker": "w", "b_lease": now}),
+            "claim": (records._CLAIM, {**key, "b_now": now, "b_worker": "w", "b_lease": now}),
             "finish": (
-                store._FINISH_WITH_EVENTS,
+                records._FINISH_WITH_EVENTS,
                 {
                     **key,
                     "b_attempt": 1,
-                    **{f"b_{name}": None for name in store.FINISH_FIELDS},
+                    **{f"b_{name}": None for name in records.FINISH_FIELDS},
                     "b_status": "completed",
                     "b_artifacts": [],
                     "b_updated_at": now,
@@ -283,7 +286,9 @@ def test_statements_by_key_use_the_primary_key_on_a_table_never_analyzed(
                 },
             ),
             "get": (
-                runs_table.select().where(store.of_run(runs_table, RunRef(project.id, "run_7"))),
+                runs_table.select().where(
+                    event_archive.of_run(runs_table, RunRef(project.id, "run_7"))
+                ),
                 {},
             ),
         }

@@ -40,7 +40,7 @@ from runs.domain.events import (
 from runs.domain.projects import Project
 from runs.domain.runs import Lease, Outcome, Run, RunError, RunRef, RunStatus
 from runs.events import RedisEventLog
-from runs.persistence import recovery, store
+from runs.persistence import event_archive, recovery
 from runs.persistence.tables import runs as runs_table
 from runs.routing import Router
 from runs.service import RunService
@@ -114,7 +114,7 @@ def lease_of(engine: sa.Engine, ref: RunRef) -> tuple[str | None, datetime | Non
     with engine.connect() as conn:
         row = conn.execute(
             sa.select(runs_table.c.lease_owner, runs_table.c.lease_expires_at).where(
-                store.of_run(runs_table, ref)
+                event_archive.of_run(runs_table, ref)
             )
         ).one()
     return row.lease_owner, row.lease_expires_at
@@ -132,7 +132,7 @@ def event_types(service: RunService, project: Project, run_id: str) -> list[str]
 
 def sql_events(engine: sa.Engine, ref: RunRef) -> list[RunEvent]:
     with engine.connect() as conn:
-        return store.list_events(conn, ref, after=0, limit=100)
+        return event_archive.list_events(conn, ref, after=0, limit=100)
 
 
 def comparable(events: list[RunEvent]) -> list[tuple[int, str, Any]]:

@@ -13,8 +13,8 @@ from runs.domain.projects import Project
 from runs.domain.runs import Outcome, RunError, RunKind, RunStatus
 from runs.domain.workflows import NodeStatus
 from runs.events import RedisEventLog
-from runs.persistence import nodes, store
-from runs.persistence.store import Definition
+from runs.persistence import nodes, records
+from runs.persistence.definitions import Definition
 from runs.persistence.tables import runs as runs_table
 from runs.service import RunService
 from tests.conftest import RecordingDispatcher
@@ -28,7 +28,7 @@ def test_submit_commits_the_run_before_its_job_is_sent(
 
     def dispatch(target: str, run_id: str, queue: str) -> None:
         with engine.connect() as conn:
-            found = store.get_run(conn, run_id)
+            found = records.get_run(conn, run_id)
         seen_from_another_connection.append(found.status.value if found else None)
 
     dispatcher.dispatch = dispatch  # type: ignore[method-assign]

@@ -16,7 +16,7 @@ from runs.dispatch import CeleryDispatcher
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunKind, RunRef, RunRequest, RunStatus
 from runs.events import RedisEventLog
-from runs.persistence.store import RunFilters
+from runs.persistence.records import RunFilters
 from runs.routing import Router
 from runs.service import RunService
 from runs.workflow_state import WorkflowState

@@ -21,7 +21,7 @@ from runs.domain.runs import (
     RunRequest,
     RunStatus,
 )
-from runs.persistence.store import RunFilters
+from runs.persistence.records import RunFilters
 from runs.schemas import (
     ApprovalIn,
     ApprovalOut,

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from runs.domain.runs import RunRef, RunStatus
 from runs.domain.text import storable
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
-from runs.persistence.store import of_run
+from runs.persistence.event_archive import of_run
 from runs.persistence.tables import UTCDateTime, is_one_of, runs, workflow_nodes
 
 _NODE_FIELDS = (

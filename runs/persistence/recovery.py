@@ -15,7 +15,8 @@ import sqlalchemy as sa
 
 from runs.domain.runs import Run, RunKind, RunRef, RunStatus
 from runs.domain.text import storable
-from runs.persistence.store import FINISH_FIELDS, of_run, run_from_row
+from runs.persistence.event_archive import of_run
+from runs.persistence.records import FINISH_FIELDS, run_from_row
 from runs.persistence.tables import UTCDateTime, runs
 
 _RUNNING_TASK = (runs.c.kind == RunKind.TASK.value, runs.c.status == RunStatus.RUNNING.value)

@@ -1,15 +1,14 @@
-"""The store: SQLAlchemy Core statements over a caller's connection.
-
-It flushes, never commits: the service owns every transaction. State changes are single
-conditional statements (``UPDATE ... WHERE status = ...``), never read-modify-write. What a
-task produced (output, error, logs, artifacts, event payloads) is written through
+"""Run records: insert, read and list them, and the conditional statements of their hot path
+(claim, finish, cancel). What a task produced is written through
 ``runs.domain.text.storable``, so that no record is stored in a form a read cannot return.
+
+Statements over a caller's connection: they flush, never commit (the service owns every
+transaction), and state changes are single conditional statements, never read-modify-write.
 """
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,18 +17,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from runs.domain.events import RunEvent
-from runs.domain.projects import ApiToken, Project
 from runs.domain.runs import ACTIVE_STATUSES, Run, RunKind, RunRef, RunStatus
 from runs.domain.text import storable
-from runs.persistence.tables import (
-    UTCDateTime,
-    api_tokens,
-    definitions,
-    is_one_of,
-    projects,
-    run_events,
-    runs,
-)
+from runs.persistence.event_archive import insert_events, of_run
+from runs.persistence.tables import UTCDateTime, is_one_of, run_events, runs
 
 _RUN_COLUMNS = tuple(c for c in runs.c)
 # What an attempt needs of its run: a claimed run is pending, so its outcome columns are
@@ -71,16 +62,6 @@ class RunFilters:
     root_only: bool = False
 
 
-@dataclass(frozen=True, slots=True)
-class Definition:
-    target: str
-    kind: str
-    name: str | None = None
-    description: str | None = None
-    input_schema: Any = None
-    output_schema: Any = None
-
-
 def run_from_row(row: Mapping[Any, Any]) -> Run:
     data = dict(row)
     for key in ("lease_owner", "lease_expires_at"):
@@ -92,142 +73,9 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
     return Run(**data)
 
 
-def _project_from_row(row: Mapping[Any, Any]) -> Project:
-    return Project(id=row["id"], slug=row["slug"], name=row["name"], created_at=row["created_at"])
-
-
-# -- projects and tokens -------------------------------------------------------------------
-
-
-def insert_project(conn: sa.Connection, project: Project) -> None:
-    conn.execute(
-        projects.insert().values(
-            id=project.id, slug=project.slug, name=project.name, created_at=project.created_at
-        )
-    )
-
-
-def find_project(conn: sa.Connection, reference: str) -> Project | None:
-    """Resolve a project by UUID first, then by slug."""
-    try:
-        by_id: str | None = str(uuid.UUID(reference))
-    except ValueError:
-        by_id = None
-    if by_id is not None:
-        row = conn.execute(projects.select().where(projects.c.id == by_id)).mappings().first()
-        if row is not None:
-            return _project_from_row(row)
-    row = conn.execute(projects.select().where(projects.c.slug == reference)).mappings().first()
-    return _project_from_row(row) if row is not None else None
-
-
-def list_projects(conn: sa.Connection) -> list[Project]:
-    rows = conn.execute(projects.select().order_by(projects.c.created_at)).mappings()
-    return [_project_from_row(r) for r in rows]
-
-
-def insert_token(conn: sa.Connection, token: ApiToken, token_hash: str) -> None:
-    conn.execute(
-        api_tokens.insert().values(
-            id=token.id,
-            project_id=token.project_id,
-            name=token.name,
-            token_hash=token_hash,
-            created_at=token.created_at,
-        )
-    )
-
-
-def project_for_token(conn: sa.Connection, token_hash: str) -> Project | None:
-    row = (
-        conn.execute(
-            sa.select(projects)
-            .join(api_tokens, api_tokens.c.project_id == projects.c.id)
-            .where(api_tokens.c.token_hash == token_hash, api_tokens.c.revoked_at.is_(None))
-        )
-        .mappings()
-        .first()
-    )
-    return _project_from_row(row) if row is not None else None
-
-
-def list_tokens(conn: sa.Connection, project_id: str) -> list[ApiToken]:
-    rows = conn.execute(
-        api_tokens.select()
-        .where(api_tokens.c.project_id == project_id)
-        .order_by(api_tokens.c.created_at)
-    ).mappings()
-    return [
-        ApiToken(
-            id=r["id"],
-            project_id=r["project_id"],
-            name=r["name"],
-            created_at=r["created_at"],
-            revoked_at=r["revoked_at"],
-        )
-        for r in rows
-    ]
-
-
-def revoke_token(conn: sa.Connection, token_id: str, now: datetime) -> bool:
-    result = conn.execute(
-        api_tokens.update()
-        .where(api_tokens.c.id == token_id, api_tokens.c.revoked_at.is_(None))
-        .values(revoked_at=now)
-    )
-    return result.rowcount == 1
-
-
-# -- definitions catalogue -----------------------------------------------------------------
-
-
-def upsert_definitions(conn: sa.Connection, items: Iterable[Definition], now: datetime) -> None:
-    for item in items:
-        values = {
-            "kind": item.kind,
-            "name": item.name,
-            "description": item.description,
-            "input_schema": item.input_schema,
-            "output_schema": item.output_schema,
-            "updated_at": now,
-        }
-        updated = conn.execute(
-            definitions.update().where(definitions.c.target == item.target).values(**values)
-        )
-        if updated.rowcount == 0:
-            conn.execute(definitions.insert().values(target=item.target, **values))
-
-
-def known_targets(conn: sa.Connection) -> set[str]:
-    return set(conn.execute(sa.select(definitions.c.target)).scalars())
-
-
-def list_definitions(conn: sa.Connection) -> list[Definition]:
-    rows = conn.execute(definitions.select().order_by(definitions.c.target)).mappings()
-    return [
-        Definition(
-            target=r["target"],
-            kind=r["kind"],
-            name=r["name"],
-            description=r["description"],
-            input_schema=r["input_schema"],
-            output_schema=r["output_schema"],
-        )
-        for r in rows
-    ]
-
-
-# -- runs ----------------------------------------------------------------------------------
-
-
 def insert_run(conn: sa.Connection, values: Mapping[str, Any]) -> None:
     """Insert a new run; raises ``sqlalchemy.exc.IntegrityError`` when the id is taken."""
     conn.execute(runs.insert(), dict(values))  # parameters, not .values(): the SQL is cached
-
-
-def of_run(table: sa.Table, ref: RunRef) -> sa.ColumnElement[bool]:
-    """The rows of one run in ``table`` (``runs`` or a table keyed by the run)."""
-    return sa.and_(table.c.project_id == ref.project_id, table.c.run_id == ref.run_id)
 
 
 def get_run(conn: sa.Connection, ref: RunRef) -> Run | None:
@@ -475,45 +323,3 @@ def set_cancelled_duration(conn: sa.Connection, ref: RunRef, duration_ms: int) -
         )
         .values(duration_ms=duration_ms)
     )
-
-
-# -- archived events -----------------------------------------------------------------------
-
-
-def insert_events(conn: sa.Connection, ref: RunRef, events: Sequence[RunEvent]) -> None:
-    if not events:
-        return
-    conn.execute(
-        run_events.insert(),
-        [
-            {
-                "project_id": ref.project_id,
-                "run_id": ref.run_id,
-                "event_id": e.event_id,
-                "event_type": e.event_type,
-                "payload": storable(e.payload),
-                "created_at": e.created_at,
-            }
-            for e in events
-        ],
-    )
-
-
-def list_events(conn: sa.Connection, ref: RunRef, *, after: int, limit: int) -> list[RunEvent]:
-    rows = conn.execute(
-        sa.select(
-            run_events.c.event_id,
-            run_events.c.event_type,
-            run_events.c.payload,
-            run_events.c.created_at,
-        )
-        .where(of_run(run_events, ref), run_events.c.event_id > after)
-        .order_by(run_events.c.event_id)
-        .limit(limit)
-    )
-    return [
-        RunEvent(
-            event_id=r.event_id, event_type=r.event_type, payload=r.payload, created_at=r.created_at
-        )
-        for r in rows
-    ]

@@ -1,4 +1,4 @@
-"""The store on SQLite and PostgreSQL, and the Redis event log on the real Redis.
+"""Run records, projects, tokens and the event archive on SQLite and PostgreSQL, and the Redis event log on the real Redis.
 
 Store tests run inside one transaction that is rolled back at the end (the store never
 commits, so nothing leaks between tests); each test also has a project of its own.
@@ -23,8 +23,8 @@ from runs.domain.projects import Project, hash_token
 from runs.domain.runs import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, RunRef, RunStatus
 from runs.domain.workflows import NodeStatus
 from runs.events import RedisEventLog
-from runs.persistence import nodes, store
-from runs.persistence.store import RunFilters
+from runs.persistence import event_archive, nodes, projects, records
+from runs.persistence.records import RunFilters
 from runs.persistence.tables import api_tokens
 from runs.persistence.tables import runs as runs_table
 from runs.service import decode_cursor, encode_cursor
@@ -71,8 +71,8 @@ def ref_of(values: dict[str, Any]) -> RunRef:
 
 def insert(conn: sa.Connection, project: Project, **changes: Any) -> Run:
     values = run_values(project, **changes)
-    store.insert_run(conn, values)
-    found = store.get_run(conn, ref_of(values))
+    records.insert_run(conn, values)
+    found = records.get_run(conn, ref_of(values))
     assert found is not None
     return found
 
@@ -80,7 +80,7 @@ def insert(conn: sa.Connection, project: Project, **changes: Any) -> Run:
 def lease_of(conn: sa.Connection, ref: RunRef) -> tuple[Any, Any]:
     row = conn.execute(
         sa.select(runs_table.c.lease_owner, runs_table.c.lease_expires_at).where(
-            store.of_run(runs_table, ref)
+            event_archive.of_run(runs_table, ref)
         )
     ).one()
     return row.lease_owner, row.lease_expires_at
@@ -140,8 +140,8 @@ def test_a_run_keeps_every_field_through_insert_and_get(
         available_at=T0 + timedelta(seconds=1),
         attempt_started_at=T0 + timedelta(seconds=2),
     )
-    store.insert_run(conn, values)
-    run = store.get_run(conn, ref_of(values))
+    records.insert_run(conn, values)
+    run = records.get_run(conn, ref_of(values))
     assert run is not None
     for field in dataclasses.fields(Run):
         assert getattr(run, field.name) == values[field.name], field.name
@@ -165,21 +165,21 @@ def test_an_unknown_run_and_another_projects_run_of_the_same_id_are_none(
     conn: sa.Connection, project: Project, other_project: Project
 ) -> None:
     theirs = insert(conn, other_project)
-    assert store.get_run(conn, RunRef(project.id, "run_nobody")) is None
-    assert store.get_run(conn, RunRef(project.id, theirs.run_id)) is None
+    assert records.get_run(conn, RunRef(project.id, "run_nobody")) is None
+    assert records.get_run(conn, RunRef(project.id, theirs.run_id)) is None
 
 
 def test_a_naive_datetime_is_refused_rather_than_guessed(
     conn: sa.Connection, project: Project
 ) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive"):
-        store.insert_run(conn, run_values(project, created_at=datetime(2026, 1, 1)))
+        records.insert_run(conn, run_values(project, created_at=datetime(2026, 1, 1)))
 
 
 def test_a_taken_run_id_is_an_integrity_error(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
     with pytest.raises(sa.exc.IntegrityError):
-        store.insert_run(conn, run_values(project, run_id=run.run_id))
+        records.insert_run(conn, run_values(project, run_id=run.run_id))
 
 
 def test_the_same_run_id_in_two_projects_is_two_independent_runs(
@@ -188,22 +188,22 @@ def test_the_same_run_id_in_two_projects_is_two_independent_runs(
     mine = insert(conn, project, run_id="run_shared", config={"who": "me"})
     theirs = insert(conn, other_project, run_id="run_shared", config={"who": "them"})
     assert (mine.config, theirs.config) == ({"who": "me"}, {"who": "them"})
-    store.insert_events(conn, mine.ref, archived(2))
-    store.insert_events(conn, theirs.ref, archived(1))
-    assert store.claim_run(conn, theirs.ref, worker="w", lease_until=T0, now=T0) is not None
-    assert store.get_run(conn, mine.ref) == mine
-    assert len(store.list_events(conn, mine.ref, after=0, limit=10)) == 2
-    assert len(store.list_events(conn, theirs.ref, after=0, limit=10)) == 1
+    event_archive.insert_events(conn, mine.ref, archived(2))
+    event_archive.insert_events(conn, theirs.ref, archived(1))
+    assert records.claim_run(conn, theirs.ref, worker="w", lease_until=T0, now=T0) is not None
+    assert records.get_run(conn, mine.ref) == mine
+    assert len(event_archive.list_events(conn, mine.ref, after=0, limit=10)) == 2
+    assert len(event_archive.list_events(conn, theirs.ref, after=0, limit=10)) == 1
 
 
 def test_the_store_never_commits(engine: sa.Engine, project: Project) -> None:
     values = run_values(project)
     with engine.connect() as connection:
-        store.insert_run(connection, values)
-        assert store.get_run(connection, ref_of(values)) is not None
+        records.insert_run(connection, values)
+        assert records.get_run(connection, ref_of(values)) is not None
         connection.rollback()
     with engine.connect() as connection:
-        assert store.get_run(connection, ref_of(values)) is None
+        assert records.get_run(connection, ref_of(values)) is None
 
 
 # -- claim ---------------------------------------------------------------------------------
@@ -213,15 +213,15 @@ def test_a_pending_run_is_claimed_once(conn: sa.Connection, project: Project) ->
     run = insert(conn, project)
     now = T0 + timedelta(seconds=1)
     lease_until = now + timedelta(seconds=30)
-    first = store.claim_run(conn, run.ref, worker="w1", lease_until=lease_until, now=now)
+    first = records.claim_run(conn, run.ref, worker="w1", lease_until=lease_until, now=now)
     assert first is not None
     assert first.status is RunStatus.RUNNING and first.attempt == 1
     assert first.started_at == now and first.updated_at == now and is_utc(first.started_at)
     assert lease_of(conn, run.ref) == ("w1", lease_until)
 
-    second = store.claim_run(conn, run.ref, worker="w2", lease_until=lease_until, now=now)
+    second = records.claim_run(conn, run.ref, worker="w2", lease_until=lease_until, now=now)
     assert second is None
-    assert store.get_run(conn, run.ref) == first
+    assert records.get_run(conn, run.ref) == first
     assert lease_of(conn, run.ref)[0] == "w1"
 
 
@@ -230,14 +230,16 @@ def test_each_claim_is_one_attempt_more_and_keeps_the_first_start_time(
 ) -> None:
     run = insert(conn, project)
     lease = T0 + timedelta(minutes=1)
-    first = store.claim_run(conn, run.ref, worker="w1", lease_until=lease, now=T0)
+    first = records.claim_run(conn, run.ref, worker="w1", lease_until=lease, now=T0)
     assert first is not None and first.attempt == 1
     # The sweeper puts a run whose lease expired back to pending.
     conn.execute(
-        runs_table.update().where(store.of_run(runs_table, run.ref)).values(status="pending")
+        runs_table.update()
+        .where(event_archive.of_run(runs_table, run.ref))
+        .values(status="pending")
     )
     later = T0 + timedelta(minutes=2)
-    second = store.claim_run(conn, run.ref, worker="w2", lease_until=lease, now=later)
+    second = records.claim_run(conn, run.ref, worker="w2", lease_until=lease, now=later)
     assert second is not None
     assert second.attempt == 2 and second.started_at == T0 and second.updated_at == later
     assert lease_of(conn, run.ref)[0] == "w2"
@@ -248,8 +250,8 @@ def test_only_a_pending_run_can_be_claimed(
     conn: sa.Connection, project: Project, status: str
 ) -> None:
     run = insert(conn, project, status=status, attempt=1)
-    assert store.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0) is None
-    assert store.get_run(conn, run.ref) == run
+    assert records.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0) is None
+    assert records.get_run(conn, run.ref) == run
 
 
 def test_claiming_an_unknown_run_is_none(
@@ -257,8 +259,8 @@ def test_claiming_an_unknown_run_is_none(
 ) -> None:
     theirs = insert(conn, other_project)
     for ref in (RunRef(project.id, "run_nobody"), RunRef(project.id, theirs.run_id)):
-        assert store.claim_run(conn, ref, worker="w", lease_until=T0, now=T0) is None
-    assert store.get_run(conn, theirs.ref) == theirs
+        assert records.claim_run(conn, ref, worker="w", lease_until=T0, now=T0) is None
+    assert records.get_run(conn, theirs.ref) == theirs
 
 
 # -- finish --------------------------------------------------------------------------------
@@ -284,7 +286,7 @@ def finish_values(status: str = "completed", **changes: Any) -> dict[str, Any]:
 
 def claimed(conn: sa.Connection, project: Project) -> Run:
     run = insert(conn, project)
-    taken = store.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0)
+    taken = records.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0)
     assert taken is not None
     return taken
 
@@ -293,9 +295,9 @@ def test_finishing_the_running_attempt_writes_the_terminal_record_and_drops_the_
     conn: sa.Connection, project: Project
 ) -> None:
     run = claimed(conn, project)
-    assert store.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
-    assert store.list_events(conn, run.ref, after=0, limit=10) == archived(2)
-    done = store.get_run(conn, run.ref)
+    assert records.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
+    assert event_archive.list_events(conn, run.ref, after=0, limit=10) == archived(2)
+    done = records.get_run(conn, run.ref)
     assert done is not None
     assert done.status is RunStatus.COMPLETED and done.output == {"answer": 42}
     assert done.artifacts == [{"name": "out.txt"}] and done.logs == "done\n"
@@ -309,8 +311,10 @@ def test_a_stale_attempt_cannot_finish_the_run(
     conn: sa.Connection, project: Project, stale_attempt: int
 ) -> None:
     run = claimed(conn, project)
-    assert not store.finish_run(conn, run.ref, stale_attempt, finish_values("failed"), archived(2))
-    assert store.get_run(conn, run.ref) == run
+    assert not records.finish_run(
+        conn, run.ref, stale_attempt, finish_values("failed"), archived(2)
+    )
+    assert records.get_run(conn, run.ref) == run
     assert lease_of(conn, run.ref)[0] == "w"
 
 
@@ -318,35 +322,35 @@ def test_a_finish_that_changes_nothing_archives_no_events(
     conn: sa.Connection, project: Project
 ) -> None:
     run = claimed(conn, project)
-    assert not store.finish_run(conn, run.ref, run.attempt + 1, finish_values(), archived(3))
-    assert store.list_events(conn, run.ref, after=0, limit=10) == []
-    assert store.finish_run(conn, run.ref, run.attempt, finish_values(), [])
-    assert store.get_run(conn, run.ref).status is RunStatus.COMPLETED  # type: ignore[union-attr]
+    assert not records.finish_run(conn, run.ref, run.attempt + 1, finish_values(), archived(3))
+    assert event_archive.list_events(conn, run.ref, after=0, limit=10) == []
+    assert records.finish_run(conn, run.ref, run.attempt, finish_values(), [])
+    assert records.get_run(conn, run.ref).status is RunStatus.COMPLETED  # type: ignore[union-attr]
 
 
 def test_a_pending_run_cannot_be_finished(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project, status="pending", attempt=1)
-    assert not store.finish_run(conn, run.ref, 1, finish_values(), archived(2))
-    assert store.get_run(conn, run.ref) == run
+    assert not records.finish_run(conn, run.ref, 1, finish_values(), archived(2))
+    assert records.get_run(conn, run.ref) == run
 
 
 def test_a_waiting_run_can_be_finished(conn: sa.Connection, project: Project) -> None:
     """A workflow parked on a wait ends when the wait times out."""
     run = insert(conn, project, status="waiting", attempt=1)
-    assert store.finish_run(conn, run.ref, 1, finish_values("failed"), archived(2))
+    assert records.finish_run(conn, run.ref, 1, finish_values("failed"), archived(2))
 
 
 def test_finishing_an_unknown_run_is_false(
     conn: sa.Connection, project: Project, other_project: Project
 ) -> None:
     theirs = insert(conn, other_project, status="running", attempt=1)
-    assert not store.finish_run(
+    assert not records.finish_run(
         conn, RunRef(project.id, "run_nobody"), 1, finish_values(), archived(2)
     )
-    assert not store.finish_run(
+    assert not records.finish_run(
         conn, RunRef(project.id, theirs.run_id), 1, finish_values(), archived(2)
     )
-    assert store.get_run(conn, theirs.ref) == theirs
+    assert records.get_run(conn, theirs.ref) == theirs
 
 
 # -- cancel --------------------------------------------------------------------------------
@@ -368,16 +372,16 @@ def test_an_active_run_can_be_cancelled(conn: sa.Connection, project: Project, s
     run = insert(conn, project, status=status)
     conn.execute(
         runs_table.update()
-        .where(store.of_run(runs_table, run.ref))
+        .where(event_archive.of_run(runs_table, run.ref))
         .values(lease_owner="w", lease_expires_at=T0)
     )
-    cancelled = store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
+    cancelled = records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert cancelled is not None
     assert cancelled.status is RunStatus.CANCELLED
     assert cancelled.completed_at == T0 + timedelta(seconds=2) and is_utc(cancelled.completed_at)
     assert cancelled.error == {"message": "Run cancelled", "code": "cancelled"}
     assert cancelled.cancel_requested_at == CANCEL_AT
-    assert store.get_run(conn, run.ref) == cancelled
+    assert records.get_run(conn, run.ref) == cancelled
     if status == "running":  # its worker still has to stop: the lease stays until it says so
         assert cancelled.cancel_stopped_at is None
         assert lease_of(conn, run.ref) == ("w", T0)
@@ -388,10 +392,10 @@ def test_an_active_run_can_be_cancelled(conn: sa.Connection, project: Project, s
 
 def test_a_cancelled_run_cannot_be_cancelled_again(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    first = store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
+    first = records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert first is not None
-    assert store.cancel_run(conn, run.ref, T0, {"updated_at": T0 + timedelta(hours=1)}) is None
-    assert store.get_run(conn, run.ref) == first
+    assert records.cancel_run(conn, run.ref, T0, {"updated_at": T0 + timedelta(hours=1)}) is None
+    assert records.get_run(conn, run.ref) == first
 
 
 def test_cancelling_an_unknown_run_is_none(
@@ -399,8 +403,8 @@ def test_cancelling_an_unknown_run_is_none(
 ) -> None:
     theirs = insert(conn, other_project)
     for ref in (RunRef(project.id, "run_nobody"), RunRef(project.id, theirs.run_id)):
-        assert store.cancel_run(conn, ref, CANCEL_AT, cancel_values()) is None
-    assert store.get_run(conn, theirs.ref) == theirs
+        assert records.cancel_run(conn, ref, CANCEL_AT, cancel_values()) is None
+    assert records.get_run(conn, theirs.ref) == theirs
 
 
 # -- invariant 2: terminal is final --------------------------------------------------------
@@ -420,23 +424,23 @@ def test_a_terminal_run_never_changes_whatever_is_tried(
         completed_at=T0 + timedelta(seconds=1),
     )
     later = T0 + timedelta(hours=1)
-    assert store.claim_run(conn, run.ref, worker="w", lease_until=later, now=later) is None
+    assert records.claim_run(conn, run.ref, worker="w", lease_until=later, now=later) is None
     for attempt in (0, 1, 2):
         for outcome in ("completed", "failed", "cancelled"):
-            assert not store.finish_run(
+            assert not records.finish_run(
                 conn, run.ref, attempt, finish_values(outcome, output={"late": True}), archived(2)
             )
-    assert store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values()) is None
-    assert store.get_run(conn, run.ref) == run
+    assert records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values()) is None
+    assert records.get_run(conn, run.ref) == run
     assert lease_of(conn, run.ref) == (None, None)
 
 
 def test_a_late_finish_after_cancel_changes_nothing(conn: sa.Connection, project: Project) -> None:
     run = claimed(conn, project)
-    cancelled = store.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
+    cancelled = records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert cancelled is not None
-    assert not store.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
-    assert store.get_run(conn, run.ref) == cancelled
+    assert not records.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
+    assert records.get_run(conn, run.ref) == cancelled
 
 
 # -- list ----------------------------------------------------------------------------------
@@ -448,7 +452,7 @@ def test_runs_are_listed_newest_first_then_by_run_id_descending(
     t1, t2 = T0, T0 + timedelta(microseconds=1)
     for run_id, created in [("run_b", t1), ("run_d", t2), ("run_a", t1), ("run_c", t2)]:
         insert(conn, project, run_id=f"{run_id}-{project.id}", created_at=created)
-    listed = store.list_runs(conn, project.id, RunFilters(), before=None, limit=10)
+    listed = records.list_runs(conn, project.id, RunFilters(), before=None, limit=10)
     assert [r.run_id.split("-")[0] for r in listed] == ["run_d", "run_c", "run_b", "run_a"]
 
 
@@ -464,26 +468,26 @@ def test_keyset_paging_visits_every_run_exactly_once(conn: sa.Connection, projec
     seen: list[str] = []
     before: tuple[datetime, str] | None = None
     for _ in range(30):
-        page = store.list_runs(conn, project.id, RunFilters(), before=before, limit=4)
+        page = records.list_runs(conn, project.id, RunFilters(), before=before, limit=4)
         seen.extend(r.run_id for r in page)
         if len(page) < 4:
             break
         before = decode_cursor(encode_cursor(page[-1]))  # as the API pages
     assert len(seen) == len(set(seen)) == 23
     assert set(seen) == set(expected)
-    ordered = store.list_runs(conn, project.id, RunFilters(), before=None, limit=100)
+    ordered = records.list_runs(conn, project.id, RunFilters(), before=None, limit=100)
     assert seen == [r.run_id for r in ordered]
 
 
 def test_before_is_exclusive(conn: sa.Connection, project: Project) -> None:
     newer = insert(conn, project, created_at=T0 + timedelta(seconds=1))
     older = insert(conn, project)
-    after_newer = store.list_runs(
+    after_newer = records.list_runs(
         conn, project.id, RunFilters(), before=(newer.created_at, newer.run_id), limit=10
     )
     assert [r.run_id for r in after_newer] == [older.run_id]
     assert (
-        store.list_runs(
+        records.list_runs(
             conn, project.id, RunFilters(), before=(older.created_at, older.run_id), limit=10
         )
         == []
@@ -495,7 +499,7 @@ def test_a_project_lists_only_its_own_runs(
 ) -> None:
     mine = insert(conn, project)
     insert(conn, other_project)
-    listed = store.list_runs(conn, project.id, RunFilters(), before=None, limit=10)
+    listed = records.list_runs(conn, project.id, RunFilters(), before=None, limit=10)
     assert [r.run_id for r in listed] == [mine.run_id]
 
 
@@ -524,7 +528,7 @@ def test_list_filters_by_status_kind_target_and_parent(
     )
 
     def ids(**filters: Any) -> list[str]:
-        found = store.list_runs(conn, project.id, RunFilters(**filters), before=None, limit=10)
+        found = records.list_runs(conn, project.id, RunFilters(**filters), before=None, limit=10)
         return [r.run_id for r in found]
 
     assert ids() == [flow.run_id, child.run_id, root.run_id]
@@ -543,7 +547,7 @@ def test_list_filters_by_status_kind_target_and_parent(
 def test_list_honours_the_limit(conn: sa.Connection, project: Project) -> None:
     for i in range(5):
         insert(conn, project, created_at=T0 + timedelta(seconds=i))
-    assert len(store.list_runs(conn, project.id, RunFilters(), before=None, limit=3)) == 3
+    assert len(records.list_runs(conn, project.id, RunFilters(), before=None, limit=3)) == 3
 
 
 # -- archived events -----------------------------------------------------------------------
@@ -567,34 +571,37 @@ def test_archived_events_read_back_in_order_with_exclusive_after_and_a_limit(
     run = insert(conn, project)
     other = insert(conn, project)
     events = archived(6)
-    store.insert_events(conn, run.ref, events)
-    store.insert_events(conn, other.ref, archived(3))
+    event_archive.insert_events(conn, run.ref, events)
+    event_archive.insert_events(conn, other.ref, archived(3))
 
-    assert store.list_events(conn, run.ref, after=0, limit=100) == events
-    assert [e.event_id for e in store.list_events(conn, run.ref, after=2, limit=100)] == [
+    assert event_archive.list_events(conn, run.ref, after=0, limit=100) == events
+    assert [e.event_id for e in event_archive.list_events(conn, run.ref, after=2, limit=100)] == [
         3,
         4,
         5,
         6,
     ]
-    assert [e.event_id for e in store.list_events(conn, run.ref, after=1, limit=2)] == [2, 3]
-    assert store.list_events(conn, run.ref, after=6, limit=100) == []
-    assert store.list_events(conn, run.ref, after=99, limit=100) == []
-    for event in store.list_events(conn, run.ref, after=0, limit=100):
+    assert [e.event_id for e in event_archive.list_events(conn, run.ref, after=1, limit=2)] == [
+        2,
+        3,
+    ]
+    assert event_archive.list_events(conn, run.ref, after=6, limit=100) == []
+    assert event_archive.list_events(conn, run.ref, after=99, limit=100) == []
+    for event in event_archive.list_events(conn, run.ref, after=0, limit=100):
         assert is_utc(event.created_at)
 
 
 def test_inserting_no_events_is_a_no_op(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    store.insert_events(conn, run.ref, [])
-    assert store.list_events(conn, run.ref, after=0, limit=10) == []
+    event_archive.insert_events(conn, run.ref, [])
+    assert event_archive.list_events(conn, run.ref, after=0, limit=10) == []
 
 
 def test_an_event_id_is_archived_once_per_run(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    store.insert_events(conn, run.ref, archived(2))
+    event_archive.insert_events(conn, run.ref, archived(2))
     with pytest.raises(sa.exc.IntegrityError):
-        store.insert_events(conn, run.ref, archived(1))
+        event_archive.insert_events(conn, run.ref, archived(1))
 
 
 # -- what workers write is stored readable ------------------------------------------------
@@ -615,8 +622,8 @@ def test_a_terminal_record_with_invalid_text_and_nan_is_stored_cleaned(
         artifacts=[{"name": UNCLEAN}],
         attempts=[{"attempt": 1, "status": "failed", "error": {"message": UNCLEAN}}],
     )
-    assert store.finish_run(conn, run.ref, run.attempt, values, archived(2))
-    done = store.get_run(conn, run.ref)
+    assert records.finish_run(conn, run.ref, run.attempt, values, archived(2))
+    done = records.get_run(conn, run.ref)
     assert done is not None
     assert done.output == {CLEANED: [CLEANED, None]}
     assert done.error == {"message": CLEANED, "code": "x", "detail": {"n": None}}
@@ -629,8 +636,8 @@ def test_events_and_node_values_with_invalid_text_are_stored_cleaned(
 ) -> None:
     run = insert(conn, project, kind="workflow")
     event = RunEvent(1, "NOTE", {UNCLEAN: UNCLEAN, "n": float("nan")}, T0)
-    store.insert_events(conn, run.ref, [event])
-    assert store.list_events(conn, run.ref, after=0, limit=10)[0].payload == {
+    event_archive.insert_events(conn, run.ref, [event])
+    assert event_archive.list_events(conn, run.ref, after=0, limit=10)[0].payload == {
         CLEANED: CLEANED,
         "n": None,
     }
@@ -655,9 +662,9 @@ def test_a_token_finds_its_project_by_hash(
 ) -> None:
     _, secret = access.create_token(project.slug)
     with engine.connect() as connection:
-        assert store.project_for_token(connection, hash_token(secret)) == project
-        assert store.project_for_token(connection, secret) is None
-        assert store.project_for_token(connection, hash_token(secret + "x")) is None
+        assert projects.project_for_token(connection, hash_token(secret)) == project
+        assert projects.project_for_token(connection, secret) is None
+        assert projects.project_for_token(connection, hash_token(secret + "x")) is None
 
 
 def test_a_revoked_token_is_refused(
@@ -666,12 +673,12 @@ def test_a_revoked_token_is_refused(
     token, secret = access.create_token(project.slug)
     kept, kept_secret = access.create_token(project.slug, "kept")
     with engine.begin() as connection:
-        assert store.revoke_token(connection, token.id, T0)
-        assert not store.revoke_token(connection, token.id, T0)  # once only
+        assert projects.revoke_token(connection, token.id, T0)
+        assert not projects.revoke_token(connection, token.id, T0)  # once only
     with engine.connect() as connection:
-        assert store.project_for_token(connection, hash_token(secret)) is None
-        assert store.project_for_token(connection, hash_token(kept_secret)) == project
-        listed = {t.id: t.revoked_at for t in store.list_tokens(connection, project.id)}
+        assert projects.project_for_token(connection, hash_token(secret)) is None
+        assert projects.project_for_token(connection, hash_token(kept_secret)) == project
+        listed = {t.id: t.revoked_at for t in projects.list_tokens(connection, project.id)}
     assert listed == {token.id: T0, kept.id: None}
     with pytest.raises(Unauthenticated):
         access.authenticate(secret)
@@ -713,10 +720,10 @@ def test_the_token_secret_never_appears_in_the_tokens_table(
 
 
 def test_projects_are_found_by_id_or_slug(conn: sa.Connection, project: Project) -> None:
-    assert store.find_project(conn, project.id) == project
-    assert store.find_project(conn, project.slug) == project
-    assert store.find_project(conn, str(uuid.uuid4())) is None
-    assert store.find_project(conn, "no-such-project") is None
+    assert projects.find_project(conn, project.id) == project
+    assert projects.find_project(conn, project.slug) == project
+    assert projects.find_project(conn, str(uuid.uuid4())) is None
+    assert projects.find_project(conn, "no-such-project") is None
     assert is_utc(project.created_at)
 
 
