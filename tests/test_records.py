@@ -1,4 +1,5 @@
-"""Run records, projects, tokens and the event archive on SQLite and PostgreSQL, and the Redis event log on the real Redis.
+"""Run records, projects, tokens and the event archive on SQLite and PostgreSQL, and the Redis
+event log on the real Redis.
 
 Store tests run inside one transaction that is rolled back at the end (the store never
 commits, so nothing leaks between tests); each test also has a project of its own.
