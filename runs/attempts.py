@@ -16,7 +16,17 @@ import sqlalchemy as sa
 from runs.domain import events as ev
 from runs.domain.clock import utcnow
 from runs.domain.events import NewEvent
-from runs.domain.runs import Lease, Outcome, Run, RunError, RunRef, RunStatus, attempt_record
+from runs.domain.runs import (
+    ErrorCode,
+    Lease,
+    Outcome,
+    Run,
+    RunError,
+    RunRef,
+    RunStatus,
+    attempt_record,
+    attempts_to_json,
+)
 from runs.persistence import event_archive, recovery
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
@@ -75,7 +85,7 @@ class AttemptService:
                 conn,
                 run.ref,
                 run.attempt,
-                attempts=[*run.attempts, record],
+                attempts=(*run.attempts, record),
                 due=now + timedelta(seconds=delay),
                 now=now,
                 lease_expired_before=now if lease_expired else None,
@@ -108,7 +118,7 @@ class AttemptService:
             lost = recovery.expired_leases(conn, now, limit)
         reclaimed = 0
         for run in lost:
-            error = RunError(WORKER_LOST, code="worker_lost")
+            error = RunError(WORKER_LOST, code=ErrorCode.WORKER_LOST)
             if run.attempt < max_attempts(run):
                 delay = backoff(run.attempt)
                 reclaimed += self._requeue(run, error, delay, now, lease_expired=True)
@@ -127,7 +137,9 @@ class AttemptService:
                 "duration_ms": duration_ms(run.started_at or now, now),
                 "completed_at": now,
                 "updated_at": now,
-                "attempts": [*run.attempts, attempt_record(run, RunStatus.FAILED, error, now)],
+                "attempts": attempts_to_json(
+                    (*run.attempts, attempt_record(run, RunStatus.FAILED, error, now))
+                ),
             }
             if self._end(
                 run.ref,
@@ -158,7 +170,7 @@ class AttemptService:
         expired = 0
         for run in stale:
             message = f"the run waited more than {ttl_seconds:g} s for a worker"
-            error = RunError(message, code="expired")
+            error = RunError(message, code=ErrorCode.EXPIRED)
             values = {
                 "status": RunStatus.FAILED.value,
                 "error": error.to_json(),

@@ -12,9 +12,9 @@ from collections.abc import Iterable
 import sqlalchemy as sa
 
 from runs.domain.clock import utcnow
+from runs.domain.definitions import Definition
 from runs.domain.errors import UnknownTarget
 from runs.persistence import definitions
-from runs.persistence.definitions import Definition
 
 
 class DefinitionCatalog:

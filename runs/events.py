@@ -22,7 +22,7 @@ import redis
 
 from runs.domain.events import NewEvent, RunEvent
 from runs.domain.runs import RunRef
-from runs.domain.text import storable
+from runs.domain.text import loads_storable, storable
 
 _FLOOR = """
 local floor = tonumber(ARGV[FLOOR])
@@ -128,7 +128,7 @@ def _decode(entry: Sequence[Any]) -> RunEvent:
     return RunEvent(
         event_id=int(raw_id.split("-", 1)[1]),
         event_type=fields[b"t"].decode(),
-        payload=json.loads(fields[b"p"]),
+        payload=loads_storable(fields[b"p"]),  # cleaned if an older worker wrote it
         created_at=datetime.fromtimestamp(int(fields[b"c"]) / 1000, UTC),
     )
 

@@ -8,13 +8,22 @@ and omit ``error.code``/``error.detail`` rather than sending null (contract §14
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, overload
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 from pydantic_core import PydanticCustomError
 
+from runs.domain.definitions import Definition
 from runs.domain.events import RunEvent
-from runs.domain.runs import DEFINITION_ID_PATTERN, RUN_ID_PATTERN, Run
+from runs.domain.runs import (
+    DEFINITION_ID_PATTERN,
+    RUN_ID_PATTERN,
+    AttemptRecord,
+    Run,
+    RunError,
+    RunKind,
+    RunRequest,
+)
 from runs.domain.text import unstorable
 
 RunKindWire = Literal["agent", "workflow", "task", "eval"]
@@ -99,6 +108,17 @@ class CreateRunIn(_Request):
     parent_run_id: str | None = Field(default=None, min_length=1, max_length=128)
     request: RunRequestIn
 
+    def to_request(self) -> RunRequest:
+        """The domain's request: the fields of ``request`` carry the same names there."""
+        return RunRequest(
+            kind=RunKind(self.kind),
+            owner_kind=self.owner.kind,
+            owner_id=self.owner.id,
+            public_id=self.public_id,
+            parent_run_id=self.parent_run_id,
+            **{name: getattr(self.request, name) for name in RunRequestIn.model_fields},
+        )
+
 
 class ApprovalIn(_Request):
     node_id: str = Field(min_length=1, max_length=200)
@@ -123,12 +143,13 @@ class RunErrorOut(BaseModel):
 
     @model_serializer
     def _omit_absent(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"message": self.message}
-        if self.code is not None:
-            data["code"] = self.code
-        if self.detail is not None:
-            data["detail"] = self.detail
-        return data
+        return RunError(self.message, self.code, self.detail).to_json()
+
+    @classmethod
+    def from_error(cls, error: RunError | None) -> RunErrorOut | None:
+        if error is None:
+            return None
+        return cls(message=error.message, code=error.code, detail=error.detail)
 
 
 class OwnerOut(BaseModel):
@@ -141,7 +162,17 @@ class CancellationOut(BaseModel):
     stopped_at: str | None
 
 
+class AttemptOut(BaseModel):
+    attempt: int
+    status: RunStatusWire
+    error: RunErrorOut | None
+    started_at: str | None
+    finished_at: str
+
+
 class RunOut(BaseModel):
+    """A run on the wire (contract §5): every nullable key present, timestamps in UTC 'Z'."""
+
     run_id: str
     kind: RunKindWire
     status: RunStatusWire
@@ -174,12 +205,53 @@ class RunOut(BaseModel):
     name: str | None = None
     attempt: int = 0
     # Extra keys the official client strips: each ended attempt, and when a cancel stopped.
-    attempts: list[dict[str, Any]] = Field(default_factory=list)
+    attempts: list[AttemptOut] = Field(default_factory=list)
     cancellation: CancellationOut | None = None
     updated_at: str
     created_at: str
     started_at: str | None
     completed_at: str | None
+
+    @classmethod
+    def from_run(cls, run: Run) -> RunOut:
+        """The one mapping of a run record to the wire: fields of the same name are copied."""
+        return cls(
+            **{name: getattr(run, name) for name in _COPIED_FROM_RUN},
+            owner=OwnerOut.model_validate({"kind": run.owner_kind, "id": run.owner_id}),
+            error=RunErrorOut.from_error(run.error),
+            attempts=[_attempt_out(a) for a in run.attempts],
+            cancellation=_cancellation(run),
+            updated_at=timestamp(run.updated_at),
+            created_at=timestamp(run.created_at),
+            started_at=timestamp(run.started_at),
+            completed_at=timestamp(run.completed_at),
+        )
+
+
+_CONVERTED = frozenset({"owner", "error", "attempts", "cancellation"})
+_TIMESTAMPS = frozenset({"updated_at", "created_at", "started_at", "completed_at"})
+_COPIED_FROM_RUN = tuple(
+    name for name in RunOut.model_fields if name not in _CONVERTED and name not in _TIMESTAMPS
+)
+
+
+def _attempt_out(record: AttemptRecord) -> AttemptOut:
+    return AttemptOut(
+        attempt=record.attempt,
+        status=record.status.value,
+        error=RunErrorOut.from_error(record.error),
+        started_at=timestamp(record.started_at),
+        finished_at=timestamp(record.finished_at),
+    )
+
+
+def _cancellation(run: Run) -> CancellationOut | None:
+    if run.cancel_requested_at is None:
+        return None
+    return CancellationOut(
+        requested_at=timestamp(run.cancel_requested_at),
+        stopped_at=timestamp(run.cancel_stopped_at),
+    )
 
 
 class ApprovalOut(BaseModel):
@@ -235,6 +307,15 @@ class RunEventOut(BaseModel):
     payload: Any
     created_at: str
 
+    @classmethod
+    def from_event(cls, event: RunEvent) -> RunEventOut:
+        return cls(
+            event_id=event.event_id,
+            event_type=event.event_type,
+            payload=event.payload,
+            created_at=timestamp(event.created_at),
+        )
+
 
 class RunEventListOut(BaseModel):
     data: list[RunEventOut]
@@ -254,79 +335,22 @@ class DefinitionOut(BaseModel):
     input_schema: Any
     output_schema: Any
 
+    @classmethod
+    def from_definition(cls, definition: Definition) -> DefinitionOut:
+        return cls(**{name: getattr(definition, name) for name in cls.model_fields})
+
 
 class DefinitionListOut(BaseModel):
     data: list[DefinitionOut]
 
 
+@overload
+def timestamp(moment: datetime) -> str: ...
+@overload
+def timestamp(moment: None) -> None: ...
+@overload
+def timestamp(moment: datetime | None) -> str | None: ...
 def timestamp(moment: datetime | None) -> str | None:
     if moment is None:
         return None
     return moment.isoformat().replace("+00:00", "Z")
-
-
-def run_to_wire(run: Run) -> dict[str, Any]:
-    error = run.error
-    if error is not None:
-        error = {k: v for k, v in error.items() if v is not None}
-    return {
-        "run_id": run.run_id,
-        "kind": run.kind.value,
-        "status": run.status.value,
-        "owner": {"kind": run.owner_kind, "id": run.owner_id},
-        "parent_run_id": run.parent_run_id,
-        "root_run_id": run.root_run_id,
-        "waiting_reason": run.waiting_reason,
-        "metadata": run.metadata,
-        "target": run.target,
-        "workflow_id": run.workflow_id,
-        "schedule_id": run.schedule_id,
-        "batch_id": run.batch_id,
-        "runtime_target_kind": run.runtime_target_kind,
-        "runtime_target_environment_id": run.runtime_target_environment_id,
-        "runtime_target_branch_id": run.runtime_target_branch_id,
-        "input": run.input,
-        "config": run.config,
-        "output": run.output,
-        "error": error,
-        "logs": run.logs,
-        "artifacts": list(run.artifacts),
-        "duration_ms": run.duration_ms,
-        "exit_code": run.exit_code,
-        "start_mode": run.start_mode,
-        "timeout_seconds": run.timeout_seconds,
-        "backoff_limit": run.backoff_limit,
-        "trigger_kind": run.trigger_kind,
-        "trigger_id": run.trigger_id,
-        "created_by": run.created_by,
-        "name": run.name,
-        "attempt": run.attempt,
-        "attempts": list(run.attempts),
-        "cancellation": _cancellation(run),
-        "updated_at": timestamp(run.updated_at),
-        "created_at": timestamp(run.created_at),
-        "started_at": timestamp(run.started_at),
-        "completed_at": timestamp(run.completed_at),
-    }
-
-
-def _cancellation(run: Run) -> dict[str, Any] | None:
-    if run.cancel_requested_at is None:
-        return None
-    return {
-        "requested_at": timestamp(run.cancel_requested_at),
-        "stopped_at": timestamp(run.cancel_stopped_at),
-    }
-
-
-def event_to_wire(event: RunEvent) -> dict[str, Any]:
-    return {
-        "event_id": event.event_id,
-        "event_type": event.event_type,
-        "payload": event.payload,
-        "created_at": timestamp(event.created_at),
-    }
-
-
-def page_info(next_cursor: str | None) -> dict[str, Any]:
-    return {"self": None, "first": None, "next": next_cursor, "prev": None}

@@ -25,6 +25,7 @@ from runs.domain.events import NewEvent, RunEvent
 from runs.domain.projects import Project
 from runs.domain.runs import (
     RUN_ID_PATTERN,
+    ErrorCode,
     Outcome,
     Run,
     RunError,
@@ -33,6 +34,7 @@ from runs.domain.runs import (
     RunRequest,
     RunStatus,
     attempt_record,
+    attempts_to_json,
     check_run_id,
     check_target_matches_kind,
     new_run_id,
@@ -260,7 +262,7 @@ class RunService:
         # Reserve ids for STEP_FINISHED and RUN_ERROR, and raise the cooperative flag.
         first, so_far = self._events.close(ref, 2, cancel=True)
         now = self._clock()
-        error = RunError("Run cancelled", code="cancelled")
+        error = RunError("Run cancelled", code=ErrorCode.CANCELLED)
         with self._engine.begin() as conn:
             cancelled = records.cancel_run(
                 conn,
@@ -269,11 +271,11 @@ class RunService:
                 {"completed_at": now, "updated_at": now, "error": error.to_json()},
             )
             if cancelled is not None:
-                final = [ev.terminal_event("cancelled", error.message)]
+                final = [ev.terminal_event(RunStatus.CANCELLED.value, error.message)]
                 if cancelled.kind is RunKind.WORKFLOW:
                     nodes.cancel_active_nodes(conn, ref, now)
                 elif cancelled.started_at is not None:
-                    final.insert(0, ev.step_finished_event(cancelled.target, "cancelled"))
+                    final.insert(0, ev.step_finished_event(cancelled.target, ErrorCode.CANCELLED))
                 if cancelled.started_at is not None:
                     ran_ms = duration_ms(cancelled.started_at, now)
                     records.set_cancelled_duration(conn, ref, ran_ms)
@@ -354,7 +356,7 @@ class RunService:
         now = self._clock()
         attempts = run.attempts
         if run.kind is RunKind.TASK:
-            attempts = [*attempts, attempt_record(run, outcome.status, outcome.error, now)]
+            attempts = (*attempts, attempt_record(run, outcome.status, outcome.error, now))
         values = {
             "status": status,
             "output": outcome.output,
@@ -365,7 +367,7 @@ class RunService:
             "duration_ms": duration_ms(run.started_at or now, now),
             "completed_at": now,
             "updated_at": now,
-            "attempts": attempts or None,
+            "attempts": attempts_to_json(attempts),
         }
         # The stream is closed first, on behalf of this attempt: refused when a cancel or the
         # sweeper closed it, or a later attempt owns it. Then the conditional update and the

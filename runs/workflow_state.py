@@ -16,7 +16,7 @@ from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict
 from runs.domain.events import STEP_FINISHED, STEP_STARTED, NewEvent
 from runs.domain.projects import Project
-from runs.domain.runs import Run, RunKind, RunRef
+from runs.domain.runs import ErrorCode, Run, RunError, RunKind, RunRef
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
 from runs.persistence import nodes
 from runs.persistence.engine import autocommit
@@ -134,14 +134,18 @@ class WorkflowState:
         self,
         ref: RunRef,
         node_id: str,
-        error: dict[str, Any],
+        error: RunError,
         *,
         attempt: int | None = None,
         logs: str | None = None,
         status: NodeStatus = NodeStatus.FAILED,
     ) -> bool:
         """running or parked -> failed (or cancelled: a step whose run was cancelled)."""
-        values: dict[str, Any] = {"status": status, "error": error, "completed_at": self._clock()}
+        values: dict[str, Any] = {
+            "status": status,
+            "error": error.to_json(),
+            "completed_at": self._clock(),
+        }
         if attempt is not None:
             values["logs"] = logs
         return self._move(
@@ -151,19 +155,19 @@ class WorkflowState:
             values,
             attempt=attempt,
             event=step_event(
-                STEP_FINISHED, node_id, status.value, attempt or 0, message=error.get("message")
+                STEP_FINISHED, node_id, status.value, attempt or 0, message=error.message
             ),
         )
 
     def requeue(
-        self, ref: RunRef, node_id: str, *, attempt: int, error: dict[str, Any], logs: str | None
+        self, ref: RunRef, node_id: str, *, attempt: int, error: RunError, logs: str | None
     ) -> bool:
         """running -> queued for another attempt of the step (its job is sent after a delay)."""
         return self._move(
             ref,
             node_id,
             [NodeStatus.RUNNING],
-            {"status": NodeStatus.QUEUED, "error": error, "logs": logs},
+            {"status": NodeStatus.QUEUED, "error": error.to_json(), "logs": logs},
             attempt=attempt,
             event=step_event(
                 STEP_FINISHED,
@@ -171,7 +175,7 @@ class WorkflowState:
                 "failed",
                 attempt,
                 retrying=True,
-                message=error.get("message"),
+                message=error.message,
             ),
         )
 
@@ -298,7 +302,7 @@ class WorkflowState:
             )
         else:
             reason = f"approval {node_id!r} was rejected" + (f": {comment}" if comment else "")
-            moved = self.fail(run.ref, node_id, {"message": reason, "code": "rejected"})
+            moved = self.fail(run.ref, node_id, RunError(reason, code=ErrorCode.REJECTED))
         if moved:
             self._resumed(run)
         return self._runs.get(project, run_id)

@@ -20,10 +20,10 @@ from httpx import Response
 
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
+from runs.domain.definitions import Definition
 from runs.domain.projects import Project
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.persistence import nodes
-from runs.persistence.definitions import Definition
 from runs.schemas import ApprovalOut, CancelRunOut, CreateRunOut, RunEventListOut, RunOut, SignalOut
 from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.workflow_support import EVENT, park, ref_of
@@ -357,8 +357,8 @@ def test_rejecting_a_waiting_node_fails_it_with_code_rejected(
 
     review = node_states(pg_engine, run_id)["review"]
     assert review.status is NodeStatus.FAILED
-    assert review.error is not None and review.error["code"] == "rejected"
-    assert "numbers are wrong" in review.error["message"]
+    assert review.error is not None and review.error.code == "rejected"
+    assert "numbers are wrong" in review.error.message
     assert review.output is None and review.completed_at is not None
     assert api.queued() == queued_before + 1
     assert api.newest_job() == (run["target"], [caller.project.id, run_id])

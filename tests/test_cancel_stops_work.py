@@ -19,7 +19,7 @@ from runs.domain.events import RUN_ERROR, RUN_FINISHED, RUN_STARTED
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunStatus
 from runs.events import RedisEventLog
-from runs.schemas import run_to_wire
+from runs.schemas import RunOut
 from tests.conftest import WorkerPool, durable_settings
 from tests.durable_support import Live, live_services
 from tests.helpers import task_request
@@ -168,8 +168,8 @@ def assert_utc(text: object, moment: datetime | None) -> None:
 def assert_cancelled_record(run: Run) -> None:
     assert run.status is RunStatus.CANCELLED
     assert run.output is None
-    assert run.error is not None and run.error["code"] == "cancelled"
-    assert all(a["status"] != RunStatus.COMPLETED.value for a in run.attempts), run.attempts
+    assert run.error is not None and run.error.code == "cancelled"
+    assert all(a.status is not RunStatus.COMPLETED for a in run.attempts), run.attempts
 
 
 # -- tests ---------------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_the_wire_shows_when_a_cancel_was_requested_and_when_the_work_stopped(
     # A running run: the work stops after the request.
     cancelled = cancel_running(live, project, "task:durable/spin", {})
     spun = stopped(live, project, cancelled.run_id, 10)
-    wire = run_to_wire(spun)["cancellation"]
+    wire = RunOut.from_run(spun).model_dump(mode="json")["cancellation"]
     assert set(wire) == {"requested_at", "stopped_at"}
     assert_utc(wire["requested_at"], spun.cancel_requested_at)
     assert_utc(wire["stopped_at"], spun.cancel_stopped_at)
@@ -216,7 +216,7 @@ def test_the_wire_shows_when_a_cancel_was_requested_and_when_the_work_stopped(
     # A run never cancelled.
     never = complete(live, project, "task:durable/pid", {})
     assert never.cancel_requested_at is None and never.cancel_stopped_at is None
-    assert run_to_wire(never)["cancellation"] is None
+    assert RunOut.from_run(never).model_dump(mode="json")["cancellation"] is None
 
     # A pending run nobody took (its queue has no consumer): it stopped when it was cancelled.
     key = counters()
@@ -230,7 +230,7 @@ def test_the_wire_shows_when_a_cancel_was_requested_and_when_the_work_stopped(
             assert was_cancelled is True
             assert run.cancel_requested_at is not None
             assert run.cancel_stopped_at == run.cancel_requested_at
-            wire = run_to_wire(run)["cancellation"]
+            wire = RunOut.from_run(run).model_dump(mode="json")["cancellation"]
             assert wire["stopped_at"] == wire["requested_at"]
             assert_utc(wire["stopped_at"], run.cancel_stopped_at)
 
@@ -314,7 +314,7 @@ def test_the_same_message_delivered_twice_runs_once(
     assert count(redis_url, key) == 1
     final = live.runs.get(project, run.run_id)
     assert final.attempt == 1
-    assert [a["status"] for a in final.attempts] == [RunStatus.COMPLETED.value]
+    assert [a.status for a in final.attempts] == [RunStatus.COMPLETED.value]
     assert live.event_types(project, run.run_id).count(RUN_STARTED) == 1
 
     # Delivered once more, to a run already ended: nothing happens.

@@ -111,14 +111,14 @@ def test_a_command_exiting_non_zero_fails_with_its_exit_code_and_is_retried(
     failed = live.wait_terminal(project, once.run_id)
     assert failed.status is RunStatus.FAILED
     assert failed.exit_code == 3
-    assert failed.error is not None and failed.error["code"] == "process_failed"
+    assert failed.error is not None and failed.error.code == "process_failed"
     assert failed.logs is not None and "failing" in failed.logs
     assert failed.attempt == 1
     again = live.wait_terminal(project, retried.run_id)
     assert again.status is RunStatus.FAILED and again.exit_code == 3
-    assert again.error is not None and again.error["code"] == "process_failed"
+    assert again.error is not None and again.error.code == "process_failed"
     assert again.attempt == 2
-    assert [a["attempt"] for a in again.attempts] == [1, 2]
+    assert [a.attempt for a in again.attempts] == [1, 2]
     assert live.event_types(project, retried.run_id).count("STEP_STARTED") == 2
 
 
@@ -129,7 +129,7 @@ def test_a_result_file_that_is_not_json_fails_the_run_as_invalid_output(
     run, _ = live.runs.submit(project, task_request(project, "task:durable/cmd-bad-result"))
     done = live.wait_terminal(project, run.run_id)
     assert done.status is RunStatus.FAILED
-    assert done.error is not None and done.error["code"] == "invalid_output"
+    assert done.error is not None and done.error.code == "invalid_output"
     assert done.exit_code == 0
     assert done.attempt == 1
 
@@ -154,8 +154,8 @@ def test_an_argv_the_config_cannot_build_fails_the_run_at_once_without_retries(
     )
     done = live.wait_terminal(project, run.run_id)
     assert done.status is RunStatus.FAILED and done.attempt == 1
-    assert done.error is not None and done.error["code"] == "invalid_input"
-    assert "json" in done.error["message"]
+    assert done.error is not None and done.error.code == "invalid_input"
+    assert "json" in done.error.message
 
 
 def test_an_argv_of_other_than_strings_fails_as_invalid_input() -> None:
@@ -182,7 +182,7 @@ def test_cancelling_a_command_leaves_none_of_its_process_tree_behind(
     wait_no_processes(run.run_id, timeout=3)
     final = live.wait_for(project, run.run_id, lambda r: r.cancel_stopped_at is not None, 5)
     assert final.status is RunStatus.CANCELLED
-    assert final.error is not None and final.error["code"] == "cancelled"
+    assert final.error is not None and final.error.code == "cancelled"
 
 
 @pytest.mark.worker
@@ -216,7 +216,7 @@ def test_a_command_past_its_timeout_is_terminated_and_fails_as_timeout(
     wait_processes(run.run_id, 3)
     done = live.wait_terminal(project, run.run_id, timeout=10)
     assert done.status is RunStatus.FAILED
-    assert done.error is not None and done.error["code"] == "timeout"
+    assert done.error is not None and done.error.code == "timeout"
     assert done.exit_code == 128 + 15  # ended by SIGTERM
     assert done.attempt == 1
     wait_no_processes(run.run_id, timeout=1)

@@ -300,10 +300,10 @@ def test_a_run_whose_worker_is_killed_mid_run_completes_on_a_new_worker_as_attem
         )
         assert done.attempt == 2
         assert len(done.attempts) == 2
-        assert done.attempts[0]["attempt"] == 1
-        assert done.attempts[0]["status"] == "failed"
-        assert done.attempts[0]["error"]["code"] == "worker_lost"
-        assert done.attempts[1]["status"] == "completed"
+        assert done.attempts[0].attempt == 1
+        assert done.attempts[0].status == "failed"
+        assert done.attempts[0].error.code == "worker_lost"
+        assert done.attempts[1].status == "completed"
         assert done.output["pid"] not in killed
         assert counter(redis_url, key) == 2, "the task ran other than twice"
         types = live.event_types(fault_project, run.run_id)
@@ -329,9 +329,9 @@ def test_a_run_whose_worker_is_killed_mid_run_with_no_retry_left_fails_as_worker
         run, _, done, took = crash_mid_run(live, workers, fault_project, key, backoff_limit=0)
 
         assert done.status is RunStatus.FAILED, summary({run.run_id: done})
-        assert done.error is not None and done.error["code"] == "worker_lost"
+        assert done.error is not None and done.error.code == "worker_lost"
         assert done.attempt == 1
-        assert [a["error"]["code"] for a in done.attempts] == ["worker_lost"]
+        assert [a.error.code for a in done.attempts if a.error] == ["worker_lost"]
         assert done.completed_at is not None
         time.sleep(1)  # nothing runs it again
         assert counter(redis_url, key) == 1
@@ -390,7 +390,7 @@ def test_every_run_of_a_busy_worker_killed_mid_batch_reaches_a_terminal_status(
         assert lost == 0, f"{summary(final)}\n{workers.logs()}"
         assert len(completed) == accepted, summary(final)
         for run_id in in_flight:
-            assert final[run_id].attempts[0]["error"]["code"] == "worker_lost"
+            assert final[run_id].attempts[0].error.code == "worker_lost"
             assert final[run_id].attempt == 2
 
 

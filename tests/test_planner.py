@@ -11,6 +11,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from runs.domain.runs import RunError
 from runs.domain.workflows import NodeRecord, NodeStatus
 from workers.dsl import (
     Node,
@@ -77,7 +78,7 @@ def done(output: Any = None) -> dict[str, Any]:
 
 
 def failed(message: str = "boom", **error: Any) -> dict[str, Any]:
-    return {"status": NodeStatus.FAILED, "error": {"message": message, **error}}
+    return {"status": NodeStatus.FAILED, "error": RunError(message, **error)}
 
 
 def opened(arm: str | None = None) -> dict[str, Any]:
@@ -263,7 +264,7 @@ def test_strategy_all_fails_on_a_failed_child_and_cancels_the_active_ones() -> N
         definition, both=opened(), left=failed("left broke", code="x"), right=RUNNING, third=QUEUED
     )
     assert plan(definition, nodes) == [
-        Fail("both", {"message": "left broke", "code": "x"}),
+        Fail("both", RunError("left broke", code="x")),
         Cancel("right"),
         Cancel("third"),
     ]
@@ -272,7 +273,7 @@ def test_strategy_all_fails_on_a_failed_child_and_cancels_the_active_ones() -> N
 def test_strategy_all_does_not_cancel_children_that_are_already_done() -> None:
     definition = both("all")
     nodes = states(definition, both=opened(), left=done(), right=failed(), third=WAITING)
-    assert plan(definition, nodes) == [Fail("both", {"message": "boom"}), Cancel("third")]
+    assert plan(definition, nodes) == [Fail("both", RunError("boom")), Cancel("third")]
 
 
 def test_strategy_all_fails_on_a_cancelled_child_without_an_error() -> None:
@@ -280,7 +281,7 @@ def test_strategy_all_fails_on_a_cancelled_child_without_an_error() -> None:
     nodes = states(definition, both=opened(), left=CANCELLED, right=done(), third=done())
     (action,) = plan(definition, nodes)
     assert isinstance(action, Fail) and action.node_id == "both"
-    assert "left" in action.error["message"]
+    assert "left" in action.error.message
 
 
 def test_strategy_all_waits_while_any_child_is_active() -> None:
@@ -314,9 +315,7 @@ def test_strategy_race_ignores_a_failed_child_while_others_run() -> None:
 def test_strategy_race_fails_when_no_child_completes() -> None:
     definition = both("race")
     nodes = states(definition, both=opened(), left=failed(), right=CANCELLED, third=failed())
-    assert plan(definition, nodes) == [
-        Fail("both", {"message": "no branch of race 'both' completed"})
-    ]
+    assert plan(definition, nodes) == [Fail("both", RunError("no branch of race 'both' completed"))]
 
 
 def test_strategy_all_settled_waits_for_every_child() -> None:
@@ -352,7 +351,7 @@ def test_a_child_is_not_started_in_a_group_that_is_being_settled() -> None:
     )
     nodes = states(definition, group=opened(), a=done(), b=failed())
     actions = plan(definition, nodes)
-    assert Fail("group", {"message": "boom"}) in actions
+    assert Fail("group", RunError("boom")) in actions
     assert Start("c") not in actions
 
 
@@ -421,7 +420,7 @@ def test_a_branch_completes_with_its_last_members_output() -> None:
 
 def test_a_branch_fails_with_the_error_of_a_failed_member() -> None:
     nodes = states(PICK, pick=opened("then"), big1=failed("first broke"), small=SKIPPED)
-    assert plan(PICK, nodes) == [Fail("pick", {"message": "first broke"}), Skip("big2")]
+    assert plan(PICK, nodes) == [Fail("pick", RunError("first broke")), Skip("big2")]
 
 
 def test_a_branch_with_an_empty_arm_completes_with_nothing() -> None:
@@ -484,7 +483,7 @@ def test_an_expired_waiting_node_fails_with_code_timeout() -> None:
     for deadline in (NOW, NOW - timedelta(seconds=5)):
         nodes = states(definition, review={"status": WAITING, "deadline": deadline})
         assert plan(definition, nodes) == [
-            Fail("review", {"message": "wait 'review' timed out", "code": "timeout"})
+            Fail("review", RunError("wait 'review' timed out", code="timeout"))
         ]
 
 
@@ -507,20 +506,16 @@ def test_a_failed_root_fails_the_run_naming_the_node() -> None:
     nodes = states(SEQUENCE, one=done(), two=failed("bad step", code="oops", detail={"x": 1}))
     (finish,) = plan(SEQUENCE, nodes)
     assert isinstance(finish, FinishRun) and finish.status == "failed"
-    assert finish.error == {
-        "message": "node 'two' failed: bad step",
-        "code": "oops",
-        "detail": {"x": 1, "node_id": "two"},
-    }
+    assert finish.error == RunError(
+        "node 'two' failed: bad step", code="oops", detail={"x": 1, "node_id": "two"}
+    )
     assert finish.output is None
 
 
 def test_a_failed_root_without_detail_gets_one_naming_the_node() -> None:
     nodes = states(SEQUENCE, one=failed("bad"))
     assert plan(SEQUENCE, nodes) == [
-        FinishRun(
-            "failed", error={"message": "node 'one' failed: bad", "detail": {"node_id": "one"}}
-        )
+        FinishRun("failed", error=RunError("node 'one' failed: bad", detail={"node_id": "one"}))
     ]
 
 
@@ -528,8 +523,8 @@ def test_a_cancelled_root_without_an_error_fails_the_run() -> None:
     (finish,) = plan(SEQUENCE, states(SEQUENCE, one=CANCELLED))
     assert isinstance(finish, FinishRun) and finish.status == "failed"
     assert finish.error is not None
-    assert finish.error["message"].startswith("node 'one' failed:")
-    assert finish.error["detail"] == {"node_id": "one"}
+    assert finish.error.message.startswith("node 'one' failed:")
+    assert finish.error.detail == {"node_id": "one"}
 
 
 def test_a_failed_group_fails_the_run_and_nothing_else_is_planned() -> None:
@@ -537,7 +532,7 @@ def test_a_failed_group_fails_the_run_and_nothing_else_is_planned() -> None:
     nodes = states(definition, both=failed("left broke"), left=failed("left broke"))
     (finish,) = plan(definition, nodes)
     assert isinstance(finish, FinishRun) and finish.status == "failed"
-    assert finish.error is not None and finish.error["detail"] == {"node_id": "both"}
+    assert finish.error is not None and finish.error.detail == {"node_id": "both"}
 
 
 def test_a_failed_root_ends_the_run_even_while_other_roots_run() -> None:

@@ -21,7 +21,16 @@ from runs.access import AccessService
 from runs.domain.errors import Unauthenticated
 from runs.domain.events import NewEvent, RunEvent, log_event, started_events, terminal_event
 from runs.domain.projects import Project, hash_token
-from runs.domain.runs import ACTIVE_STATUSES, TERMINAL_STATUSES, Run, RunRef, RunStatus
+from runs.domain.runs import (
+    ACTIVE_STATUSES,
+    TERMINAL_STATUSES,
+    AttemptRecord,
+    ErrorCode,
+    Run,
+    RunError,
+    RunRef,
+    RunStatus,
+)
 from runs.domain.workflows import NodeStatus
 from runs.events import RedisEventLog
 from runs.persistence import event_archive, nodes, projects, records
@@ -137,15 +146,28 @@ def test_a_run_keeps_every_field_through_insert_and_get(
         completed_at=T0 + timedelta(seconds=4, microseconds=999999),
         cancel_requested_at=T0 + timedelta(seconds=3),
         cancel_stopped_at=T0 + timedelta(seconds=3, microseconds=250_000),
-        attempts=[{"attempt": 1, "status": "failed", "error": {"message": "x"}}],
+        attempts=[
+            {
+                "attempt": 1,
+                "status": "failed",
+                "error": {"message": "x"},
+                "started_at": None,
+                "finished_at": T0.isoformat(),
+            }
+        ],
         available_at=T0 + timedelta(seconds=1),
         attempt_started_at=T0 + timedelta(seconds=2),
     )
     records.insert_run(conn, values)
     run = records.get_run(conn, ref_of(values))
     assert run is not None
+    typed = {
+        "error": RunError("boom", code="E42", detail={"line": 3}),
+        "attempts": (AttemptRecord(1, RunStatus.FAILED, RunError("x"), None, T0),),
+    }
     for field in dataclasses.fields(Run):
-        assert getattr(run, field.name) == values[field.name], field.name
+        expected = typed.get(field.name, values.get(field.name))
+        assert getattr(run, field.name) == expected, field.name
     assert run.kind.value == "workflow" and run.status is RunStatus.FAILED
     for moment in (run.created_at, run.updated_at, run.started_at, run.completed_at):
         assert is_utc(moment)
@@ -279,7 +301,7 @@ def finish_values(status: str = "completed", **changes: Any) -> dict[str, Any]:
         "duration_ms": 9000,
         "completed_at": done,
         "updated_at": done,
-        "attempts": [{"attempt": 1, "status": status}],
+        "attempts": [{"attempt": 1, "status": status, "finished_at": done.isoformat()}],
     }
     values.update(changes)
     return values
@@ -380,7 +402,7 @@ def test_an_active_run_can_be_cancelled(conn: sa.Connection, project: Project, s
     assert cancelled is not None
     assert cancelled.status is RunStatus.CANCELLED
     assert cancelled.completed_at == T0 + timedelta(seconds=2) and is_utc(cancelled.completed_at)
-    assert cancelled.error == {"message": "Run cancelled", "code": "cancelled"}
+    assert cancelled.error == RunError("Run cancelled", code=ErrorCode.CANCELLED)
     assert cancelled.cancel_requested_at == CANCEL_AT
     assert records.get_run(conn, run.ref) == cancelled
     if status == "running":  # its worker still has to stop: the lease stays until it says so
@@ -621,15 +643,22 @@ def test_a_terminal_record_with_invalid_text_and_nan_is_stored_cleaned(
         error={"message": UNCLEAN, "code": "x", "detail": {"n": float("inf")}},
         logs=UNCLEAN,
         artifacts=[{"name": UNCLEAN}],
-        attempts=[{"attempt": 1, "status": "failed", "error": {"message": UNCLEAN}}],
+        attempts=[
+            {
+                "attempt": 1,
+                "status": "failed",
+                "error": {"message": UNCLEAN},
+                "finished_at": T0.isoformat(),
+            }
+        ],
     )
     assert records.finish_run(conn, run.ref, run.attempt, values, archived(2))
     done = records.get_run(conn, run.ref)
     assert done is not None
     assert done.output == {CLEANED: [CLEANED, None]}
-    assert done.error == {"message": CLEANED, "code": "x", "detail": {"n": None}}
+    assert done.error == RunError(CLEANED, code="x", detail={"n": None})
     assert (done.logs, done.artifacts) == (CLEANED, [{"name": CLEANED}])
-    assert done.attempts[0]["error"]["message"] == CLEANED
+    assert done.attempts[0].error.message == CLEANED
 
 
 def test_events_and_node_values_with_invalid_text_are_stored_cleaned(
@@ -652,7 +681,7 @@ def test_events_and_node_values_with_invalid_text_are_stored_cleaned(
     )
     assert moved
     node = nodes.get_nodes(conn, run.ref)["a"]
-    assert (node.output, node.error, node.logs) == ([CLEANED], {"message": CLEANED}, CLEANED)
+    assert (node.output, node.error, node.logs) == ([CLEANED], RunError(CLEANED), CLEANED)
 
 
 # -- projects and tokens -------------------------------------------------------------------

@@ -38,7 +38,16 @@ from runs.domain.events import (
     started_events,
 )
 from runs.domain.projects import Project
-from runs.domain.runs import Lease, Outcome, Run, RunError, RunRef, RunStatus
+from runs.domain.runs import (
+    AttemptRecord,
+    ErrorCode,
+    Lease,
+    Outcome,
+    Run,
+    RunError,
+    RunRef,
+    RunStatus,
+)
 from runs.events import RedisEventLog
 from runs.persistence import event_archive, recovery
 from runs.persistence.tables import runs as runs_table
@@ -206,15 +215,9 @@ def test_retry_records_the_failed_attempt_and_queues_the_next_one_after_the_dela
     assert after.error is None and after.completed_at is None
     assert after.available_at == later(failed_at, 45)
     assert after.updated_at == failed_at
-    assert after.attempts == [
-        {
-            "attempt": 1,
-            "status": "failed",
-            "error": {"message": "boom", "code": "task_error"},
-            "started_at": t0.isoformat(),
-            "finished_at": failed_at.isoformat(),
-        }
-    ]
+    assert after.attempts == (
+        AttemptRecord(1, RunStatus.FAILED, RunError("boom", ErrorCode.TASK_ERROR), t0, failed_at),
+    )
     assert lease_of(engine, claimed.ref) == (None, None)
     assert sender.sent == [(claimed.target, claimed.ref, claimed.queue)]
     assert sender.countdowns == [(claimed.ref, 45)]
@@ -256,7 +259,7 @@ def test_retry_after_a_cancel_returns_false_and_changes_nothing(
     assert not attempts_at(engine, event_log, sender, later(t0, 5)).retry(claimed, failed(), 10)
 
     assert load(runs, claimed.ref) == before
-    assert before.status is RunStatus.CANCELLED and before.attempts == []
+    assert before.status is RunStatus.CANCELLED and before.attempts == ()
     assert sender.sent == [] and sender.countdowns == []
     assert event_log.read(claimed.ref, after=0, limit=100) == stream_before
     assert event_types(runs, project, claimed.run_id)[-1] == RUN_ERROR
@@ -313,15 +316,8 @@ def test_an_expired_lease_with_attempts_left_puts_the_run_back_to_pending_and_se
     after = load(runs, claimed.ref)
     assert after.status is RunStatus.PENDING and after.attempt == 1 and after.error is None
     assert after.available_at == later(swept_at, 7)
-    assert after.attempts == [
-        {
-            "attempt": 1,
-            "status": "failed",
-            "error": {"message": WORKER_LOST, "code": "worker_lost"},
-            "started_at": t0.isoformat(),
-            "finished_at": swept_at.isoformat(),
-        }
-    ]
+    lost = RunError(WORKER_LOST, ErrorCode.WORKER_LOST)
+    assert after.attempts == (AttemptRecord(1, RunStatus.FAILED, lost, t0, swept_at),)
     assert lease_of(engine, claimed.ref) == (None, None)
     assert [s for s in sent.sent if s[1] == claimed.ref] == [
         (claimed.target, claimed.ref, claimed.queue)
@@ -348,10 +344,10 @@ def test_an_expired_lease_without_attempts_left_fails_the_run_as_worker_lost(
 
     after = load(runs, claimed.ref)
     assert after.status is RunStatus.FAILED
-    assert after.error == {"message": WORKER_LOST, "code": "worker_lost"}
+    assert after.error == RunError(WORKER_LOST, ErrorCode.WORKER_LOST)
     assert after.completed_at == swept_at and after.duration_ms == 120_000
-    assert [a["attempt"] for a in after.attempts] == [1]
-    assert after.attempts[0]["error"]["code"] == "worker_lost"
+    assert [a.attempt for a in after.attempts] == [1]
+    assert after.attempts[0].error.code == "worker_lost"
     assert lease_of(engine, claimed.ref) == (None, None)
     assert claimed.ref not in {s[1] for s in sent.sent}
 
@@ -410,7 +406,7 @@ def test_a_worker_that_renews_after_the_sweeper_read_its_lease_as_expired_keeps_
     assert renewed == [Lease.HELD]
     after = load(runs, claimed.ref)
     assert after.status is RunStatus.RUNNING and after.attempt == 1
-    assert after.attempts == [] and after.error is None
+    assert after.attempts == () and after.error is None
     assert lease_of(engine, claimed.ref) == ("w1", later(t0, 719))
     assert claimed.ref not in {s[1] for s in sent.sent}
     assert runs.emit(claimed.ref, [log_event("still mine")])
@@ -447,7 +443,7 @@ def test_two_racing_sweepers_reclaim_a_lost_attempt_once(
     assert sent == [(claimed.target, claimed.ref, claimed.queue)]
     after = load(runs, claimed.ref)
     assert after.status is RunStatus.PENDING
-    assert [a["attempt"] for a in after.attempts] == [1]
+    assert [a.attempt for a in after.attempts] == [1]
     retrying = [
         e
         for e in runs.events(project, claimed.run_id, after=0, limit=100).items
@@ -537,8 +533,8 @@ def test_expire_stale_fails_pending_runs_older_than_the_ttl_and_leaves_the_rest_
 
     expired = load(runs, old.ref)
     assert expired.status is RunStatus.FAILED and expired.completed_at == swept_at
-    assert expired.error is not None and expired.error["code"] == "expired"
-    assert "60" in expired.error["message"]
+    assert expired.error is not None and expired.error.code == "expired"
+    assert "60" in expired.error.message
     assert [e.event_type for e in sql_events(engine, old.ref)] == [RUN_ERROR]
     assert event_types(runs, project, old.run_id)[-1] == RUN_ERROR
     assert event_log.read(old.ref, after=0, limit=100)[-1].event_type == RUN_ERROR
@@ -608,7 +604,7 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
 
     done = load(runs, claimed.ref)
     assert done.status is RunStatus.COMPLETED and done.output == {"ok": True}
-    assert [a["attempt"] for a in done.attempts] == [1, 2]
+    assert [a.attempt for a in done.attempts] == [1, 2]
     archived = sql_events(engine, claimed.ref)
     ids = [e.event_id for e in archived]
     assert ids == sorted(set(ids))

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from typing import Any
 
 import pytest
@@ -75,7 +74,7 @@ def events_of(live: Live, project: Project, run_id: str) -> list[RunEvent]:
 
 def error_code(run: Run) -> str | None:
     assert run.error is not None, run
-    code = run.error.get("code")
+    code = run.error.code
     return str(code) if code is not None else None
 
 
@@ -92,20 +91,17 @@ def test_a_flaky_task_completes_on_its_second_attempt_with_both_attempts_recorde
     assert done.attempt == 2
     assert done.output == {"attempt": 2}
     assert done.error is None and done.exit_code == 0
-    assert [a["attempt"] for a in done.attempts] == [1, 2]
+    assert [a.attempt for a in done.attempts] == [1, 2]
     first, second = done.attempts
-    assert first["status"] == "failed"
-    assert first["error"]["code"] == "task_error"
-    assert "flaky attempt 1" in first["error"]["message"]
-    assert second["status"] == "completed" and second["error"] is None
+    assert first.status is RunStatus.FAILED
+    assert first.error is not None and first.error.code == "task_error"
+    assert "flaky attempt 1" in first.error.message
+    assert second.status is RunStatus.COMPLETED and second.error is None
     for record in done.attempts:
-        started = datetime.fromisoformat(record["started_at"])
-        finished = datetime.fromisoformat(record["finished_at"])
-        assert started <= finished
+        assert record.started_at is not None and record.started_at <= record.finished_at
     # The second attempt waited for the backoff: 0.1 s jittered down by at most half.
-    gap = datetime.fromisoformat(second["started_at"]) - datetime.fromisoformat(
-        first["finished_at"]
-    )
+    assert second.started_at is not None
+    gap = second.started_at - first.finished_at
     assert gap.total_seconds() >= 0.05
 
     events = events_of(live, project, run.run_id)
@@ -135,9 +131,9 @@ def test_a_task_that_keeps_failing_fails_after_exactly_backoff_limit_plus_one_at
 
     assert done.status is RunStatus.FAILED, done
     assert error_code(done) == "task_error"
-    assert done.error is not None and "flaky attempt 2" in done.error["message"]
+    assert done.error is not None and "flaky attempt 2" in done.error.message
     assert done.attempt == 2
-    assert [(a["attempt"], a["status"]) for a in done.attempts] == [(1, "failed"), (2, "failed")]
+    assert [(a.attempt, a.status) for a in done.attempts] == [(1, "failed"), (2, "failed")]
     time.sleep(0.5)  # no late attempt sneaks in after the terminal record
     assert executions(counter) == 2
     assert live.runs.get(project, run.run_id).attempt == 2
@@ -163,7 +159,7 @@ def test_a_run_without_retries_fails_after_its_first_attempt(
     assert error_code(done) == "task_error"
     assert done.attempt == 1
     assert done.backoff_limit == backoff_limit
-    assert len(done.attempts) == 1 and done.attempts[0]["status"] == "failed"
+    assert len(done.attempts) == 1 and done.attempts[0].status == "failed"
     assert executions(counter) == 1
     types = [e.event_type for e in events_of(live, project, run.run_id)]
     assert types.count("STEP_STARTED") == 1
@@ -179,7 +175,7 @@ def test_a_definition_backoff_limit_applies_when_the_run_sets_none(
     assert done.status is RunStatus.COMPLETED, done
     assert done.backoff_limit is None  # the run echoes its request
     assert done.attempt == 2 and done.output == {"attempt": 2}
-    assert [a["status"] for a in done.attempts] == ["failed", "completed"]
+    assert [a.status for a in done.attempts] == ["failed", "completed"]
 
 
 def test_the_run_backoff_limit_wins_over_its_definition_default(
@@ -202,7 +198,7 @@ def test_a_non_retryable_error_fails_the_run_at_once_whatever_its_backoff_limit(
 
     assert done.status is RunStatus.FAILED, done
     assert error_code(done) == "bad_data"
-    assert done.error is not None and done.error["message"] == "the input can never work"
+    assert done.error is not None and done.error.message == "the input can never work"
     assert done.attempt == 1 and len(done.attempts) == 1
     assert done.exit_code == 1
     time.sleep(0.3)
@@ -231,11 +227,11 @@ def test_a_sleeping_task_past_its_timeout_fails_with_timeout_soon_after_the_grac
 
     assert done.status is RunStatus.FAILED, done
     assert error_code(done) == "timeout"
-    assert done.error is not None and "timed out after 1 s" in done.error["message"]
+    assert done.error is not None and "timed out after 1 s" in done.error.message
     assert done.exit_code == 1
     assert done.output is None
     assert done.attempt == 1 and len(done.attempts) == 1
-    assert done.attempts[0]["error"]["code"] == "timeout"
+    assert done.attempts[0].error.code == "timeout"
     assert elapsed < TIMEOUT_BOUND, elapsed
     assert done.duration_ms is not None and 1000 <= done.duration_ms < TIMEOUT_BOUND * 1000
     assert executions(counter) == 1
@@ -258,7 +254,7 @@ def test_a_timed_out_attempt_is_retried_while_the_run_has_retries_left(
     assert done.status is RunStatus.FAILED, done
     assert error_code(done) == "timeout"
     assert done.attempt == 2
-    assert [(a["attempt"], a["error"]["code"]) for a in done.attempts] == [
+    assert [(a.attempt, a.error and a.error.code) for a in done.attempts] == [
         (1, "timeout"),
         (2, "timeout"),
     ]
@@ -302,7 +298,7 @@ def test_a_cooperative_task_stops_at_its_definition_timeout_without_being_interr
     assert done.status is RunStatus.FAILED, done
     assert done.timeout_seconds is None  # the definition's timeout applied
     assert error_code(done) == "timeout"
-    assert done.error is not None and "timed out after 1 s" in done.error["message"]
+    assert done.error is not None and "timed out after 1 s" in done.error.message
     assert done.attempt == 1
     # It stopped at the flag (1 s), before the interrupt would have come (1 s of grace later).
     assert elapsed < 3, elapsed
@@ -320,7 +316,7 @@ def test_an_output_over_the_size_limit_fails_the_run_without_a_retry(
 
     assert done.status is RunStatus.FAILED, done
     assert error_code(done) == "output_too_large"
-    assert done.error is not None and "4096" in done.error["message"]
+    assert done.error is not None and "4096" in done.error.message
     assert done.output is None
     assert done.attempt == 1 and len(done.attempts) == 1
     events = events_of(live, project, run.run_id)

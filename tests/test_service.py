@@ -7,14 +7,14 @@ import sqlalchemy as sa
 
 from runs.catalog import DefinitionCatalog
 from runs.domain.clock import utcnow
+from runs.domain.definitions import Definition
 from runs.domain.errors import NotFound, PayloadTooLarge, UnknownTarget
 from runs.domain.events import started_events
 from runs.domain.projects import Project
-from runs.domain.runs import Outcome, RunError, RunKind, RunStatus
+from runs.domain.runs import ErrorCode, Outcome, RunError, RunKind, RunStatus
 from runs.domain.workflows import NodeStatus
 from runs.events import RedisEventLog
 from runs.persistence import nodes, records
-from runs.persistence.definitions import Definition
 from runs.persistence.tables import runs as runs_table
 from runs.service import RunService
 from tests.conftest import RecordingDispatcher
@@ -125,7 +125,7 @@ def test_cancelling_a_pending_run_means_it_never_starts(
     run, _ = service.submit(project, task_request(project))
     cancelled, after = service.cancel(project, run.run_id)
     assert cancelled and after.status is RunStatus.CANCELLED and after.completed_at is not None
-    assert after.error == {"message": "Run cancelled", "code": "cancelled"}
+    assert after.error == RunError("Run cancelled", code=ErrorCode.CANCELLED)
     assert service.claim(run.ref, worker="w", lease_seconds=30) is None
     page = service.events(project, run.run_id, after=0, limit=10)
     assert [e.event_type for e in page.items] == ["RUN_ERROR"]

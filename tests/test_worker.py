@@ -12,10 +12,10 @@ from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.dispatch import CeleryDispatcher
 from runs.domain.projects import Project
-from runs.domain.runs import Run, RunStatus
+from runs.domain.runs import Run, RunError, RunStatus
 from runs.events import RedisEventLog
 from runs.routing import Router
-from runs.schemas import run_to_wire
+from runs.schemas import RunOut
 from runs.service import RunService
 from tests.conftest import WORKER_TARGETS, WorkerPool
 from tests.helpers import task_request
@@ -91,7 +91,7 @@ def test_a_failing_task_fails_the_run_with_its_error_and_logs(
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.FAILED and done.exit_code == 1
     assert done.error is not None
-    assert done.error["message"] == "nope" and done.error["code"] == "example_failure"
+    assert done.error.message == "nope" and done.error.code == "example_failure"
     assert done.logs is not None and "failing on purpose: nope" in done.logs
     types = event_types(live, project, run.run_id)
     assert types[-1] == "RUN_ERROR" and types.count("RUN_ERROR") == 1
@@ -104,8 +104,8 @@ def test_an_unexpected_exception_is_recorded_with_its_type(
     run, _ = live.submit(project, task_request(project, "task:test/crash"))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.FAILED and done.error is not None
-    assert done.error["message"] == "boom" and done.error["code"] == "task_error"
-    assert done.error["detail"]["type"] == "ValueError"
+    assert done.error.message == "boom" and done.error.code == "task_error"
+    assert done.error.detail["type"] == "ValueError"
 
 
 def test_async_tasks_run(live: RunService, project: Project) -> None:
@@ -148,9 +148,9 @@ def test_input_and_output_models_validate_the_config_and_the_result(
     assert wait_terminal(live, project, good.run_id).output == {"doubled": 42}
     failed = wait_terminal(live, project, bad.run_id)
     assert failed.status is RunStatus.FAILED and failed.error is not None
-    assert failed.error["code"] == "invalid_input" and "n" in failed.error["message"]
+    assert failed.error.code == "invalid_input" and "n" in failed.error.message
     broken = wait_terminal(live, project, unserialisable.run_id)
-    assert broken.error is not None and broken.error["code"] == "invalid_output"
+    assert broken.error is not None and broken.error.code == "invalid_output"
 
 
 def test_the_same_job_delivered_twice_runs_once(
@@ -234,7 +234,7 @@ def test_what_a_task_produces_is_stored_readable_with_invalid_text_replaced(
     assert custom.payload == {"type": "UNCLEAN_REPORTED", CLEANED: CLEANED, "nan": None}
     logged = next(e for e in events if e.event_type == "RUN_LOG_CAPTURED")
     assert logged.payload["logs"] == f"INFO {CLEANED}"
-    assert run_to_wire(done)["output"] == {CLEANED: [CLEANED, None]}
+    assert RunOut.from_run(done).model_dump(mode="json")["output"] == {CLEANED: [CLEANED, None]}
 
 
 def test_a_failure_message_with_invalid_text_is_stored_readable(
@@ -243,7 +243,7 @@ def test_a_failure_message_with_invalid_text_is_stored_readable(
     run, _ = live.submit(project, task_request(project, "task:test/unclean-failure"))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.FAILED
-    assert done.error == {"message": CLEANED, "code": "unclean", "detail": {CLEANED: None}}
-    assert done.attempts[-1]["error"]["message"] == CLEANED
+    assert done.error == RunError(message=CLEANED, code="unclean", detail={CLEANED: None})
+    assert done.attempts[-1].error.message == CLEANED
     terminal = live.events(project, run.run_id, after=0, limit=100).items[-1]
     assert terminal.payload["message"] == CLEANED

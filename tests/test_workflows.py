@@ -200,7 +200,7 @@ def test_a_failed_step_fails_the_run_and_names_the_node(
     run = start(live, project, "test/failing")
     done = wait_status(live, project, run.run_id, TERMINAL)
     assert done.status is RunStatus.FAILED and done.error is not None
-    assert "boom" in done.error["message"] and done.error["detail"]["node_id"] == "boom"
+    assert "boom" in done.error.message and done.error.detail["node_id"] == "boom"
     assert node_statuses(waits, run.ref)["never"] == "skipped"
     assert events(live, project, run.run_id)[-1][0] == "RUN_ERROR"
 
@@ -224,7 +224,7 @@ def test_a_rejected_approval_fails_the_run(
     waits.approve(project, run.run_id, "review", approved=False, comment="no")
     done = wait_status(live, project, run.run_id, TERMINAL)
     assert done.status is RunStatus.FAILED and done.error is not None
-    assert done.error["code"] == "rejected"
+    assert done.error.code == "rejected"
 
 
 def test_a_signal_resumes_a_run_waiting_for_that_event(
@@ -246,7 +246,7 @@ def test_a_wait_that_times_out_fails_the_run(live: RunService, project: Project)
     run = start(live, project, "test/approval-timeout")
     done = wait_status(live, project, run.run_id, TERMINAL, timeout=15)
     assert done.status is RunStatus.FAILED and done.error is not None
-    assert done.error["code"] == "timeout"
+    assert done.error.code == "timeout"
 
 
 def test_cancelling_a_workflow_stops_its_running_step(

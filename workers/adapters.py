@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from runs.domain.runs import Outcome, RunError, RunStatus
+from runs.domain.runs import ErrorCode, Outcome, RunError, RunStatus
 from workers.commands import run_command
 from workers.context import RunCancelled, TaskContext, failed_outcome
 from workers.guard import Interrupter, RunInterrupted
@@ -24,7 +24,9 @@ class TaskFailed(Exception):
 
     retryable = True
 
-    def __init__(self, message: str, *, code: str = "task_failed", detail: Any = None) -> None:
+    def __init__(
+        self, message: str, *, code: str = ErrorCode.TASK_FAILED, detail: Any = None
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.detail = detail
@@ -68,11 +70,11 @@ def run_in_process(
                 result = asyncio.run(result)
         output = _to_json(result, definition.output_model)
     except RunInterrupted:
-        return failed_outcome(ctx, "interrupted", "the worker stopped the task", None)
+        return failed_outcome(ctx, ErrorCode.INTERRUPTED, "the worker stopped the task", None)
     except ValidationError as exc:
         return failed_outcome(
             ctx,
-            "invalid_input",
+            ErrorCode.INVALID_INPUT,
             _validation_message(exc),
             exc.errors(include_url=False),
             retryable=False,
@@ -80,7 +82,7 @@ def run_in_process(
     except RunCancelled:
         return Outcome(
             RunStatus.CANCELLED,
-            error=RunError("Run cancelled", code="cancelled"),
+            error=RunError("Run cancelled", code=ErrorCode.CANCELLED),
             logs=ctx.logs,
             artifacts=ctx.artifacts,
             exit_code=1,
@@ -88,11 +90,11 @@ def run_in_process(
     except TaskFailed as exc:
         return failed_outcome(ctx, exc.code, str(exc), exc.detail, retryable=exc.retryable)
     except _OutputError as exc:
-        return failed_outcome(ctx, "invalid_output", str(exc), None, retryable=False)
+        return failed_outcome(ctx, ErrorCode.INVALID_OUTPUT, str(exc), None, retryable=False)
     except Exception as exc:
         return failed_outcome(
             ctx,
-            "task_error",
+            ErrorCode.TASK_ERROR,
             str(exc) or type(exc).__name__,
             {"type": type(exc).__name__, "traceback": traceback.format_exc(limit=20)},
         )

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from runs.domain.runs import Outcome, RunStatus
+from runs.domain.runs import ErrorCode, Outcome, RunStatus
 from workers.context import TaskContext, failed_outcome
 
 DEFAULT_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
@@ -48,7 +48,7 @@ def run_command(
         argv = _argv(command, ctx.config)
     except Exception as exc:
         message = f"cannot build the command line from the run's config: {exc!r}"
-        return failed_outcome(ctx, "invalid_input", message, retryable=False)
+        return failed_outcome(ctx, ErrorCode.INVALID_INPUT, message, retryable=False)
     with tempfile.TemporaryDirectory(prefix="runs-") as scratch:
         env = _environment(command, ctx, Path(scratch))
         try:
@@ -63,7 +63,7 @@ def run_command(
             )
         except (OSError, ValueError) as exc:
             return failed_outcome(
-                ctx, "process_error", f"cannot start {argv[0]!r}: {exc}", retryable=False
+                ctx, ErrorCode.PROCESS_ERROR, f"cannot start {argv[0]!r}: {exc}", retryable=False
             )
         readers = [
             threading.Thread(target=_pump, args=(stream, ctx), daemon=True)
@@ -77,7 +77,9 @@ def run_command(
             reader.join(timeout=5)
         if code != 0:
             message = f"command exited with code {code}"
-            return failed_outcome(ctx, "process_failed", message, {"argv": argv}, exit_code=code)
+            return failed_outcome(
+                ctx, ErrorCode.PROCESS_FAILED, message, {"argv": argv}, exit_code=code
+            )
         return _completed(ctx, Path(env["RUNS_RESULT_FILE"]), max_result_bytes)
 
 
@@ -155,12 +157,16 @@ def _completed(ctx: TaskContext, result_path: Path, max_result_bytes: int) -> Ou
         size = result_path.stat().st_size
         if size > max_result_bytes:
             message = f"the result file is {size} bytes; at most {max_result_bytes} are stored"
-            return failed_outcome(ctx, "output_too_large", message, retryable=False, exit_code=0)
+            return failed_outcome(
+                ctx, ErrorCode.OUTPUT_TOO_LARGE, message, retryable=False, exit_code=0
+            )
         try:
             output = json.loads(result_path.read_bytes())
         except ValueError as exc:
             message = f"the result file (RUNS_RESULT_FILE) is not JSON: {exc}"
-            return failed_outcome(ctx, "invalid_output", message, retryable=False, exit_code=0)
+            return failed_outcome(
+                ctx, ErrorCode.INVALID_OUTPUT, message, retryable=False, exit_code=0
+            )
     return Outcome(
         RunStatus.COMPLETED, output=output, logs=ctx.logs, artifacts=ctx.artifacts, exit_code=0
     )

@@ -165,7 +165,7 @@ class TaskContext:
 
 def failed_outcome(
     ctx: TaskContext,
-    code: str,
+    code: str,  # an ErrorCode, or a task's own
     message: str,
     detail: Any = None,
     *,

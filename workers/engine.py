@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from runs.domain.clock import utcnow
 from runs.domain.events import RUN_STARTED, NewEvent
-from runs.domain.runs import Outcome, Run, RunError, RunKind, RunRef, RunStatus
+from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunKind, RunRef, RunStatus
 from runs.domain.workflows import NodeRecord, NodeStatus, approval_reason, event_reason
 from workers.dsl import Step, WorkflowDefinition
 from workers.planner import (
@@ -71,7 +71,7 @@ class WorkflowEngine:
                 else run
             )
             if claimed is not None:
-                self._finish(claimed, _failure(str(exc), "unknown_target"), {})
+                self._finish(claimed, _failure(str(exc), ErrorCode.UNKNOWN_TARGET), {})
             return "failed: unknown target"
         if run.status is RunStatus.PENDING:
             started = self._start(run, definition)
@@ -96,7 +96,7 @@ class WorkflowEngine:
                 definition.input_model.model_validate(claimed.input or {})
             except ValidationError as exc:
                 message = f"input does not match the workflow's input model: {exc}"
-                self._finish(claimed, _failure(message, "invalid_input"), {})
+                self._finish(claimed, _failure(message, ErrorCode.INVALID_INPUT), {})
                 return None
         self._state.create(claimed.ref, list(definition.nodes))
         if definition.timeout:
@@ -119,12 +119,14 @@ class WorkflowEngine:
                 and (now - run.started_at).total_seconds() >= definition.timeout
             ):
                 message = f"workflow timed out after {definition.timeout} s"
-                actions: list[Action] = [_failure(message, "timeout")]
+                actions: list[Action] = [_failure(message, ErrorCode.TIMEOUT)]
             else:
                 try:
                     actions = plan(definition, nodes, ctx, now)
                 except Exception as exc:  # a condition, skip or output callable raised
-                    actions = [_failure(f"workflow definition raised: {exc}", "definition_error")]
+                    actions = [
+                        _failure(f"workflow definition raised: {exc}", ErrorCode.DEFINITION_ERROR)
+                    ]
             if not actions:
                 break
             moved = False
@@ -207,39 +209,27 @@ class WorkflowEngine:
             try:
                 output = definition.output_model.model_validate(output).model_dump(mode="json")
             except Exception as exc:
-                output, error = (
-                    None,
-                    {
-                        "message": f"the workflow's output does not match its output model: {exc}",
-                        "code": "invalid_output",
-                    },
-                )
+                message = f"the workflow's output does not match its output model: {exc}"
+                output, error = None, RunError(message, code=ErrorCode.INVALID_OUTPUT)
         if output is not None:
             try:
                 json.dumps(output)
             except (TypeError, ValueError) as exc:
-                output, error = (
-                    None,
-                    {
-                        "message": f"the workflow's output is not JSON: {exc}",
-                        "code": "invalid_output",
-                    },
-                )
+                message = f"the workflow's output is not JSON: {exc}"
+                output, error = None, RunError(message, code=ErrorCode.INVALID_OUTPUT)
         failed = error is not None
         outcome = Outcome(
             RunStatus.FAILED if failed else RunStatus.COMPLETED,
             output=None if failed else output,
-            error=RunError(error["message"], code=error.get("code"), detail=error.get("detail"))
-            if error
-            else None,
+            error=error,
             logs=_joined_logs(nodes),
             exit_code=1 if failed else 0,
         )
         self._runs.finish(run, outcome, stop_work=True)
 
 
-def _failure(message: str, code: str) -> FinishRun:
-    return FinishRun("failed", error={"message": message, "code": code})
+def _failure(message: str, code: ErrorCode) -> FinishRun:
+    return FinishRun("failed", error=RunError(message, code=code))
 
 
 def _joined_logs(nodes: dict[str, NodeRecord]) -> str | None:

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from runs.domain.events import NewEvent, attempt_started_event, started_events
-from runs.domain.runs import Outcome, Run, RunError, RunRef, RunStatus
+from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunRef, RunStatus
 from runs.service import json_size
 from runs.transient import TRANSIENT_ERRORS
 from workers.adapters import run_definition
@@ -37,10 +37,10 @@ def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
     policy = policy_for(runtime.settings, definition, run)
     if definition is None:
         message = f"no definition for target {run.target!r} in this worker"
-        return _end(runtime, run, _failure(message, "unknown_target"))
+        return _end(runtime, run, _failure(message, ErrorCode.UNKNOWN_TARGET))
     if policy.waited_too_long(run):
         message = f"the run waited more than {policy.queue_ttl_seconds:g} s for a worker"
-        return _end(runtime, run, _failure(message, "expired"))
+        return _end(runtime, run, _failure(message, ErrorCode.EXPIRED))
     return Attempt(runtime, run, definition, policy).run()
 
 
@@ -97,7 +97,7 @@ class Attempt:
             except Exception as exc:  # an adapter's own failure: record it, do not lose the run
                 log.exception("the runtime adapter of %s failed", self._run.ref)
                 message = f"the worker could not run the task: {exc!r}"
-                outcome = failed_outcome(self._ctx, "worker_error", message)
+                outcome = failed_outcome(self._ctx, ErrorCode.WORKER_ERROR, message)
             guard.returned()
             return self._record_patiently(self._settle(outcome, guard.reason))
 
@@ -129,13 +129,16 @@ class Attempt:
                 f"the task's output is larger than {limit} bytes as JSON (RUNS_MAX_OUTPUT_BYTES); "
                 "store it elsewhere and return a reference"
             )
-            return failed_outcome(self._ctx, "output_too_large", message, retryable=False)
+            return failed_outcome(self._ctx, ErrorCode.OUTPUT_TOO_LARGE, message, retryable=False)
         return outcome
 
     def _timed_out(self, exit_code: int | None) -> Outcome:
         message = f"the attempt timed out after {self._policy.timeout_seconds:g} s"
         return failed_outcome(
-            self._ctx, "timeout", message, exit_code=exit_code if exit_code is not None else 1
+            self._ctx,
+            ErrorCode.TIMEOUT,
+            message,
+            exit_code=exit_code if exit_code is not None else 1,
         )
 
     def _abandon(self, reason: StopReason) -> None:
@@ -194,7 +197,7 @@ def _end(runtime: WorkerRuntime, run: Run, outcome: Outcome) -> str:
     return "dropped: cancelled"
 
 
-def _failure(message: str, code: str) -> Outcome:
+def _failure(message: str, code: ErrorCode) -> Outcome:
     return Outcome(
         RunStatus.FAILED, error=RunError(message, code=code), exit_code=1, retryable=False
     )

@@ -6,10 +6,11 @@ updates, so two workers planning at once cannot both start a node or finish a gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
+from runs.domain.runs import ErrorCode, RunError
 from runs.domain.workflows import NODE_ACTIVE, NODE_SUCCEEDED, NodeRecord, NodeStatus
 from workers.dsl import Branch, Parallel, Step, Wait, WorkflowDefinition
 
@@ -60,7 +61,7 @@ class Complete:
 @dataclass(frozen=True, slots=True)
 class Fail:
     node_id: str
-    error: dict[str, Any]
+    error: RunError
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,7 +73,7 @@ class Cancel:
 class FinishRun:
     status: Literal["completed", "failed"]
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: RunError | None = None
 
 
 Action = Start | Skip | Park | Open | Complete | Fail | Cancel | FinishRun
@@ -122,12 +123,12 @@ def _run_outcome(
     roots = [nodes[r] for r in definition.roots]
     for record in roots:
         if record.status in _BROKEN:
-            error = dict(record.error or {"message": f"node {record.node_id} {record.status}"})
-            error.setdefault("detail", {})
-            if isinstance(error["detail"], dict):
-                error["detail"] = {**error["detail"], "node_id": record.node_id}
-            error["message"] = f"node {record.node_id!r} failed: {error['message']}"
-            return FinishRun("failed", error=error)
+            error = record.error or RunError(f"node {record.node_id} {record.status}")
+            detail = error.detail if error.detail is not None else {}
+            if isinstance(detail, dict):
+                detail = {**detail, "node_id": record.node_id}
+            message = f"node {record.node_id!r} failed: {error.message}"
+            return FinishRun("failed", error=replace(error, message=message, detail=detail))
     if all(r.status in NODE_SUCCEEDED for r in roots):
         if definition.output is not None:
             return FinishRun("completed", output=definition.output(ctx))
@@ -139,7 +140,7 @@ def _expired_waits(nodes: dict[str, NodeRecord], now: datetime) -> list[Action]:
     return [
         Fail(
             n.node_id,
-            {"message": f"wait {n.node_id!r} timed out", "code": "timeout"},
+            RunError(f"wait {n.node_id!r} timed out", code=ErrorCode.TIMEOUT),
         )
         for n in nodes.values()
         if n.status is NodeStatus.WAITING and n.deadline is not None and n.deadline <= now
@@ -173,13 +174,13 @@ def _settle_group(
         if winner is not None:
             return [Complete(group.id, winner.output), *_cancel_active(children)]
         if all(c.status.is_terminal for c in children):
-            return [Fail(group.id, {"message": f"no branch of race {group.id!r} completed"})]
+            return [Fail(group.id, RunError(f"no branch of race {group.id!r} completed"))]
         return []
     if all(c.status.is_terminal for c in children):
         settled = {
             c.node_id: {"status": c.status.value, "output": c.output}
             if c.status is not NodeStatus.FAILED
-            else {"status": "failed", "error": c.error}
+            else {"status": "failed", "error": c.error.to_json() if c.error else None}
             for c in children
         }
         return [Complete(group.id, settled)]
@@ -187,8 +188,7 @@ def _settle_group(
 
 
 def _fail_from(group_id: str, member: NodeRecord) -> Fail:
-    error = dict(member.error or {"message": f"{member.node_id} was {member.status}"})
-    return Fail(group_id, error)
+    return Fail(group_id, member.error or RunError(f"{member.node_id} was {member.status}"))
 
 
 def _cancel_active(members: list[NodeRecord]) -> list[Action]:

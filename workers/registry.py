@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
+from runs.domain.definitions import Definition
 from runs.domain.runs import DEFINITION_ID_PATTERN
-from runs.persistence.definitions import Definition
 from workers.commands import DEFAULT_ENV_ALLOW, Command
 from workers.dsl import Node, Retry, WorkflowDefinition, compile_workflow
 

@@ -9,7 +9,17 @@ import time
 from typing import Any
 
 from runs.domain.events import STEP_STARTED
-from runs.domain.runs import Lease, Outcome, Run, RunError, RunKind, RunRef, RunRequest, RunStatus
+from runs.domain.runs import (
+    ErrorCode,
+    Lease,
+    Outcome,
+    Run,
+    RunError,
+    RunKind,
+    RunRef,
+    RunRequest,
+    RunStatus,
+)
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.workflow_state import step_event
 from workers.adapters import run_definition
@@ -98,7 +108,7 @@ class StepRunner:
                 lost = Outcome(
                     RunStatus.FAILED,
                     error=RunError(
-                        f"the worker running step {node_id!r} was lost", code="worker_lost"
+                        f"the worker running step {node_id!r} was lost", code=ErrorCode.WORKER_LOST
                     ),
                     exit_code=1,
                 )
@@ -124,7 +134,7 @@ class StepRunner:
         except Exception as exc:
             return Outcome(
                 RunStatus.FAILED,
-                error=RunError(f"step input raised: {exc}", code="invalid_input"),
+                error=RunError(f"step input raised: {exc}", code=ErrorCode.INVALID_INPUT),
                 exit_code=1,
             )
         definition = (
@@ -153,7 +163,9 @@ class StepRunner:
         )
 
         def timed_out() -> Outcome:
-            return failed_outcome(ctx, "timeout", f"step {step.id!r} timed out after {timeout:g} s")
+            return failed_outcome(
+                ctx, ErrorCode.TIMEOUT, f"step {step.id!r} timed out after {timeout:g} s"
+            )
 
         def abandon(reason: StopReason) -> None:
             if reason is StopReason.TIMEOUT:  # the step ignored its stop: record it, move on
@@ -204,7 +216,7 @@ class StepRunner:
         if outcome.status is RunStatus.COMPLETED:
             self._state.complete(ref, node_id, outcome.output, attempt=attempt, logs=logs)
             return
-        error = outcome.error.to_json() if outcome.error else {"message": "step failed"}
+        error = outcome.error or RunError("step failed")
         retry = (step.retry or definition.retry) if retry_allowed else None
         if (
             outcome.status is RunStatus.FAILED

@@ -10,7 +10,6 @@ from pydantic import StringConstraints
 
 from runs.api.deps import Services, current_project, services
 from runs.api.openapi import problems
-from runs.api.responses import JSONResponse
 from runs.domain.errors import InvalidRequest, NotFound
 from runs.domain.events import MAX_EVENT_ID
 from runs.domain.projects import Project
@@ -18,7 +17,6 @@ from runs.domain.runs import (
     DEFINITION_ID_PATTERN,
     RUN_ID_PATTERN,
     RunKind,
-    RunRequest,
     RunStatus,
 )
 from runs.persistence.records import RunFilters
@@ -29,14 +27,14 @@ from runs.schemas import (
     CreateRunIn,
     CreateRunOut,
     DefinitionListOut,
+    DefinitionOut,
+    PageInfo,
     RunEventListOut,
+    RunEventOut,
     RunListOut,
     RunOut,
     SignalIn,
     SignalOut,
-    event_to_wire,
-    page_info,
-    run_to_wire,
 )
 
 router = APIRouter()
@@ -74,52 +72,25 @@ AUTHENTICATED = (401, 500)
 @router.post(
     "/runs",
     status_code=202,
-    response_model=CreateRunOut,
     responses=problems(400, 404, 413, 422, *AUTHENTICATED),
     tags=["runs"],
 )
-def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
-    req = body.request
-    run, duplicate = svc.runs.submit(
-        project,
-        RunRequest(
-            kind=RunKind(body.kind),
-            owner_kind=body.owner.kind,
-            owner_id=body.owner.id,
-            target=req.target,
-            public_id=body.public_id,
-            parent_run_id=body.parent_run_id,
-            name=req.name,
-            workflow_id=req.workflow_id,
-            batch_id=req.batch_id,
-            runtime_target_kind=req.runtime_target_kind,
-            runtime_target_environment_id=req.runtime_target_environment_id,
-            runtime_target_branch_id=req.runtime_target_branch_id,
-            input=req.input,
-            config=req.config,
-            start_mode=req.start_mode,
-            timeout_seconds=req.timeout_seconds,
-            backoff_limit=req.backoff_limit,
-        ),
-    )
-    return JSONResponse(
-        {"accepted": True, "duplicate": duplicate, "run": run_to_wire(run)}, status_code=202
-    )
+def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> CreateRunOut:
+    run, duplicate = svc.runs.submit(project, body.to_request())
+    return CreateRunOut(accepted=True, duplicate=duplicate, run=RunOut.from_run(run))
 
 
 @router.get(
     "/runs/{run_id}",
-    response_model=RunOut,
     responses=problems(400, 404, *AUTHENTICATED),
     tags=["runs"],
 )
-def get_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
-    return JSONResponse(run_to_wire(svc.runs.get(project, run_id)))
+def get_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> RunOut:
+    return RunOut.from_run(svc.runs.get(project, run_id))
 
 
 @router.get(
     "/runs/{run_id}/events",
-    response_model=RunEventListOut,
     responses=problems(400, 404, *AUTHENTICATED),
     tags=["runs"],
 )
@@ -131,57 +102,51 @@ def list_events(
         int, Query(ge=0, le=MAX_EVENT_ID, description="exclusive; 0 = from the start")
     ] = 0,
     limit: Annotated[int | None, Query(ge=1)] = None,
-) -> JSONResponse:
+) -> RunEventListOut:
     page = svc.runs.events(project, run_id, after=after_event_id, limit=_page_size(svc, limit))
-    return JSONResponse(
-        {"data": [event_to_wire(e) for e in page.items], "page_info": page_info(page.next)}
+    return RunEventListOut(
+        data=[RunEventOut.from_event(e) for e in page.items], page_info=PageInfo(next=page.next)
     )
 
 
 @router.post(
     "/runs/{run_id}/cancel",
-    response_model=CancelRunOut,
     responses=problems(400, 404, 422, *AUTHENTICATED),
     tags=["runs"],
 )
-def cancel_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> JSONResponse:
+def cancel_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> CancelRunOut:
     cancelled, run = svc.runs.cancel(project, run_id)
-    return JSONResponse({"cancelled": cancelled, "run": run_to_wire(run)})
+    return CancelRunOut(cancelled=cancelled, run=RunOut.from_run(run))
 
 
 @router.post(
     "/runs/{run_id}/approvals",
-    response_model=ApprovalOut,
     responses=problems(400, 404, 409, 413, *AUTHENTICATED),
     tags=["workflows"],
 )
 def approve(
     run_id: RunIdPath, body: ApprovalIn, project: ProjectDep, svc: ServicesDep
-) -> JSONResponse:
+) -> ApprovalOut:
     """Resume a workflow run parked on ``wait_for_approval(node_id)``."""
     run = svc.workflows.approve(
         project, run_id, body.node_id, approved=body.approved, comment=body.comment
     )
-    return JSONResponse({"run": run_to_wire(run)})
+    return ApprovalOut(run=RunOut.from_run(run))
 
 
 @router.post(
     "/runs/{run_id}/signals",
-    response_model=SignalOut,
     responses=problems(400, 404, 409, 413, *AUTHENTICATED),
     tags=["workflows"],
 )
-def signal(
-    run_id: RunIdPath, body: SignalIn, project: ProjectDep, svc: ServicesDep
-) -> JSONResponse:
+def signal(run_id: RunIdPath, body: SignalIn, project: ProjectDep, svc: ServicesDep) -> SignalOut:
     """Deliver an event to a workflow run parked on ``wait_for_event(event=...)``."""
     resumed = svc.workflows.signal(project, run_id, body.event, body.payload)
-    return JSONResponse({"resumed": resumed, "run": run_to_wire(svc.runs.get(project, run_id))})
+    return SignalOut(resumed=resumed, run=RunOut.from_run(svc.runs.get(project, run_id)))
 
 
 @router.get(
     "/projects/{project_reference}/runs",
-    response_model=RunListOut,
     responses=problems(400, 404, *AUTHENTICATED),
     tags=["runs"],
 )
@@ -198,7 +163,7 @@ def list_runs(
     target: Annotated[list[TargetFilter] | None, Query(max_length=10, description=_FILTER)] = None,
     parent_run_id: Annotated[str | None, Query(pattern=RUN_ID_PATTERN.pattern)] = None,
     root_only: bool = False,
-) -> JSONResponse:
+) -> RunListOut:
     if project_reference not in (project.id, project.slug):
         raise NotFound(f"project {project_reference!r} not found")
     filters = RunFilters(
@@ -209,30 +174,18 @@ def list_runs(
         root_only=root_only,
     )
     page = svc.runs.list(project, filters, cursor=cursor, limit=_page_size(svc, limit))
-    return JSONResponse(
-        {"data": [run_to_wire(r) for r in page.items], "page_info": page_info(page.next)}
+    return RunListOut(
+        data=[RunOut.from_run(r) for r in page.items], page_info=PageInfo(next=page.next)
     )
 
 
 @router.get(
     "/definitions",
-    response_model=DefinitionListOut,
     responses=problems(*AUTHENTICATED),
     tags=["definitions"],
 )
-def list_definitions(_: ProjectDep, svc: ServicesDep) -> JSONResponse:
-    items = [
-        {
-            "target": d.target,
-            "kind": d.kind,
-            "name": d.name,
-            "description": d.description,
-            "input_schema": d.input_schema,
-            "output_schema": d.output_schema,
-        }
-        for d in svc.catalog.list()
-    ]
-    return JSONResponse({"data": items})
+def list_definitions(_: ProjectDep, svc: ServicesDep) -> DefinitionListOut:
+    return DefinitionListOut(data=[DefinitionOut.from_definition(d) for d in svc.catalog.list()])
 
 
 def _page_size(svc: Services, limit: int | None) -> int:

@@ -113,21 +113,86 @@ class RunRef:
         return self.key
 
 
+class ErrorCode(StrEnum):
+    """The ``error.code`` this service gives a failed or cancelled run or workflow node.
+
+    A task may raise ``TaskFailed`` with a code of its own; these are the service's."""
+
+    CANCELLED = "cancelled"  # cancelled through the API
+    WORKER_LOST = "worker_lost"  # the attempt's worker stopped renewing its lease
+    EXPIRED = "expired"  # waited for a worker longer than RUNS_PENDING_TTL_SECONDS
+    TIMEOUT = "timeout"  # the attempt, or a workflow's wait, ran out of time
+    INTERRUPTED = "interrupted"  # the worker stopped the task (shutting down)
+    UNKNOWN_TARGET = "unknown_target"  # no definition of the target on the worker
+    INVALID_INPUT = "invalid_input"  # the config does not match the task's input model
+    INVALID_OUTPUT = "invalid_output"  # the result is not JSON, or not the output model
+    OUTPUT_TOO_LARGE = "output_too_large"  # the result exceeds RUNS_MAX_OUTPUT_BYTES
+    TASK_FAILED = "task_failed"  # the task raised TaskFailed without a code
+    TASK_ERROR = "task_error"  # the task raised any other exception
+    PROCESS_ERROR = "process_error"  # a command task's process could not be started
+    PROCESS_FAILED = "process_failed"  # a command task's process exited non-zero
+    WORKER_ERROR = "worker_error"  # the worker's own runtime failed around the task
+    DEFINITION_ERROR = "definition_error"  # a workflow's definition raised
+    REJECTED = "rejected"  # an approval was refused
+
+
 @dataclass(frozen=True, slots=True)
 class RunError:
-    """The error of a failed or cancelled run; ``code`` is machine-readable."""
+    """The error of a failed or cancelled run (or node); ``code`` is machine-readable."""
 
     message: str
-    code: str | None = None
+    code: str | None = None  # an ErrorCode, or a task's own code
     detail: Any = None
 
     def to_json(self) -> dict[str, Any]:
+        """The stored and wire form: ``code`` and ``detail`` are omitted, never null."""
         data: dict[str, Any] = {"message": self.message}
         if self.code is not None:
-            data["code"] = self.code
+            data["code"] = str(self.code)
         if self.detail is not None:
             data["detail"] = self.detail
         return data
+
+    @classmethod
+    def from_json(cls, data: Any) -> RunError | None:
+        if data is None:
+            return None
+        return cls(str(data.get("message", "")), data.get("code"), data.get("detail"))
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    """What a run keeps of one of its ended attempts (``Run.attempts``)."""
+
+    attempt: int
+    status: RunStatus
+    error: RunError | None
+    started_at: datetime | None
+    finished_at: datetime
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "attempt": self.attempt,
+            "status": self.status.value,
+            "error": self.error.to_json() if self.error is not None else None,
+            "started_at": _iso(self.started_at),
+            "finished_at": _iso(self.finished_at),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> AttemptRecord:
+        started, finished = data.get("started_at"), data["finished_at"]
+        return cls(
+            attempt=int(data["attempt"]),
+            status=RunStatus(data["status"]),
+            error=RunError.from_json(data.get("error")),
+            started_at=datetime.fromisoformat(started) if started else None,
+            finished_at=datetime.fromisoformat(finished),
+        )
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return moment.isoformat() if moment is not None else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +223,7 @@ class Run:
     input: Any = None
     config: Any = None
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: RunError | None = None
     logs: str | None = None
     artifacts: list[Any] = field(default_factory=list)
     duration_ms: int | None = None
@@ -174,7 +239,7 @@ class Run:
     completed_at: datetime | None = None
     cancel_requested_at: datetime | None = None
     cancel_stopped_at: datetime | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
+    attempts: tuple[AttemptRecord, ...] = ()
     available_at: datetime | None = None
     attempt_started_at: datetime | None = None
 
@@ -203,16 +268,13 @@ class Outcome:
 
 def attempt_record(
     run: Run, status: RunStatus, error: RunError | None, finished_at: datetime
-) -> dict[str, Any]:
+) -> AttemptRecord:
     """What ``run.attempts`` keeps of the attempt ``run.attempt`` once it ended."""
-    started = run.attempt_started_at
-    return {
-        "attempt": run.attempt,
-        "status": status.value,
-        "error": error.to_json() if error is not None else None,
-        "started_at": started.isoformat() if started is not None else None,
-        "finished_at": finished_at.isoformat(),
-    }
+    return AttemptRecord(run.attempt, status, error, run.attempt_started_at, finished_at)
+
+
+def attempts_to_json(attempts: tuple[AttemptRecord, ...]) -> list[dict[str, Any]] | None:
+    return [a.to_json() for a in attempts] or None
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ such values (``unstorable``); what workers produce is stored in a cleaned form (
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Any
@@ -46,6 +47,22 @@ def storable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [storable(v) for v in value]
     return value
+
+
+# What in JSON text parses into a value that cannot be encoded again: a surrogate's escape or
+# its raw bytes (Python's parser lets both through), or a non-finite number.
+_SUSPECT_TEXT = re.compile(r"\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]|NaN|Infinity")
+_SUSPECT_BYTES = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]|NaN|Infinity")
+
+
+def loads_storable(text: str | bytes) -> Any:
+    """Parse stored JSON text into a value that can always be encoded (``storable``).
+
+    Only records from before the API and the workers cleaned values can need it: the text is
+    scanned first, so that clean text costs one search and is returned as parsed."""
+    value = json.loads(text)
+    suspect = _SUSPECT_BYTES.search(text) if isinstance(text, bytes) else _SUSPECT_TEXT.search(text)
+    return value if suspect is None else storable(value)
 
 
 def printable(text: str) -> str:

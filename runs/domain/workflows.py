@@ -7,6 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
+from runs.domain.runs import RunError
+
 
 class NodeStatus(StrEnum):
     PENDING = "pending"  # not started
@@ -39,7 +41,7 @@ class NodeRecord:
     attempt: int = 0
     arm: str | None = None
     output: Any = None
-    error: dict[str, Any] | None = None
+    error: RunError | None = None
     logs: str | None = None
     wait_event: str | None = None
     deadline: datetime | None = None

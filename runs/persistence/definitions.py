@@ -7,23 +7,12 @@ transaction), and state changes are single conditional statements, never read-mo
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 import sqlalchemy as sa
 
+from runs.domain.definitions import Definition
 from runs.persistence.tables import definitions
-
-
-@dataclass(frozen=True, slots=True)
-class Definition:
-    target: str
-    kind: str
-    name: str | None = None
-    description: str | None = None
-    input_schema: Any = None
-    output_schema: Any = None
 
 
 def upsert_definitions(conn: sa.Connection, items: Iterable[Definition], now: datetime) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from runs.domain.runs import RunRef, RunStatus
+from runs.domain.runs import RunError, RunRef, RunStatus
 from runs.domain.text import storable
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
 from runs.persistence.event_archive import of_run
@@ -35,6 +35,7 @@ _NODE_FIELDS = (
 def _record(row: Mapping[Any, Any]) -> NodeRecord:
     data = {k: row[k] for k in _NODE_FIELDS}
     data["status"] = NodeStatus(data["status"])
+    data["error"] = RunError.from_json(data["error"])
     return NodeRecord(**data)
 
 

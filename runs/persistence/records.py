@@ -17,7 +17,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 
 from runs.domain.events import RunEvent
-from runs.domain.runs import ACTIVE_STATUSES, Run, RunKind, RunRef, RunStatus
+from runs.domain.runs import (
+    ACTIVE_STATUSES,
+    AttemptRecord,
+    Run,
+    RunError,
+    RunKind,
+    RunRef,
+    RunStatus,
+)
 from runs.domain.text import storable
 from runs.persistence.event_archive import insert_events, of_run
 from runs.persistence.tables import UTCDateTime, is_one_of, run_events, runs
@@ -69,7 +77,8 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
     data["kind"] = RunKind(data["kind"])
     data["status"] = RunStatus(data["status"])
     data["artifacts"] = data.get("artifacts") or []
-    data["attempts"] = data.get("attempts") or []
+    data["error"] = RunError.from_json(data.get("error"))
+    data["attempts"] = tuple(AttemptRecord.from_json(a) for a in data.get("attempts") or ())
     return Run(**data)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from runs.domain.runs import Run, RunKind, RunRef, RunStatus
+from runs.domain.runs import AttemptRecord, Run, RunKind, RunRef, RunStatus, attempts_to_json
 from runs.domain.text import storable
 from runs.persistence.event_archive import of_run
 from runs.persistence.records import FINISH_FIELDS, run_from_row
@@ -71,7 +71,7 @@ def requeue(
     ref: RunRef,
     attempt: int,
     *,
-    attempts: list[dict[str, Any]],
+    attempts: tuple[AttemptRecord, ...],
     due: datetime,
     now: datetime,
     lease_expired_before: datetime | None = None,
@@ -84,7 +84,7 @@ def requeue(
         .where(_owned_by(ref, attempt, lease_expired_before=lease_expired_before))
         .values(
             status=RunStatus.PENDING.value,
-            attempts=storable(attempts),
+            attempts=storable(attempts_to_json(attempts)),
             available_at=due,
             updated_at=now,
             lease_owner=None,

@@ -11,6 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
+from runs.domain.text import loads_storable
+
 
 class UTCDateTime(sa.TypeDecorator[datetime]):
     """Stores UTC timestamps; always hands back timezone-aware UTC datetimes (SQLite included)."""
@@ -44,8 +46,10 @@ class SQLiteJSON(sa.TypeDecorator[Any]):
         return None if value is None else json.dumps(value, separators=(",", ":"))
 
     def process_result_value(self, value: Any, dialect: Dialect) -> Any:
-        # Rows written before this type may hold a number SQLite converted already.
-        return json.loads(value) if isinstance(value, str) else value
+        # Rows written before this type may hold a number SQLite converted already; rows
+        # written before values were checked may hold what cannot be encoded (SQLite keeps
+        # what PostgreSQL refuses).
+        return loads_storable(value) if isinstance(value, str) else value
 
 
 def is_one_of(column: sa.ColumnElement[str], values: Iterable[str]) -> sa.ColumnElement[bool]:
