@@ -51,8 +51,8 @@ def fresh_database() -> tuple[str, str, str]:
     """A migrated database with a project, a token and one run: (url, token, run id)."""
     from runs.access import AccessService
     from runs.catalog import DefinitionCatalog
+    from runs.domain.definitions import Definition
     from runs.persistence import migrate
-    from runs.persistence.definitions import Definition
     from runs.persistence.engine import create_engine
 
     admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")

@@ -1,5 +1,9 @@
-"""Use cases of task-run attempts: lease renewal, retry, stop records, and the sweeper's
-recoveries (reclaim attempts whose worker died, expire runs that waited too long).
+"""Use cases of executing and recovering runs, the worker's and the sweeper's side.
+
+The rule: ``service`` answers what API callers ask of runs (submit, get, list, events, cancel);
+this module moves runs through their attempts. A worker claims a run, opens the attempt, emits
+events, renews its lease, and finishes or retries; the sweeper reclaims attempts whose worker
+died, re-sends jobs that were lost, and expires runs that waited too long.
 
 Like ``service``, it owns its transactions and never imports FastAPI, Celery or redis.
 """
@@ -22,15 +26,16 @@ from runs.domain.runs import (
     Outcome,
     Run,
     RunError,
+    RunKind,
     RunRef,
     RunStatus,
     attempt_record,
     attempts_to_json,
+    duration_ms,
 )
-from runs.persistence import event_archive, recovery
+from runs.persistence import event_archive, nodes, records, recovery
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
-from runs.service import duration_ms
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +58,74 @@ class AttemptService:
         self._clock = clock
 
     # -- the worker's side ----------------------------------------------------------------
+
+    def claim(self, ref: RunRef, *, worker: str, lease_seconds: float) -> Run | None:
+        """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
+        now = self._clock()
+        with self._auto.connect() as conn:
+            return records.claim_run(
+                conn,
+                ref,
+                worker=worker,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                now=now,
+            )
+
+    def open_attempt(self, run: Run, events: Sequence[NewEvent]) -> bool:
+        """Emit a claimed attempt's opening events. False when the run was cancelled first."""
+        return self._events.open(run.ref, run.attempt, events)
+
+    def emit(self, ref: RunRef, events: Sequence[NewEvent]) -> bool:
+        """Append events of a running run. False once the run is closed (cancelled)."""
+        return bool(self._events.append(ref, events)) or not events
+
+    def finish(self, run: Run, outcome: Outcome, *, stop_work: bool = False) -> bool:
+        """Write the terminal record in one transaction, then publish the final events.
+
+        Task runs end with STEP_FINISHED then RUN_FINISHED/RUN_ERROR; workflow runs (whose steps
+        report themselves) with the terminal event alone, and their nodes that have not ended
+        end in the same transaction (cancelled, or skipped). ``stop_work`` raises the cancel flag
+        for whatever of the run still executes. False when the attempt no longer owns the run
+        (cancelled, or reclaimed): nothing changes.
+        """
+        status = outcome.status.value
+        message = outcome.error.message if outcome.error else None
+        closing = [ev.terminal_event(status, message)]
+        if run.kind is RunKind.TASK:
+            closing.insert(0, ev.step_finished_event(run.target, status))
+        now = self._clock()
+        attempts = run.attempts
+        if run.kind is RunKind.TASK:
+            attempts = (*attempts, attempt_record(run, outcome.status, outcome.error, now))
+        values = {
+            "status": status,
+            "output": outcome.output,
+            "error": outcome.error.to_json() if outcome.error else None,
+            "logs": outcome.logs,
+            "artifacts": outcome.artifacts,
+            "exit_code": outcome.exit_code,
+            "duration_ms": duration_ms(run.started_at or now, now),
+            "completed_at": now,
+            "updated_at": now,
+            "attempts": attempts_to_json(attempts),
+        }
+        # The stream is closed first, on behalf of this attempt: refused when a cancel or the
+        # sweeper closed it, or a later attempt owns it. Then the conditional update and the
+        # copy of the events, at once; the final events are published only after that commit.
+        closed = self._events.close_attempt(run.ref, run.attempt, len(closing), cancel=stop_work)
+        if closed is None:
+            return False
+        first, so_far = closed
+        final = ev.numbered(closing, first, now)
+        # One statement needs no transaction; a workflow also ends its nodes in the same one.
+        single = run.kind is RunKind.TASK and records.finishes_in_one_statement(self._engine)
+        with self._auto.connect() if single else self._engine.begin() as conn:
+            if not records.finish_run(conn, run.ref, run.attempt, values, [*so_far, *final]):
+                return False
+            if run.kind is RunKind.WORKFLOW:  # nothing of a finished run stays active
+                nodes.cancel_active_nodes(conn, run.ref, now)
+        self._events.publish(run.ref, final)
+        return True
 
     def renew(self, run: Run, lease_seconds: float) -> Lease:
         """Extend the lease of the attempt ``run.attempt``."""
@@ -103,6 +176,27 @@ class AttemptService:
             log.warning("could not send the next attempt of %s; the sweeper will", run.ref)
 
     # -- the sweeper's side ---------------------------------------------------------------
+
+    def redispatch_stale(self, *, older_than_seconds: float, limit: int = 200) -> int:
+        """Send the job again for runs left pending too long (the broker was down, or the
+        message was lost). Safe in several places at once: a conditional touch picks one
+        sender, and a duplicate job is dropped by the conditional claim anyway."""
+        now = self._clock()
+        before = now - timedelta(seconds=older_than_seconds)
+        with self._auto.connect() as conn:
+            stale = recovery.stale_pending(conn, before, limit)
+        sent = 0
+        for ref, target, queue in stale:
+            with self._auto.connect() as conn:
+                if not recovery.touch_pending(conn, ref, before, now):
+                    continue
+            try:
+                self._dispatcher.dispatch(target, ref, queue)
+            except Exception:
+                log.warning("re-dispatch of %s failed; next sweep tries again", ref)
+                continue
+            sent += 1
+        return sent
 
     def reclaim_expired(
         self,

@@ -23,12 +23,13 @@ import redis
 import sqlalchemy as sa
 
 from runs.access import AccessService
+from runs.attempts import AttemptService
 from runs.catalog import DefinitionCatalog
+from runs.domain.definitions import Definition
 from runs.domain.projects import Project
 from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
 from runs.persistence import migrate
-from runs.persistence.definitions import Definition
 from runs.persistence.engine import create_engine
 from runs.routing import Router
 from runs.service import RunService
@@ -171,6 +172,13 @@ def service(
         catalog=DefinitionCatalog(engine, cache_seconds=0),
         max_input_bytes=4096,
     )
+
+
+@pytest.fixture
+def attempts(
+    engine: sa.Engine, event_log: RedisEventLog, dispatcher: RecordingDispatcher
+) -> AttemptService:
+    return AttemptService(engine, dispatcher=dispatcher, events=event_log)
 
 
 @pytest.fixture

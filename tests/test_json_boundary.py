@@ -23,10 +23,10 @@ from hypothesis import strategies as st
 
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
+from runs.domain.definitions import Definition
 from runs.domain.text import MAX_DEPTH
 from runs.domain.workflows import NodeStatus
 from runs.persistence import nodes
-from runs.persistence.definitions import Definition
 from runs.persistence.engine import create_engine
 from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.conftest import WorkerPool

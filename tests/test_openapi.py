@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from runs.access import AccessService
 from runs.api.app import create_app
 from runs.catalog import DefinitionCatalog
-from runs.persistence.definitions import Definition
+from runs.domain.definitions import Definition
 from tests.api_support import Caller, new_caller
 from tests.conftest import base_settings
 from tests.helpers import create_body

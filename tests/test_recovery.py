@@ -110,12 +110,14 @@ def later(moment: datetime, seconds: float) -> datetime:
     return moment + timedelta(seconds=seconds)
 
 
-def claimed_run(service: RunService, project: Project, *, lease_seconds: float) -> Run:
+def claimed_run(
+    runs: RunService, worker: AttemptService, project: Project, *, lease_seconds: float
+) -> Run:
     """A new task run, taken by a worker for attempt 1, that has emitted its opening events."""
-    run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.ref, worker="w1", lease_seconds=lease_seconds)
+    run, _ = runs.submit(project, task_request(project))
+    claimed = worker.claim(run.ref, worker="w1", lease_seconds=lease_seconds)
     assert claimed is not None and claimed.attempt == 1
-    assert service.emit(run.ref, started_events(run.target))
+    assert worker.emit(run.ref, started_events(run.target))
     return claimed
 
 
@@ -161,7 +163,8 @@ def test_renew_extends_the_lease_of_the_running_attempt_and_not_of_a_stale_one(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=30)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=30)
     assert lease_of(engine, claimed.ref) == ("w1", later(t0, 30))
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 10))
 
@@ -177,7 +180,8 @@ def test_a_cancelled_attempt_holds_its_lease_until_it_says_its_work_stopped(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=30)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=30)
     cancelled, _ = runs.cancel(project, claimed.run_id)
     assert cancelled
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 20))
@@ -203,7 +207,8 @@ def test_retry_records_the_failed_attempt_and_queues_the_next_one_after_the_dela
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     failed_at = later(t0, 5)
     sender = TimedDispatcher(sent=[])
     worker = attempts_at(engine, event_log, sender, failed_at)
@@ -232,14 +237,15 @@ def test_a_job_arriving_before_the_retry_backoff_is_over_does_not_start_the_next
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     worker = attempts_at(engine, event_log, TimedDispatcher(sent=[]), later(t0, 5))
     assert worker.retry(claimed, failed("boom"), 45)
 
-    early = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 30))
+    early = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 30))
     assert early.claim(claimed.ref, worker="w2", lease_seconds=60) is None
     assert load(runs, claimed.ref).status is RunStatus.PENDING
-    due = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 50))
+    due = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 50))
     second = due.claim(claimed.ref, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
 
@@ -249,7 +255,8 @@ def test_retry_after_a_cancel_returns_false_and_changes_nothing(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     cancelled, _ = runs.cancel(project, claimed.run_id)
     assert cancelled
     before = load(runs, claimed.ref)
@@ -270,7 +277,8 @@ def test_a_run_waiting_out_a_retry_backoff_is_not_sent_again_by_the_pending_swee
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     assert attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0).retry(
         claimed, failed(), 60
     )
@@ -278,12 +286,12 @@ def test_a_run_waiting_out_a_retry_backoff_is_not_sent_again_by_the_pending_swee
     # Not yet due (t0 + 30), and due but not yet past the threshold (t0 + 65 - 10 < t0 + 60).
     for ahead in (30, 65):
         early = RecordingDispatcher(sent=[])
-        sweeper = runs_at(engine, event_log, early, later(t0, ahead))
+        sweeper = attempts_at(engine, event_log, early, later(t0, ahead))
         sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
         assert claimed.ref not in {s[1] for s in early.sent}, ahead
 
     due = RecordingDispatcher(sent=[])
-    sweeper = runs_at(engine, event_log, due, later(t0, 75))
+    sweeper = attempts_at(engine, event_log, due, later(t0, 75))
     sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
     sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
     assert [s for s in due.sent if s[1] == claimed.ref] == [
@@ -300,7 +308,8 @@ def test_an_expired_lease_with_attempts_left_puts_the_run_back_to_pending_and_se
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     asked: list[tuple[str, int]] = []
 
     def max_attempts(run: Run) -> int:
@@ -333,7 +342,8 @@ def test_an_expired_lease_without_attempts_left_fails_the_run_as_worker_lost(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     sent = TimedDispatcher(sent=[])
     swept_at = later(t0, 120)
     sweeper = attempts_at(engine, event_log, sent, swept_at)
@@ -356,7 +366,7 @@ def test_an_expired_lease_without_attempts_left_fails_the_run_as_worker_lost(
     assert archived[2].payload["retrying"] is False
     assert comparable(event_log.read(claimed.ref, after=0, limit=100)) == comparable(archived)
     assert event_types(runs, project, claimed.run_id)[-1] == RUN_ERROR
-    assert not runs.emit(claimed.ref, [log_event("too late")])
+    assert not attempts.emit(claimed.ref, [log_event("too late")])
 
 
 def test_a_run_whose_lease_has_not_expired_is_not_reclaimed(
@@ -364,7 +374,8 @@ def test_a_run_whose_lease_has_not_expired_is_not_reclaimed(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=600)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=600)
     before = load(runs, claimed.ref)
     asked: list[str] = []
 
@@ -380,7 +391,7 @@ def test_a_run_whose_lease_has_not_expired_is_not_reclaimed(
     assert load(runs, claimed.ref) == before
     assert lease_of(engine, claimed.ref) == ("w1", later(t0, 600))
     assert claimed.ref not in {s[1] for s in sent.sent}
-    assert runs.emit(claimed.ref, [log_event("still mine")])
+    assert attempts.emit(claimed.ref, [log_event("still mine")])
 
 
 @pytest.mark.parametrize("allowed", [1, 2], ids=["last-attempt", "attempts-left"])
@@ -389,7 +400,8 @@ def test_a_worker_that_renews_after_the_sweeper_read_its_lease_as_expired_keeps_
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 119))
     renewed: list[Lease] = []
 
@@ -409,7 +421,7 @@ def test_a_worker_that_renews_after_the_sweeper_read_its_lease_as_expired_keeps_
     assert after.attempts == () and after.error is None
     assert lease_of(engine, claimed.ref) == ("w1", later(t0, 719))
     assert claimed.ref not in {s[1] for s in sent.sent}
-    assert runs.emit(claimed.ref, [log_event("still mine")])
+    assert attempts.emit(claimed.ref, [log_event("still mine")])
     assert STEP_FINISHED not in event_types(runs, project, claimed.run_id)
 
 
@@ -418,7 +430,8 @@ def test_two_racing_sweepers_reclaim_a_lost_attempt_once(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     # Both sweepers have read the run as lost before either writes: the race proper.
     both_read = threading.Barrier(2, timeout=20)
 
@@ -460,7 +473,8 @@ def test_record_stop_notes_the_stop_only_for_the_cancelled_attempt_it_names_and_
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 5))
     assert not worker.record_stop(claimed)  # still running: nothing to note
 
@@ -485,8 +499,9 @@ def test_a_cancelled_attempt_whose_worker_never_confirmed_stopped_when_its_lease
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    lost = claimed_run(runs, project, lease_seconds=60)
-    live = claimed_run(runs, project, lease_seconds=600)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    lost = claimed_run(runs, attempts, project, lease_seconds=60)
+    live = claimed_run(runs, attempts, project, lease_seconds=600)
     for run in (lost, live):
         cancelled, _ = runs.cancel(project, run.run_id)
         assert cancelled
@@ -521,8 +536,9 @@ def test_expire_stale_fails_pending_runs_older_than_the_ttl_and_leaves_the_rest_
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     old, _ = runs.submit(project, task_request(project))
-    running = claimed_run(runs, project, lease_seconds=600)
+    running = claimed_run(runs, attempts, project, lease_seconds=600)
     young_runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 100))
     young, _ = young_runs.submit(project, task_request(project))
     running_before, young_before = load(runs, running.ref), load(runs, young.ref)
@@ -538,11 +554,11 @@ def test_expire_stale_fails_pending_runs_older_than_the_ttl_and_leaves_the_rest_
     assert [e.event_type for e in sql_events(engine, old.ref)] == [RUN_ERROR]
     assert event_types(runs, project, old.run_id)[-1] == RUN_ERROR
     assert event_log.read(old.ref, after=0, limit=100)[-1].event_type == RUN_ERROR
-    assert runs.claim(old.ref, worker="late", lease_seconds=60) is None
+    assert attempts.claim(old.ref, worker="late", lease_seconds=60) is None
 
     assert load(runs, young.ref) == young_before
     assert load(runs, running.ref) == running_before
-    assert runs.emit(running.ref, [log_event("still running")])
+    assert attempts.emit(running.ref, [log_event("still running")])
 
 
 def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
@@ -553,8 +569,9 @@ def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     run, _ = runs.submit(project, task_request(project))
-    worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 119))
+    worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 119))
     read = recovery.expirable
     seen: list[str] = []
     claims: list[Run | None] = []
@@ -575,7 +592,7 @@ def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
     assert after.status is RunStatus.RUNNING and after.attempt == 1
     assert after.error is None and after.completed_at is None
     assert sql_events(engine, run.ref) == []
-    assert runs.emit(run.ref, started_events(run.target))
+    assert attempts.emit(run.ref, started_events(run.target))
 
 
 # -- the event stream of a later attempt ---------------------------------------------------
@@ -586,17 +603,18 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     # Attempt 1 reserved the ids of its final events, then died before its record landed.
     event_log.close(claimed.ref, 2)
-    assert not runs.emit(claimed.ref, [log_event("closed")])
+    assert not attempts.emit(claimed.ref, [log_event("closed")])
     swept_at = later(t0, 120)
     sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
     assert sweeper.reclaim_expired(
         max_attempts=lambda run: 2, backoff=lambda n: 0.0, limit=NO_LIMIT
     )
 
-    second_worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(swept_at, 1))
+    second_worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(swept_at, 1))
     second = second_worker.claim(claimed.ref, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
     assert second_worker.open_attempt(second, [attempt_started_event(second.target, 2)])
@@ -622,18 +640,19 @@ def test_a_reclaimed_attempt_reporting_late_leaves_the_stream_of_the_next_attemp
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    first = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    first = claimed_run(runs, attempts, project, lease_seconds=60)
     sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
     assert sweeper.reclaim_expired(
         max_attempts=lambda run: 2, backoff=lambda n: 0.0, limit=NO_LIMIT
     )
-    worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 121))
+    worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 121))
     second = worker.claim(first.ref, worker="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
     assert worker.open_attempt(second, [attempt_started_event(second.target, 2)])
 
     # The hung attempt 1 wakes up and reports: it no longer owns the run, so nothing changes.
-    assert not runs.finish(first, Outcome(RunStatus.COMPLETED, output={"stale": True}))
+    assert not attempts.finish(first, Outcome(RunStatus.COMPLETED, output={"stale": True}))
 
     assert worker.emit(first.ref, [log_event("attempt 2 still working")])
 
@@ -647,8 +666,8 @@ class ClaimDuringCancel(RedisEventLog):
         self._claim = claim
         self.claimed: list[Run | None] = []
 
-    def close(self, run_id: str, count: int, *, cancel: bool = False) -> tuple[int, list[RunEvent]]:
-        closed = super().close(run_id, count, cancel=cancel)
+    def close(self, ref: RunRef, count: int, *, cancel: bool = False) -> tuple[int, list[RunEvent]]:
+        closed = super().close(ref, count, cancel=cancel)
         if cancel:
             self.claimed.append(self._claim())
         return closed
@@ -659,11 +678,12 @@ def test_claiming_attempt_two_does_not_reopen_the_stream_of_a_run_being_cancelle
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    claimed = claimed_run(runs, project, lease_seconds=60)
+    attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
+    claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     assert attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0).retry(
         claimed, failed(), 0
     )
-    worker = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 1))
+    worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 1))
     racing = ClaimDuringCancel(
         event_log, lambda: worker.claim(claimed.ref, worker="w2", lease_seconds=60)
     )

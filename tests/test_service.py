@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import sqlalchemy as sa
 
+from runs.attempts import AttemptService
 from runs.catalog import DefinitionCatalog
 from runs.domain.clock import utcnow
 from runs.domain.definitions import Definition
@@ -111,36 +112,38 @@ def test_another_projects_run_is_not_found(
         service.events(other_project, run.run_id, after=0, limit=10)
 
 
-def test_a_claim_is_taken_once(service: RunService, project: Project) -> None:
+def test_a_claim_is_taken_once(
+    service: RunService, attempts: AttemptService, project: Project
+) -> None:
     run, _ = service.submit(project, task_request(project))
-    first = service.claim(run.ref, worker="w1", lease_seconds=30)
-    second = service.claim(run.ref, worker="w2", lease_seconds=30)
+    first = attempts.claim(run.ref, worker="w1", lease_seconds=30)
+    second = attempts.claim(run.ref, worker="w2", lease_seconds=30)
     assert first is not None and first.attempt == 1 and first.started_at is not None
     assert second is None
 
 
 def test_cancelling_a_pending_run_means_it_never_starts(
-    service: RunService, project: Project
+    service: RunService, attempts: AttemptService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
     cancelled, after = service.cancel(project, run.run_id)
     assert cancelled and after.status is RunStatus.CANCELLED and after.completed_at is not None
     assert after.error == RunError("Run cancelled", code=ErrorCode.CANCELLED)
-    assert service.claim(run.ref, worker="w", lease_seconds=30) is None
+    assert attempts.claim(run.ref, worker="w", lease_seconds=30) is None
     page = service.events(project, run.run_id, after=0, limit=10)
     assert [e.event_type for e in page.items] == ["RUN_ERROR"]
 
 
 def test_a_late_result_cannot_overwrite_a_cancelled_run(
-    service: RunService, project: Project
+    service: RunService, attempts: AttemptService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.ref, worker="w", lease_seconds=30)
+    claimed = attempts.claim(run.ref, worker="w", lease_seconds=30)
     assert claimed is not None
-    assert service.emit(run.ref, started_events(run.target))
+    assert attempts.emit(run.ref, started_events(run.target))
     cancelled, _ = service.cancel(project, run.run_id)
     assert cancelled
-    assert not service.finish(claimed, Outcome(RunStatus.COMPLETED, output={"late": True}))
+    assert not attempts.finish(claimed, Outcome(RunStatus.COMPLETED, output={"late": True}))
     final = service.get(project, run.run_id)
     assert final.status is RunStatus.CANCELLED and final.output is None
     types = [e.event_type for e in service.events(project, run.run_id, after=0, limit=20).items]
@@ -148,40 +151,42 @@ def test_a_late_result_cannot_overwrite_a_cancelled_run(
 
 
 def test_terminal_is_final_cancel_after_completion_changes_nothing(
-    service: RunService, project: Project
+    service: RunService, attempts: AttemptService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.ref, worker="w", lease_seconds=30)
+    claimed = attempts.claim(run.ref, worker="w", lease_seconds=30)
     assert claimed is not None
-    assert service.finish(claimed, Outcome(RunStatus.COMPLETED, output={"ok": 1}, exit_code=0))
+    assert attempts.finish(claimed, Outcome(RunStatus.COMPLETED, output={"ok": 1}, exit_code=0))
     before = service.get(project, run.run_id)
     cancelled, after = service.cancel(project, run.run_id)
     assert not cancelled and after == before
-    assert not service.finish(claimed, Outcome(RunStatus.FAILED, error=RunError("again")))
+    assert not attempts.finish(claimed, Outcome(RunStatus.FAILED, error=RunError("again")))
     assert service.get(project, run.run_id) == before
 
 
 def test_finished_events_are_read_from_sql_when_the_stream_is_gone(
-    service: RunService, project: Project, event_log: RedisEventLog
+    service: RunService, attempts: AttemptService, project: Project, event_log: RedisEventLog
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = service.claim(run.ref, worker="w", lease_seconds=30)
+    claimed = attempts.claim(run.ref, worker="w", lease_seconds=30)
     assert claimed is not None
-    service.emit(run.ref, started_events(run.target))
-    service.finish(claimed, Outcome(RunStatus.COMPLETED, output=None, exit_code=0))
+    attempts.emit(run.ref, started_events(run.target))
+    attempts.finish(claimed, Outcome(RunStatus.COMPLETED, output=None, exit_code=0))
     event_log.client.delete(f"runs:{{{run.ref.key}}}:events", f"runs:{{{run.ref.key}}}:meta")
     page = service.events(project, run.run_id, after=0, limit=10)
     assert [e.event_id for e in page.items] == [1, 2, 3, 4]
     assert [e.event_type for e in page.items][-1] == "RUN_FINISHED"
 
 
-def test_event_pages_are_exclusive_and_ordered(service: RunService, project: Project) -> None:
+def test_event_pages_are_exclusive_and_ordered(
+    service: RunService, attempts: AttemptService, project: Project
+) -> None:
     run, _ = service.submit(project, task_request(project))
-    assert service.claim(run.ref, worker="w", lease_seconds=30) is not None
-    service.emit(run.ref, started_events(run.target))
+    assert attempts.claim(run.ref, worker="w", lease_seconds=30) is not None
+    attempts.emit(run.ref, started_events(run.target))
     from runs.domain.events import log_event
 
-    service.emit(run.ref, [log_event(f"line {i}") for i in range(5)])
+    attempts.emit(run.ref, [log_event(f"line {i}") for i in range(5)])
     first = service.events(project, run.run_id, after=0, limit=3)
     assert [e.event_id for e in first.items] == [1, 2, 3] and first.next == "3"
     second = service.events(project, run.run_id, after=3, limit=3)
@@ -191,7 +196,7 @@ def test_event_pages_are_exclusive_and_ordered(service: RunService, project: Pro
 
 
 def test_finishing_a_workflow_run_ends_its_nodes_in_the_same_transaction(
-    service: RunService, project: Project, engine: sa.Engine
+    service: RunService, attempts: AttemptService, project: Project, engine: sa.Engine
 ) -> None:
     """When a workflow's terminal record is visible, none of its nodes is still active."""
     catalog_has_workflow(engine)
@@ -205,7 +210,7 @@ def test_finishing_a_workflow_run_ends_its_nodes_in_the_same_transaction(
             config=None,
         ),
     )
-    claimed = service.claim(run.ref, worker="w", lease_seconds=60)
+    claimed = attempts.claim(run.ref, worker="w", lease_seconds=60)
     assert claimed is not None
     now = utcnow()
     with engine.begin() as conn:
@@ -215,7 +220,7 @@ def test_finishing_a_workflow_run_ends_its_nodes_in_the_same_transaction(
                 conn, run.ref, node_id, [NodeStatus.PENDING], {"status": status, "updated_at": now}
             )
     failed = Outcome(RunStatus.FAILED, error=RunError("boom", code="x"))
-    assert service.finish(claimed, failed)
+    assert attempts.finish(claimed, failed)
     with engine.connect() as conn:
         statuses = {k: n.status.value for k, n in nodes.get_nodes(conn, run.ref).items()}
     assert statuses == {"done": "completed", "busy": "cancelled", "later": "skipped"}

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from runs.access import AccessService
+from runs.attempts import AttemptService
 from runs.catalog import DefinitionCatalog
 from runs.domain.clock import utcnow
 from runs.domain.projects import Project
@@ -49,6 +50,17 @@ def service_at(
     )
 
 
+def attempts_ahead(
+    engine: sa.Engine, events: RedisEventLog, dispatcher: RecordingDispatcher, ahead: float
+) -> AttemptService:
+    return AttemptService(
+        engine,
+        dispatcher=dispatcher,
+        events=events,
+        clock=lambda: utcnow() + timedelta(seconds=ahead),
+    )
+
+
 def sweep_nodes_twice_later(engine: sa.Engine, event_log: RedisEventLog) -> list[tuple[str, str]]:
     """Two sweepers, 120 s from now, re-send stale workflow nodes; what both sent."""
     sent: list[tuple[str, str]] = []
@@ -72,8 +84,8 @@ def test_a_run_pending_too_long_is_sent_again_exactly_once_by_racing_sweepers(
     down = RecordingDispatcher(sent=[], fail=True)
     run, _ = service_at(engine, event_log, down, 0).submit(project, task_request(project))
     first, second = RecordingDispatcher(sent=[]), RecordingDispatcher(sent=[])
-    later_a = service_at(engine, event_log, first, 120)
-    later_b = service_at(engine, event_log, second, 120)
+    later_a = attempts_ahead(engine, event_log, first, 120)
+    later_b = attempts_ahead(engine, event_log, second, 120)
     later_a.redispatch_stale(older_than_seconds=60, limit=100_000)
     later_b.redispatch_stale(older_than_seconds=60, limit=100_000)
     sent = [s for s in first.sent + second.sent if s[1] == run.ref]
@@ -87,11 +99,14 @@ def test_a_recent_or_started_run_is_not_sent_again(
     now_service = service_at(engine, event_log, recorder, 0)
     fresh, _ = now_service.submit(project, task_request(project))
     started, _ = now_service.submit(project, task_request(project))
-    assert now_service.claim(started.ref, worker="w", lease_seconds=30) is not None
+    now_worker = attempts_ahead(engine, event_log, recorder, 0)
+    assert now_worker.claim(started.ref, worker="w", lease_seconds=30) is not None
     recorder.sent.clear()
-    now_service.redispatch_stale(older_than_seconds=60, limit=100_000)
+    now_worker.redispatch_stale(older_than_seconds=60, limit=100_000)
     later = RecordingDispatcher(sent=[])
-    service_at(engine, event_log, later, 120).redispatch_stale(older_than_seconds=60, limit=100_000)
+    attempts_ahead(engine, event_log, later, 120).redispatch_stale(
+        older_than_seconds=60, limit=100_000
+    )
     assert fresh.ref not in {s[1] for s in recorder.sent}
     assert started.ref not in {s[1] for s in later.sent}
 
@@ -138,7 +153,8 @@ def test_a_workflow_step_left_queued_is_sent_again_once(
     recorder = RecordingDispatcher(sent=[])
     runs = service_at(engine, event_log, recorder, 0)
     run, _ = runs.submit(project, task_request(project))
-    assert runs.claim(run.ref, worker="w", lease_seconds=30) is not None
+    worker = attempts_ahead(engine, event_log, recorder, 0)
+    assert worker.claim(run.ref, worker="w", lease_seconds=30) is not None
     now = utcnow()
     with engine.begin() as conn:
         nodes.insert_nodes(conn, run.ref, ["a", "b"], now)
@@ -155,7 +171,8 @@ def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
     recorder = RecordingDispatcher(sent=[])
     runs = service_at(engine, event_log, recorder, 0)
     run, _ = runs.submit(project, task_request(project))
-    assert runs.claim(run.ref, worker="w", lease_seconds=30) is not None
+    worker = attempts_ahead(engine, event_log, recorder, 0)
+    assert worker.claim(run.ref, worker="w", lease_seconds=30) is not None
     now = utcnow()
     with engine.begin() as conn:
         nodes.insert_nodes(conn, run.ref, ["dead", "alive"], now)

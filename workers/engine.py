@@ -40,7 +40,8 @@ MAX_PLANNING_ROUNDS = 500
 class WorkflowEngine:
     def __init__(self, runtime: WorkerRuntime) -> None:
         self._rt = runtime
-        self._runs = runtime.service
+        self._runs = runtime.runs
+        self._attempts = runtime.attempts
         self._state = runtime.workflows
         self.continuation: NodeRecord | None = None
         self._may_continue = False
@@ -66,7 +67,7 @@ class WorkflowEngine:
             definition = self._rt.registry.resolve_workflow(run.target)
         except LookupError as exc:
             claimed = (
-                self._runs.claim(ref, worker=self._rt.worker_id, lease_seconds=1)
+                self._attempts.claim(ref, worker=self._rt.worker_id, lease_seconds=1)
                 if run.status is RunStatus.PENDING
                 else run
             )
@@ -81,7 +82,7 @@ class WorkflowEngine:
         return self._plan_until_still(run, definition)
 
     def _start(self, run: Run, definition: WorkflowDefinition) -> Run | None:
-        claimed = self._runs.claim(
+        claimed = self._attempts.claim(
             run.ref,
             worker=self._rt.worker_id,
             lease_seconds=self._rt.settings.worker_lease_seconds,
@@ -89,7 +90,7 @@ class WorkflowEngine:
         if claimed is None:
             return None
         started = NewEvent(RUN_STARTED, {"type": RUN_STARTED, "status": "running"})
-        if not self._runs.emit(run.ref, [started]):
+        if not self._attempts.emit(run.ref, [started]):
             return None  # cancelled in the meantime
         if definition.input_model is not None:
             try:
@@ -225,7 +226,7 @@ class WorkflowEngine:
             logs=_joined_logs(nodes),
             exit_code=1 if failed else 0,
         )
-        self._runs.finish(run, outcome, stop_work=True)
+        self._attempts.finish(run, outcome, stop_work=True)
 
 
 def _failure(message: str, code: ErrorCode) -> FinishRun:

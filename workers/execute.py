@@ -28,7 +28,7 @@ T = TypeVar("T")
 
 def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
     """Execute one attempt of the run ``ref``; returns what happened, for the worker's log."""
-    run = runtime.service.claim(
+    run = runtime.attempts.claim(
         ref, worker=runtime.worker_id, lease_seconds=runtime.settings.worker_lease_seconds
     )
     if run is None:
@@ -111,12 +111,12 @@ class Attempt:
             else [attempt_started_event(run.target, run.attempt)]
         )
         return patiently(
-            lambda: self._rt.service.open_attempt(run, opening),
+            lambda: self._rt.attempts.open_attempt(run, opening),
             self._rt.settings.finish_retry_seconds,
         )
 
     def _publish(self, events: Sequence[NewEvent]) -> None:
-        if not self._rt.service.emit(self._run.ref, events):
+        if not self._rt.attempts.emit(self._run.ref, events):
             self._flag.set()  # the stream is closed: the run was cancelled
 
     def _settle(self, outcome: Outcome, reason: StopReason | None) -> Outcome:
@@ -168,7 +168,7 @@ class Attempt:
         if retry:
             if self._rt.attempts.retry(run, outcome, backoff_delay(self._rt.settings, run.attempt)):
                 return f"retrying: attempt {run.attempt} failed"
-        elif self._rt.service.finish(run, outcome):
+        elif self._rt.attempts.finish(run, outcome):
             return outcome.status.value
         self._rt.attempts.record_stop(run)
         return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
@@ -192,7 +192,7 @@ def patiently(call: Callable[[], T], seconds: float) -> T:
 
 def _end(runtime: WorkerRuntime, run: Run, outcome: Outcome) -> str:
     seconds = runtime.settings.finish_retry_seconds
-    if patiently(lambda: runtime.service.finish(run, outcome), seconds):
+    if patiently(lambda: runtime.attempts.finish(run, outcome), seconds):
         return f"failed: {outcome.error.code if outcome.error else ''}"
     return "dropped: cancelled"
 

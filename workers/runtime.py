@@ -21,7 +21,7 @@ from workers.registry import Registry
 class WorkerRuntime:
     settings: Settings
     registry: Registry
-    service: RunService
+    runs: RunService
     attempts: AttemptService
     workflows: WorkflowState
     access: AccessService
@@ -47,7 +47,7 @@ def _build(settings: Settings, registry: Registry, pid: int) -> WorkerRuntime:
     return WorkerRuntime(
         settings=settings,
         registry=registry,
-        service=wired.runs,
+        runs=wired.runs,
         attempts=wired.attempts,
         workflows=wired.workflows,
         access=wired.access,

@@ -42,7 +42,8 @@ CONTINUE_SECONDS = 5.0
 class StepRunner:
     def __init__(self, runtime: WorkerRuntime, engine: WorkflowEngine) -> None:
         self._rt = runtime
-        self._runs = runtime.service
+        self._runs = runtime.runs
+        self._attempts = runtime.attempts
         self._state = runtime.workflows
         self._engine = engine
         self._run: Run | None = None  # the run of the step this job runs
@@ -114,7 +115,7 @@ class StepRunner:
                 )
                 self._record(run, definition, step, node, lost, retry_allowed=False)
                 return None
-        self._runs.emit(ref, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
+        self._attempts.emit(ref, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
         nodes = known if known is not None else self._state.nodes(ref)
         wctx = context_for(run.run_id, run.input, nodes)
         outcome = self._execute(run, definition, step, node, wctx)
@@ -155,7 +156,7 @@ class StepRunner:
             attempt=node.attempt,
             config=config,
             input=run.input,
-            publish=lambda events: None if self._runs.emit(run.ref, events) else flag.set(),
+            publish=lambda events: None if self._attempts.emit(run.ref, events) else flag.set(),
             cancel_event=flag,
             results=dict(wctx.results),
             start_child=lambda target, cfg, name: self._start_child(run, target, cfg, name),

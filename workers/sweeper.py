@@ -47,7 +47,7 @@ class Sweeper:
     def sweep(self, wired: Wired) -> None:
         settings = self._settings
         older = settings.pending_redispatch_seconds
-        sent = wired.runs.redispatch_stale(older_than_seconds=older)
+        sent = wired.attempts.redispatch_stale(older_than_seconds=older)
         sent += wired.workflows.redispatch_stale(older_than_seconds=older)
         reclaimed = wired.attempts.reclaim_expired(
             max_attempts=self._max_attempts,

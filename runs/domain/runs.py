@@ -302,3 +302,8 @@ class RunRequest:
     trigger_id: str | None = None
     schedule_id: str | None = None
     metadata: Any = None
+
+
+def duration_ms(started_at: datetime, ended_at: datetime) -> int:
+    """Milliseconds from ``started_at`` to ``ended_at``, never negative."""
+    return max(0, int((ended_at - started_at).total_seconds() * 1000))
