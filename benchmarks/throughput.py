@@ -1,7 +1,8 @@
 """End-to-end throughput of `task:echo` runs through the HTTP API vs plain Celery no-op jobs.
 
 Both run on this machine in the same invocation, each with one prefork worker of 2 processes
-on the local Redis (durable settings: late acks, prefetch 1); runs use a fresh PostgreSQL
+on the local Redis (durable settings: late acks, prefetch 1); plain Celery is measured with
+task events off and again with them on (``-E``, as runs ships); runs use a fresh PostgreSQL
 database, one API process, and task events on as shipped. Runs are created by wrk (a C load
 generator, whose CPU is reported) for a few seconds, then counted until all completed.
 Prints runs/s, jobs/s, their ratio, and the CPU each part spent per run.
@@ -31,9 +32,10 @@ from benchmarks.stack import REDIS_URL, RunsSystem, runs_system, start, stop, wa
 
 
 def start_plain_worker(
-    queue: str, counter: str, log: Path
+    queue: str, counter: str, log: Path, *, events: bool
 ) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
-    """A prefork worker (2 processes) of plain Celery no-op jobs that count themselves in ``counter``."""
+    """A prefork worker (2 processes) of plain Celery no-op jobs that count themselves in
+    ``counter``; ``events``: with task events on (``-E``), as runs' worker ships."""
     env = {
         **os.environ,
         "BENCH_QUEUE": queue,
@@ -43,13 +45,15 @@ def start_plain_worker(
     argv = [sys.executable, "-m", "celery", "-A", "benchmarks.plain_celery", "worker"]
     argv += ["-P", "prefork", "-c", "2", "-Q", queue, "-l", "WARNING"]
     argv += ["--without-mingle", "--without-gossip"]
+    if events:
+        argv.append("-E")
     return start(argv, env, log), env
 
 
-def plain_celery(n: int, logdir: Path) -> float:
+def plain_celery(n: int, logdir: Path, *, events: bool = False) -> float:
     queue = f"bench-plain-{uuid.uuid4().hex[:6]}"
     counter = f"bench:plain:{queue}"
-    worker, env = start_plain_worker(queue, counter, logdir / "plain-worker.log")
+    worker, env = start_plain_worker(queue, counter, logdir / "plain-worker.log", events=events)
     client = redis.Redis.from_url(REDIS_URL)
     try:
         os.environ.update(env)
@@ -171,15 +175,17 @@ def main() -> None:
     args = parser.parse_args()
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
-    plain, ours, peer, cpus = [], [], [], []
+    plain, plain_events, ours, peer, cpus = [], [], [], [], []
     for round_ in range(args.rounds):
         plain.append(plain_celery(args.jobs, logdir))
+        plain_events.append(plain_celery(args.jobs, logdir, events=True))
         rate, created, cpu = runs_stack(args.seconds, args.connections, logdir)
         ours.append(rate)
         cpus.append(cpu)
         peer.append(procrastinate_peer.throughput(args.jobs // 2, logdir))
         print(
-            f"round {round_ + 1}: plain Celery {plain[-1]:.0f} jobs/s, runs {rate:.0f} runs/s "
+            f"round {round_ + 1}: plain Celery {plain[-1]:.0f} jobs/s "
+            f"({plain_events[-1]:.0f} with task events), runs {rate:.0f} runs/s "
             f"({created} runs), ratio {rate / plain[-1]:.2f}; "
             f"Procrastinate {peer[-1]:.0f} jobs/s",
             flush=True,
@@ -189,6 +195,11 @@ def main() -> None:
         f"median runs (POST /runs -> completed, PostgreSQL): {statistics.median(ours):.0f} runs/s"
     )
     print(f"median ratio runs/plain: {statistics.median(ours) / statistics.median(plain):.2f}")
+    with_events = statistics.median(plain_events)
+    print(
+        f"median plain Celery with task events on: {with_events:.0f} jobs/s "
+        f"(runs/plain-with-events {statistics.median(ours) / with_events:.2f})"
+    )
     print(
         f"median Procrastinate: {statistics.median(peer):.0f} jobs/s "
         f"(runs/Procrastinate {statistics.median(ours) / statistics.median(peer):.2f})"

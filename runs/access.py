@@ -65,14 +65,23 @@ class AccessService:
                 raise NotFound(f"active token {token_id!r} not found")
         self._cache.clear()
 
+    def cached(self, secret: str | None) -> Project | None:
+        """The project of a token authenticated lately, without I/O; else None."""
+        if not secret:
+            return None
+        cached = self._cache.get(hash_token(secret))
+        if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
+            return cached[1]
+        return None
+
     def authenticate(self, secret: str | None) -> Project:
         """The project a bearer token belongs to (cached briefly; revocation waits that long)."""
         if not secret:
             raise Unauthenticated("send 'Authorization: Bearer <token>' with a project API token")
+        cached = self.cached(secret)
+        if cached is not None:
+            return cached
         digest = hash_token(secret)
-        cached = self._cache.get(digest)
-        if cached is not None and time.monotonic() - cached[0] < self._cache_seconds:
-            return cached[1]
         with autocommit(self._engine).connect() as conn:
             project = projects.project_for_token(conn, digest)
         if project is None:

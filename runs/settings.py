@@ -23,6 +23,8 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///.runs/runs.db"
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_url: str | None = None  # defaults to redis_url
+    # Connections each pool keeps; the API also runs at most this many blocking calls at once,
+    # so that a burst waits for a pooled connection instead of opening and closing new ones.
     database_pool_size: int = Field(default=5, ge=1)
 
     # Definitions: modules whose import registers tasks and workflows

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Annotated, Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -15,6 +19,8 @@ from runs.service import RunService
 from runs.settings import Settings
 from runs.workflow_state import WorkflowState
 
+T = TypeVar("T")
+
 
 @dataclass
 class Services:
@@ -23,9 +29,18 @@ class Services:
     access: AccessService
     catalog: DefinitionCatalog
     workflows: WorkflowState
+    # Threads for blocking calls: as many as the database pool has connections.
+    threads: anyio.CapacityLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.threads = anyio.CapacityLimiter(self.settings.database_pool_size)
+
+    async def blocking(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking service call in a thread, off the event loop."""
+        return await anyio.to_thread.run_sync(partial(call, *args, **kwargs), limiter=self.threads)
 
 
-def services(request: Request) -> Services:
+async def services(request: Request) -> Services:
     found: Services = request.app.state.services
     return found
 
@@ -34,9 +49,14 @@ def services(request: Request) -> Services:
 _bearer = HTTPBearer(auto_error=False, description="a project API token")
 
 
-def current_project(
+async def current_project(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Project:
+    """A token seen lately is answered on the event loop; any other is looked up in a thread."""
     secret = credentials.credentials.strip() if credentials is not None else None
-    return services(request).access.authenticate(secret)
+    svc = await services(request)
+    cached = svc.access.cached(secret)
+    if cached is not None:
+        return cached
+    return await svc.blocking(svc.access.authenticate, secret)

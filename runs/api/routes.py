@@ -1,4 +1,9 @@
-"""Routes of the Runs API. Each parses, calls one service method and shapes the output."""
+"""Routes of the Runs API. Each parses, calls one service method and shapes the output.
+
+Routes are coroutines that hand their one blocking service call to a thread
+(``Services.blocking``): one hop per request, where sync routes and dependencies would each
+take their own; parsing and the response model's check stay on the event loop.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from runs.domain.projects import Project
 from runs.domain.runs import (
     DEFINITION_ID_PATTERN,
     RUN_ID_PATTERN,
+    Run,
     RunKind,
     RunStatus,
 )
@@ -75,8 +81,8 @@ AUTHENTICATED = (401, 500)
     responses=problems(400, 404, 413, 422, *AUTHENTICATED),
     tags=["runs"],
 )
-def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> CreateRunOut:
-    run, duplicate = svc.runs.submit(project, body.to_request())
+async def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> CreateRunOut:
+    run, duplicate = await svc.blocking(svc.runs.submit, project, body.to_request())
     return CreateRunOut(accepted=True, duplicate=duplicate, run=RunOut.from_run(run))
 
 
@@ -85,8 +91,8 @@ def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> Crea
     responses=problems(400, 404, *AUTHENTICATED),
     tags=["runs"],
 )
-def get_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> RunOut:
-    return RunOut.from_run(svc.runs.get(project, run_id))
+async def get_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> RunOut:
+    return RunOut.from_run(await svc.blocking(svc.runs.get, project, run_id))
 
 
 @router.get(
@@ -94,7 +100,7 @@ def get_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> RunOut:
     responses=problems(400, 404, *AUTHENTICATED),
     tags=["runs"],
 )
-def list_events(
+async def list_events(
     run_id: RunIdPath,
     project: ProjectDep,
     svc: ServicesDep,
@@ -103,7 +109,9 @@ def list_events(
     ] = 0,
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> RunEventListOut:
-    page = svc.runs.events(project, run_id, after=after_event_id, limit=_page_size(svc, limit))
+    page = await svc.blocking(
+        svc.runs.events, project, run_id, after=after_event_id, limit=_page_size(svc, limit)
+    )
     return RunEventListOut(
         data=[RunEventOut.from_event(e) for e in page.items], page_info=PageInfo(next=page.next)
     )
@@ -114,8 +122,8 @@ def list_events(
     responses=problems(400, 404, 422, *AUTHENTICATED),
     tags=["runs"],
 )
-def cancel_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> CancelRunOut:
-    cancelled, run = svc.runs.cancel(project, run_id)
+async def cancel_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> CancelRunOut:
+    cancelled, run = await svc.blocking(svc.runs.cancel, project, run_id)
     return CancelRunOut(cancelled=cancelled, run=RunOut.from_run(run))
 
 
@@ -124,12 +132,17 @@ def cancel_run(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> Canc
     responses=problems(400, 404, 409, 413, *AUTHENTICATED),
     tags=["workflows"],
 )
-def approve(
+async def approve(
     run_id: RunIdPath, body: ApprovalIn, project: ProjectDep, svc: ServicesDep
 ) -> ApprovalOut:
     """Resume a workflow run parked on ``wait_for_approval(node_id)``."""
-    run = svc.workflows.approve(
-        project, run_id, body.node_id, approved=body.approved, comment=body.comment
+    run = await svc.blocking(
+        svc.workflows.approve,
+        project,
+        run_id,
+        body.node_id,
+        approved=body.approved,
+        comment=body.comment,
     )
     return ApprovalOut(run=RunOut.from_run(run))
 
@@ -139,10 +152,17 @@ def approve(
     responses=problems(400, 404, 409, 413, *AUTHENTICATED),
     tags=["workflows"],
 )
-def signal(run_id: RunIdPath, body: SignalIn, project: ProjectDep, svc: ServicesDep) -> SignalOut:
+async def signal(
+    run_id: RunIdPath, body: SignalIn, project: ProjectDep, svc: ServicesDep
+) -> SignalOut:
     """Deliver an event to a workflow run parked on ``wait_for_event(event=...)``."""
-    resumed = svc.workflows.signal(project, run_id, body.event, body.payload)
-    return SignalOut(resumed=resumed, run=RunOut.from_run(svc.runs.get(project, run_id)))
+
+    def deliver() -> tuple[list[str], Run]:
+        resumed = svc.workflows.signal(project, run_id, body.event, body.payload)
+        return resumed, svc.runs.get(project, run_id)
+
+    resumed, run = await svc.blocking(deliver)
+    return SignalOut(resumed=resumed, run=RunOut.from_run(run))
 
 
 @router.get(
@@ -150,7 +170,7 @@ def signal(run_id: RunIdPath, body: SignalIn, project: ProjectDep, svc: Services
     responses=problems(400, 404, *AUTHENTICATED),
     tags=["runs"],
 )
-def list_runs(
+async def list_runs(
     project_reference: ProjectPath,
     project: ProjectDep,
     svc: ServicesDep,
@@ -173,7 +193,9 @@ def list_runs(
         parent_run_id=parent_run_id,
         root_only=root_only,
     )
-    page = svc.runs.list(project, filters, cursor=cursor, limit=_page_size(svc, limit))
+    page = await svc.blocking(
+        svc.runs.list, project, filters, cursor=cursor, limit=_page_size(svc, limit)
+    )
     return RunListOut(
         data=[RunOut.from_run(r) for r in page.items], page_info=PageInfo(next=page.next)
     )
@@ -184,8 +206,9 @@ def list_runs(
     responses=problems(*AUTHENTICATED),
     tags=["definitions"],
 )
-def list_definitions(_: ProjectDep, svc: ServicesDep) -> DefinitionListOut:
-    return DefinitionListOut(data=[DefinitionOut.from_definition(d) for d in svc.catalog.list()])
+async def list_definitions(_: ProjectDep, svc: ServicesDep) -> DefinitionListOut:
+    found = await svc.blocking(svc.catalog.list)
+    return DefinitionListOut(data=[DefinitionOut.from_definition(d) for d in found])
 
 
 def _page_size(svc: Services, limit: int | None) -> int:

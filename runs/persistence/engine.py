@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,29 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> sa.Engine:
         return _create_sqlite_engine(url)
     # No pre-ping: it costs a round trip per checkout on the hot path; a connection found dead
     # invalidates the pool, and connections are recycled before servers drop idle ones.
-    return sa.create_engine(url, pool_size=pool_size, max_overflow=pool_size * 2, pool_recycle=1800)
+    pooling: dict[str, Any] = {
+        "pool_size": pool_size,
+        "max_overflow": pool_size * 2,
+        "pool_recycle": 1800,
+    }
+    engine = sa.create_engine(url, **pooling)
+    # Reads and single-statement writes (the hot path) use a pool of their own whose
+    # connections stay in autocommit: switching a pooled connection in and out of it costs
+    # driver calls on every checkout and check-in.
+    sibling = sa.create_engine(url, isolation_level="AUTOCOMMIT", **pooling)
+    _AUTOCOMMIT[engine] = sibling
+    event.listen(engine, "engine_disposed", lambda _engine: sibling.dispose())
+    return engine
+
+
+_AUTOCOMMIT: weakref.WeakKeyDictionary[sa.Engine, sa.Engine] = weakref.WeakKeyDictionary()
 
 
 def autocommit(engine: sa.Engine) -> sa.Engine:
-    """The same pool without BEGIN/COMMIT: for reads and single-statement writes, which are
-    atomic on their own and save two round trips each."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+    """The engine's database without BEGIN/COMMIT: for reads and single-statement writes,
+    which are atomic on their own and save two round trips each."""
+    found = _AUTOCOMMIT.get(engine)
+    return found if found is not None else engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 def _create_sqlite_engine(url: sa.URL) -> sa.Engine:
