@@ -25,12 +25,14 @@ POSTGRES_URL = os.environ.get(
 )
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> None:
+def wait_for(
+    predicate: Callable[[], Any], timeout: float, what: str, *, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
             raise SystemExit(f"timed out waiting for {what}")
-        time.sleep(0.05)
+        time.sleep(interval)
 
 
 def start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
