@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import replace
 
 from pydantic import ValidationError
 
@@ -130,13 +131,21 @@ class WorkflowEngine:
                     ]
             if not actions:
                 break
-            moved = False
+            moved, only_started = False, True
             for action in actions:
                 if isinstance(action, FinishRun):
                     self._finish(run, action, nodes, definition)
                     return action.status
-                moved = self._apply(run, action) or moved
-            if not moved:
+                applied = self._apply(run, action)
+                moved = applied or moved
+                if isinstance(action, Start) and applied:
+                    nodes = {**nodes, action.node_id: self._started(nodes[action.node_id])}
+                else:
+                    only_started = False
+            # Steps that were only started enable nothing until one of them ends, and whoever
+            # records that plans again (from the nodes as they are then, including what other
+            # jobs did meanwhile): no pass to read the nodes back. Anything else may cascade.
+            if not moved or only_started:
                 break
         self._park_if_only_waiting(run, definition, nodes)
         return "advanced"
@@ -174,6 +183,12 @@ class WorkflowEngine:
         if isinstance(action, Cancel):
             return state.cancel(ref, action.node_id)
         raise TypeError(action)
+
+    def _started(self, node: NodeRecord) -> NodeRecord:
+        """The node as this pass left it: claimed to go on in this job, or queued."""
+        if self.continuation is not None and self.continuation.node_id == node.node_id:
+            return self.continuation
+        return replace(node, status=NodeStatus.QUEUED)
 
     def _park_if_only_waiting(
         self, run: Run, definition: WorkflowDefinition, fresh: dict[str, NodeRecord]
