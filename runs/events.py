@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import redis
 
 from runs.domain.events import NewEvent, RunEvent
@@ -31,14 +32,24 @@ if tonumber(redis.call('HGET', KEYS[2], 'seq') or '0') < floor then
 end
 """
 
+# The events of one call travel as three arguments whatever their number: how many, their
+# types and their payloads, each joined by newlines (compact JSON never holds a raw newline,
+# and event types are identifiers). One counter increment reserves all their ids.
 _EVENTS_FROM = """
-local ids = {}
-for i = FIRST, #ARGV, 2 do
-  local n = redis.call('HINCRBY', KEYS[2], 'seq', 1)
-  redis.call('XADD', KEYS[1], '0-' .. n, 't', ARGV[i], 'p', ARGV[i + 1], 'c', ARGV[1])
-  ids[#ids + 1] = n
+local count = tonumber(ARGV[FIRST])
+if count == 0 then return {} end
+local types, payloads = ARGV[FIRST + 1], ARGV[FIRST + 2]
+local last = redis.call('HINCRBY', KEYS[2], 'seq', count)
+local first = last - count + 1
+local t, p = 1, 1
+for n = first, last do
+  local t_end = string.find(types, '\\n', t, true) or (#types + 1)
+  local p_end = string.find(payloads, '\\n', p, true) or (#payloads + 1)
+  redis.call('XADD', KEYS[1], '0-' .. n, 't', string.sub(types, t, t_end - 1),
+    'p', string.sub(payloads, p, p_end - 1), 'c', ARGV[1])
+  t, p = t_end + 1, p_end + 1
 end
-return ids
+return {first, last}
 """
 
 _APPEND = (
@@ -104,14 +115,13 @@ def _meta_key(ref: RunRef) -> str:
 
 def _payload(payload: Any) -> bytes:
     """An event payload as stored: cleaned so that every read can return it. Most payloads
-    need no cleaning, which the encoder itself finds out (a lone surrogate cannot be encoded,
-    NaN is refused, a NUL shows as its escape)."""
+    need no cleaning, which the encoder itself finds out (a lone surrogate or an integer past
+    64 bits cannot be encoded, a NUL shows as its escape; NaN and infinities become null)."""
     try:
-        text = json.dumps(payload, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-        data = text.encode("utf-8")
+        data = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
         if b"\\u0000" not in data:
             return data
-    except (ValueError, UnicodeEncodeError):
+    except orjson.JSONEncodeError:
         pass
     return json.dumps(storable(payload), separators=(",", ":"), allow_nan=False).encode()
 
@@ -167,13 +177,17 @@ class RedisEventLog:
     def _appended(
         self, ref: RunRef, script: Any, extra: list[Any], events: Sequence[NewEvent]
     ) -> list[int]:
-        args: list[Any] = [_now_ms(), self._seen.get(ref.key, 0), *extra]
-        for event in events:
-            args.extend((event.event_type, _payload(event.payload)))
-        ids = [int(i) for i in script(keys=[_stream_key(ref), _meta_key(ref)], args=args)]
-        if ids:
-            self._saw(ref.key, ids[-1])
-        return ids
+        types = "\n".join(event.event_type for event in events)
+        if types.count("\n") != max(len(events) - 1, 0):
+            raise ValueError("an event type holds a newline")
+        args: list[Any] = [_now_ms(), self._seen.get(ref.key, 0), *extra, len(events), types]
+        args.append(b"\n".join(_payload(event.payload) for event in events))
+        reply = script(keys=[_stream_key(ref), _meta_key(ref)], args=args)
+        if not reply:
+            return []
+        first, last = int(reply[0]), int(reply[1])
+        self._saw(ref.key, last)
+        return list(range(first, last + 1))
 
     def close(self, ref: RunRef, count: int, *, cancel: bool = False) -> tuple[int, list[RunEvent]]:
         """Refuse further appends and reserve ``count`` ids for the final events.
