@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from celery import Celery
 
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
+from runs.celery_config import celery_config
 from runs.dispatch import CeleryDispatcher
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunError, RunStatus
@@ -247,3 +251,47 @@ def test_a_failure_message_with_invalid_text_is_stored_readable(
     assert done.attempts[-1].error.message == CLEANED
     terminal = live.events(project, run.run_id, after=0, limit=100).items[-1]
     assert terminal.payload["message"] == CLEANED
+
+
+def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
+    live: RunService, project: Project, worker_pool: WorkerPool
+) -> None:
+    """Task events as Flower needs them: the job received (its target as the task name) and its
+    outcome. ``task-started`` is not sent: the run's record says when it started."""
+    app = Celery("events-probe", set_as_current=False)
+    app.conf.update(celery_config(worker_pool.settings))
+    seen: list[dict[str, Any]] = []
+    with app.connection_for_read() as conn:
+        receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+        listening = threading.Thread(
+            target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
+        )
+        listening.start()
+        try:
+            time.sleep(0.5)  # the receiver's queue is bound to the events exchange by now
+            run, _ = live.submit(project, task_request(project))
+            assert wait_terminal(live, project, run.run_id).status is RunStatus.COMPLETED
+            received = _await_event(seen, lambda e: run.run_id in str(e.get("args")))
+            assert received["type"] == "task-received" and received["name"] == "task:echo"
+            ended = _await_event(
+                seen, lambda e: e.get("uuid") == received["uuid"] and e["type"] != received["type"]
+            )
+            assert ended["type"] == "task-succeeded"
+            time.sleep(0.2)
+        finally:
+            receiver.should_stop = True
+            listening.join(timeout=5)
+    of_job = [e["type"] for e in seen if e.get("uuid") == received["uuid"]]
+    assert of_job == ["task-received", "task-succeeded"]
+
+
+def _await_event(
+    seen: list[dict[str, Any]], matches: Callable[[dict[str, Any]], bool]
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        found = [e for e in list(seen) if matches(e)]
+        if found:
+            return found[0]
+        time.sleep(0.05)
+    raise AssertionError(f"no such event among {[e.get('type') for e in seen]}")

@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from celery import Celery, signals
+from celery.worker.request import Request
 
 from runs.catalog import DefinitionCatalog
 from runs.celery_config import celery_config
@@ -67,6 +68,16 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
     return app
 
 
+class JobRequest(Request):  # type: ignore[misc]
+    """A job as the worker's main process handles it, with the task events Flower needs: the
+    job received (its name) and how it ended. No ``task-started``: the run's record says when
+    it started, and the event would cost the main process a publish per run."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type != "task-started":
+            super().send_event(type, **fields)
+
+
 def _register_job(app: Celery, settings: Settings, registry: Registry, target: str) -> None:
     # A job's arguments name its run by project and id (run ids are unique per project).
     if target.startswith("workflow:"):
@@ -85,7 +96,7 @@ def _register_job(app: Celery, settings: Settings, registry: Registry, target: s
             return execute(get_runtime(settings, registry), RunRef(project_id, run_id))
 
     job.__name__ = job.__qualname__ = re.sub(r"\W", "_", target)
-    app.task(name=target, typing=False, ignore_result=True)(job)
+    app.task(name=target, typing=False, ignore_result=True, Request=JobRequest)(job)
 
 
 def register_definitions(settings: Settings, registry: Registry) -> None:
