@@ -16,6 +16,7 @@ import re
 import statistics
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import httpx
@@ -39,17 +40,30 @@ async def offer(system: RunsSystem, rate: float, seconds: float) -> int:
         f"Authorization: Bearer {system.token}\r\nContent-Type: application/json\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
-    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    idle: deque[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = deque()
     statuses: list[int] = []
 
     async def post() -> None:
-        reader, writer = idle.pop() if idle else await asyncio.open_connection(url.host, url.port)
-        writer.write(request)
-        head = await reader.readuntil(b"\r\n\r\n")
-        length = int(re.search(rb"(?i)content-length: *(\d+)", head).group(1))  # type: ignore[union-attr]
-        await reader.readexactly(length)
-        statuses.append(int(head.split(b" ", 2)[1]))
-        idle.append((reader, writer))
+        # Kept-alive connections are taken in turn; one the server closed while it was idle
+        # never saw the request, which goes again on a new connection.
+        for reuse in (bool(idle), False):
+            if reuse:
+                reader, writer = idle.popleft()
+            else:
+                reader, writer = await asyncio.open_connection(url.host, url.port)
+            writer.write(request)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError):
+                writer.close()
+                if reuse:
+                    continue
+                raise
+            found = re.search(rb"(?i)content-length: *(\d+)", head)
+            await reader.readexactly(int(found.group(1)) if found else 0)
+            statuses.append(int(head.split(b" ", 2)[1]))
+            idle.append((reader, writer))
+            return
 
     count = int(rate * seconds)
     started = time.perf_counter()
