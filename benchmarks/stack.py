@@ -90,7 +90,7 @@ class RunsSystem:
 
 
 @contextmanager
-def runs_system(logdir: Path, **env: str) -> Iterator[RunsSystem]:
+def runs_system(logdir: Path, *, concurrency: int = 2, **env: str) -> Iterator[RunsSystem]:
     """The whole system, warmed up by one completed run."""
     from runs.access import AccessService
     from runs.embedded import free_port
@@ -111,7 +111,7 @@ def runs_system(logdir: Path, **env: str) -> Iterator[RunsSystem]:
             **env,
         }
         worker = start(
-            [sys.executable, "-m", "runs.cli", "worker", "--concurrency", "2"],
+            [sys.executable, "-m", "runs.cli", "worker", "--concurrency", str(concurrency)],
             environment,
             logdir / "runs-worker.log",
         )

@@ -32,7 +32,7 @@ from benchmarks.stack import REDIS_URL, RunsSystem, runs_system, start, stop, wa
 
 
 def start_plain_worker(
-    queue: str, counter: str, log: Path, *, events: bool
+    queue: str, counter: str, log: Path, *, events: bool, concurrency: int = 2
 ) -> tuple[subprocess.Popen[bytes], dict[str, str]]:
     """A prefork worker (2 processes) of plain Celery no-op jobs that count themselves in
     ``counter``; ``events``: with task events on (``-E``), as runs' worker ships."""
@@ -43,17 +43,18 @@ def start_plain_worker(
         "BENCH_REDIS_URL": REDIS_URL,
     }
     argv = [sys.executable, "-m", "celery", "-A", "benchmarks.plain_celery", "worker"]
-    argv += ["-P", "prefork", "-c", "2", "-Q", queue, "-l", "WARNING"]
+    argv += ["-P", "prefork", "-c", str(concurrency), "-Q", queue, "-l", "WARNING"]
     argv += ["--without-mingle", "--without-gossip"]
     if events:
         argv.append("-E")
     return start(argv, env, log), env
 
 
-def plain_celery(n: int, logdir: Path, *, events: bool = False) -> float:
+def plain_celery(n: int, logdir: Path, *, events: bool = False, concurrency: int = 2) -> float:
     queue = f"bench-plain-{uuid.uuid4().hex[:6]}"
     counter = f"bench:plain:{queue}"
-    worker, env = start_plain_worker(queue, counter, logdir / "plain-worker.log", events=events)
+    log = logdir / "plain-worker.log"
+    worker, env = start_plain_worker(queue, counter, log, events=events, concurrency=concurrency)
     client = redis.Redis.from_url(REDIS_URL)
     try:
         os.environ.update(env)
@@ -122,10 +123,12 @@ def parts(worker_pid: int) -> dict[str, list[int]]:
     return found
 
 
-def runs_stack(seconds: int, connections: int, logdir: Path) -> tuple[float, int, dict[str, float]]:
+def runs_stack(
+    seconds: int, connections: int, logdir: Path, concurrency: int = 2
+) -> tuple[float, int, dict[str, float]]:
     """Runs created by wrk for ``seconds`` through POST /runs until all completed: returns
     (runs/s from the first request to the last completion, runs, CPU seconds per part)."""
-    with runs_system(logdir) as system:
+    with runs_system(logdir, concurrency=concurrency) as system:
         return _measure(system, seconds, connections, logdir)
 
 
@@ -172,14 +175,19 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="wrk's time per round")
     parser.add_argument("--connections", type=int, default=8, help="wrk's connections")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--concurrency", type=int, default=2, help="pool processes of each worker (both sides)"
+    )
     args = parser.parse_args()
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
     plain, plain_events, ours, peer, cpus = [], [], [], [], []
     for round_ in range(args.rounds):
-        plain.append(plain_celery(args.jobs, logdir))
-        plain_events.append(plain_celery(args.jobs, logdir, events=True))
-        rate, created, cpu = runs_stack(args.seconds, args.connections, logdir)
+        plain.append(plain_celery(args.jobs, logdir, concurrency=args.concurrency))
+        plain_events.append(
+            plain_celery(args.jobs, logdir, events=True, concurrency=args.concurrency)
+        )
+        rate, created, cpu = runs_stack(args.seconds, args.connections, logdir, args.concurrency)
         ours.append(rate)
         cpus.append(cpu)
         peer.append(procrastinate_peer.throughput(args.jobs // 2, logdir))
