@@ -52,13 +52,22 @@ class WorkflowEngine:
 
     # -- planning -------------------------------------------------------------------------
 
-    def advance(self, ref: RunRef, *, may_continue: bool = False, run: Run | None = None) -> str:
+    def advance(
+        self,
+        ref: RunRef,
+        *,
+        may_continue: bool = False,
+        run: Run | None = None,
+        nodes: dict[str, NodeRecord] | None = None,
+    ) -> str:
         """Re-plan the run. With ``may_continue`` (the caller is a step's job that has just
         recorded its step), one step the plan starts is left to the caller to run next in
         the same job, as ``continuation`` (claimed already: should the job die, its lease
         lapses and the sweeper sends the step again), instead of a job of its own. A
         caller that read the run already passes it (a cancel since then ended its nodes, so
-        the plan starts nothing, and a finish it decides is refused)."""
+        the plan starts nothing, and a finish it decides is refused). A caller that knows the
+        nodes as they are (``nodes``: no other job could have moved one since) saves the
+        first pass its read."""
         self.continuation = None
         self._may_continue = may_continue
         run = run if run is not None else self._runs.load(ref)
@@ -80,7 +89,7 @@ class WorkflowEngine:
             if started is None:
                 return "skipped: not pending"
             run = started
-        return self._plan_until_still(run, definition)
+        return self._plan_until_still(run, definition, nodes)
 
     def _start(self, run: Run, definition: WorkflowDefinition) -> Run | None:
         claimed = self._attempts.claim(
@@ -105,14 +114,15 @@ class WorkflowEngine:
             self._state.dispatch(claimed, countdown=definition.timeout)
         return claimed
 
-    def _plan_until_still(self, run: Run, definition: WorkflowDefinition) -> str:
+    def _plan_until_still(
+        self, run: Run, definition: WorkflowDefinition, known: dict[str, NodeRecord] | None
+    ) -> str:
         nodes: dict[str, NodeRecord] = {}
         for _ in range(MAX_PLANNING_ROUNDS):
-            nodes = self._state.nodes(run.ref)
+            nodes, known = (known, None) if known else (self._state.nodes(run.ref), None)
             if not nodes:  # a job died between claiming the run and creating its nodes
                 self._state.create(run.ref, list(definition.nodes))
                 continue
-            self.planned_run, self.planned_nodes = run, nodes
             ctx = context_for(run.run_id, run.input, nodes)
             now = utcnow()
             if (
@@ -147,6 +157,8 @@ class WorkflowEngine:
             # jobs did meanwhile): no pass to read the nodes back. Anything else may cascade.
             if not moved or only_started:
                 break
+        # What the plan left, for the job that goes on with ``continuation``.
+        self.planned_run, self.planned_nodes = run, nodes
         self._park_if_only_waiting(run, definition, nodes)
         return "advanced"
 

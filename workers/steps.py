@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
+from runs.domain.clock import utcnow
 from runs.domain.events import STEP_STARTED
 from runs.domain.runs import (
     ErrorCode,
@@ -47,6 +49,8 @@ class StepRunner:
         self._state = runtime.workflows
         self._engine = engine
         self._run: Run | None = None  # the run of the step this job runs
+        # The run's nodes once the step ended, when this job knows them without a read.
+        self._nodes_after: dict[str, NodeRecord] | None = None
 
     def run(self, ref: RunRef, node_id: str) -> str:
         """Run the step, re-plan the run, and go on with a step the plan started right after
@@ -57,7 +61,9 @@ class StepRunner:
         ended = self._run_step(ref, node_id, None, None, None)
         while ended is None:
             may_continue = time.monotonic() < deadline
-            outcome = engine.advance(ref, may_continue=may_continue, run=self._run)
+            outcome = engine.advance(
+                ref, may_continue=may_continue, run=self._run, nodes=self._nodes_after
+            )
             claimed = engine.continuation
             if claimed is None:
                 return outcome
@@ -81,6 +87,7 @@ class StepRunner:
 
         Given the run and its nodes as the planner just saw them, and the step the planner
         claimed for this job, it goes on from the step before it in the same job."""
+        self._nodes_after = None
         if run is None:
             run = self._runs.load(ref)
             if run is None or run.status.is_terminal:
@@ -119,7 +126,8 @@ class StepRunner:
         nodes = known if known is not None else self._state.nodes(ref)
         wctx = context_for(run.run_id, run.input, nodes)
         outcome = self._execute(run, definition, step, node, wctx)
-        self._record(run, definition, step, node, outcome)
+        done = self._record(run, definition, step, node, outcome)
+        self._nodes_after = _nodes_after(definition, known, done)
         return None
 
     def _execute(
@@ -211,12 +219,21 @@ class StepRunner:
         outcome: Outcome,
         *,
         retry_allowed: bool = True,
-    ) -> None:
+    ) -> NodeRecord | None:
+        """Record the step's outcome; the node as it now is when it completed, else None."""
         logs = "\n".join(x for x in (node.logs, outcome.logs) if x) or None
         ref, node_id, attempt = run.ref, node.node_id, node.attempt
         if outcome.status is RunStatus.COMPLETED:
-            self._state.complete(ref, node_id, outcome.output, attempt=attempt, logs=logs)
-            return
+            if not self._state.complete(ref, node_id, outcome.output, attempt=attempt, logs=logs):
+                return None
+            return replace(
+                node,
+                status=NodeStatus.COMPLETED,
+                output=outcome.output,
+                error=None,
+                logs=logs,
+                completed_at=utcnow(),
+            )
         error = outcome.error or RunError("step failed")
         retry = (step.retry or definition.retry) if retry_allowed else None
         if (
@@ -226,10 +243,11 @@ class StepRunner:
         ):
             if self._state.requeue(ref, node_id, attempt=attempt, error=error, logs=logs):
                 self._state.dispatch(run, node_id=node_id, countdown=retry.delay(attempt))
-            return
+            return None
         cancelled = outcome.status is RunStatus.CANCELLED
         status = NodeStatus.CANCELLED if cancelled else NodeStatus.FAILED
         self._state.fail(ref, node_id, error, attempt=attempt, logs=logs, status=status)
+        return None
 
     def _start_child(self, run: Run, target: str, config: Any, name: str | None) -> str:
         project = self._rt.access.find_project(run.project_id)
@@ -247,3 +265,23 @@ class StepRunner:
             ),
         )
         return child.run_id
+
+
+def _nodes_after(
+    definition: WorkflowDefinition, known: dict[str, NodeRecord] | None, done: NodeRecord | None
+) -> dict[str, NodeRecord] | None:
+    """The run's nodes once the step ``done`` completed, without reading them back, when no
+    other job could have moved one since the plan that started it: no other step was queued
+    or running and no node waited on an approval or an event. (Groups are moved only by
+    plans, and a cancel or a run's timeout ends the run: every later transition is refused.)
+    Else None: the next plan reads them."""
+    if known is None or done is None:
+        return None
+    for node_id, node in known.items():
+        if node_id == done.node_id:
+            continue
+        if node.status in (NodeStatus.QUEUED, NodeStatus.WAITING):
+            return None
+        if node.status is NodeStatus.RUNNING and isinstance(definition.nodes[node_id].node, Step):
+            return None
+    return {**known, done.node_id: done}
