@@ -44,9 +44,14 @@ def test_a_step_interrupted_by_sigkill_is_retried_and_finished_steps_are_not_rer
         definitions=["workers.examples", "tests.definitions"],
     )
     log_path = tmp_path / "worker.log"
-    worker = start_worker(
-        settings, log_path, concurrency=1, extra_env={"RUNS_WORKER_LEASE_SECONDS": "2"}
-    )
+    # Short sweeps: the node's lease lapses 2 s after the kill, and a sweep re-sends its job
+    # soon after (with the defaults that takes up to 40 s, the whole of this test's budget).
+    fast_sweeps = {
+        "RUNS_WORKER_LEASE_SECONDS": "2",
+        "RUNS_SWEEP_INTERVAL_SECONDS": "0.5",
+        "RUNS_PENDING_REDISPATCH_SECONDS": "3",
+    }
+    worker = start_worker(settings, log_path, concurrency=1, extra_env=fast_sweeps)
     dispatcher = CeleryDispatcher.from_settings(settings)
     try:
         wait_until_consuming(settings, worker, log_path)

@@ -119,7 +119,10 @@ class WorkflowEngine:
     ) -> str:
         nodes: dict[str, NodeRecord] = {}
         for _ in range(MAX_PLANNING_ROUNDS):
-            nodes, known = (known, None) if known else (self._state.nodes(run.ref), None)
+            if known:  # the first pass of a caller that knows them
+                nodes, known = known, None
+            else:
+                nodes = self._state.nodes(run.ref)
             if not nodes:  # a job died between claiming the run and creating its nodes
                 self._state.create(run.ref, list(definition.nodes))
                 continue
