@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
-import re
 import weakref
 from pathlib import Path
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+
+from runs.domain.text import loads
 
 
 def create_engine(database_url: str, *, pool_size: int = 5) -> sa.Engine:
@@ -26,7 +25,7 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> sa.Engine:
         "pool_size": pool_size,
         "max_overflow": pool_size * 2,
         "pool_recycle": 1800,
-        "json_deserializer": _loads,
+        "json_deserializer": loads,  # orjson, exact past 64 bits
     }
     engine = sa.create_engine(url, **pooling)
     # Reads and single-statement writes (the hot path) use a pool of their own whose
@@ -46,19 +45,6 @@ def autocommit(engine: sa.Engine) -> sa.Engine:
     which are atomic on their own and save two round trips each."""
     found = _AUTOCOMMIT.get(engine)
     return found if found is not None else engine.execution_options(isolation_level="AUTOCOMMIT")
-
-
-# 19 digits in a row: perhaps an integer past 64 bits, which orjson would read as a float.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
-
-
-def _loads(text: str | bytes | memoryview) -> Any:
-    """JSON column values as read: by orjson, unless the text may hold an integer past 64 bits
-    (a JSON number may be any size), which the standard library reads exactly."""
-    data = text.encode() if isinstance(text, str) else bytes(text)
-    if _LONG_NUMBER.search(data):
-        return json.loads(data)
-    return orjson.loads(data)
 
 
 def _create_sqlite_engine(url: sa.URL) -> sa.Engine:
