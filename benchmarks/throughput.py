@@ -2,7 +2,8 @@
 
 Both run on this machine in the same invocation, each with one prefork worker of 2 processes
 on the local Redis (durable settings: late acks, prefetch 1); plain Celery is measured with
-task events off and again with them on (``-E``, as runs ships); runs use a fresh PostgreSQL
+task events off and again with them on (``-E``, as runs ships), and as the issue's durable
+yardstick (one INSERT before the send and one UPDATE in the job, raw psycopg); runs use a fresh PostgreSQL
 database, one API process, and task events on as shipped. Runs are created by wrk (a C load
 generator, whose CPU is reported) for a few seconds, then counted until all completed.
 Prints runs/s, jobs/s, their ratio, and the CPU each part spent per run.
@@ -50,7 +51,11 @@ def start_plain_worker(
     return start(argv, env, log), env
 
 
-def plain_celery(n: int, logdir: Path, *, events: bool = False, concurrency: int = 2) -> float:
+def plain_celery(
+    n: int, logdir: Path, *, events: bool = False, durable: bool = False, concurrency: int = 2
+) -> float:
+    """Jobs/s of ``n`` no-op jobs; ``durable``: each job's row is inserted (committed) before
+    its send and updated by the job, through raw psycopg (the issue's durable yardstick)."""
     queue = f"bench-plain-{uuid.uuid4().hex[:6]}"
     counter = f"bench:plain:{queue}"
     log = logdir / "plain-worker.log"
@@ -58,17 +63,25 @@ def plain_celery(n: int, logdir: Path, *, events: bool = False, concurrency: int
     client = redis.Redis.from_url(REDIS_URL)
     try:
         os.environ.update(env)
-        from benchmarks.plain_celery import app
+        from benchmarks.plain_celery import app, insert_job, prepare_table
 
         app.conf.task_default_queue = queue
         app.send_task("noop", queue=queue)  # warm-up, waits for the worker below
         wait_for(lambda: client.get(counter) == b"1", 60, "plain worker")
         client.set(counter, 0)
+        db = prepare_table() if durable else None
         started = time.perf_counter()
-        for _ in range(n):
-            app.send_task("noop", queue=queue)
+        for job_id in range(n):
+            if db is None:
+                app.send_task("noop", queue=queue)
+            else:
+                insert_job(db, job_id)
+                app.send_task("durable", args=(job_id,), queue=queue)
         wait_for(lambda: int(client.get(counter) or 0) >= n, 300, "plain jobs")
-        return n / (time.perf_counter() - started)
+        rate = n / (time.perf_counter() - started)
+        if db is not None:
+            db.close()
+        return rate
     finally:
         stop(worker)
         client.delete(counter)
@@ -181,19 +194,21 @@ def main() -> None:
     args = parser.parse_args()
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
-    plain, plain_events, ours, peer, cpus = [], [], [], [], []
+    plain, plain_events, durable, ours, peer, cpus = [], [], [], [], [], []
     for round_ in range(args.rounds):
         plain.append(plain_celery(args.jobs, logdir, concurrency=args.concurrency))
         plain_events.append(
             plain_celery(args.jobs, logdir, events=True, concurrency=args.concurrency)
         )
+        durable.append(plain_celery(args.jobs, logdir, durable=True, concurrency=args.concurrency))
         rate, created, cpu = runs_stack(args.seconds, args.connections, logdir, args.concurrency)
         ours.append(rate)
         cpus.append(cpu)
         peer.append(procrastinate_peer.throughput(args.jobs // 2, logdir))
         print(
             f"round {round_ + 1}: plain Celery {plain[-1]:.0f} jobs/s "
-            f"({plain_events[-1]:.0f} with task events), runs {rate:.0f} runs/s "
+            f"({plain_events[-1]:.0f} with task events, {durable[-1]:.0f} durable), "
+            f"runs {rate:.0f} runs/s "
             f"({created} runs), ratio {rate / plain[-1]:.2f}; "
             f"Procrastinate {peer[-1]:.0f} jobs/s",
             flush=True,
@@ -207,6 +222,12 @@ def main() -> None:
     print(
         f"median plain Celery with task events on: {with_events:.0f} jobs/s "
         f"(runs/plain-with-events {statistics.median(ours) / with_events:.2f})"
+    )
+    floor = statistics.median(durable)
+    print(
+        f"median Celery + INSERT + UPDATE (raw psycopg, task events off): {floor:.0f} jobs/s "
+        f"({floor / statistics.median(plain):.2f}x plain; runs/it "
+        f"{statistics.median(ours) / floor:.2f})"
     )
     print(
         f"median Procrastinate: {statistics.median(peer):.0f} jobs/s "
