@@ -1,4 +1,5 @@
-"""The ``runs`` command: dev, api, worker, db, projects, tokens, definitions."""
+"""The ``runs`` command: dev, api, worker, scheduler, db, projects, tokens, definitions,
+schedules."""
 
 from __future__ import annotations
 
@@ -118,6 +119,16 @@ def worker(
     if hostname:
         argv += ["-n", hostname]
     os.execv(sys.executable, argv)
+
+
+@app.command()
+def scheduler() -> None:
+    """Fire due schedules until stopped (any number of schedulers may run at once)."""
+    from runs.scheduler import serve
+
+    settings = Settings()
+    configure_logging(settings)
+    serve(settings)
 
 
 @db_app.command("upgrade")

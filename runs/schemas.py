@@ -65,7 +65,7 @@ def _document_text(schema: dict[str, Any]) -> None:
 
 # Fields whose rule the service checks with a message of its own document it through
 # ``json_schema_extra`` (an enum or a pattern), so that OpenAPI says what is accepted.
-class _Request(BaseModel):
+class RequestModel(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_document_text)
 
     @field_validator("*", mode="after")
@@ -74,13 +74,13 @@ class _Request(BaseModel):
         return value if isinstance(value, BaseModel) else check_storable(value)
 
 
-class OwnerIn(_Request):
+class OwnerIn(RequestModel):
     # "conversation" owners are part of the contract but not supported here (422).
     kind: Literal["project", "conversation"] = Field(json_schema_extra={"enum": ["project"]})
     id: str = Field(min_length=1, max_length=128)
 
 
-class RunRequestIn(_Request):
+class RunRequestIn(RequestModel):
     target: str = Field(min_length=1, max_length=210, json_schema_extra={"pattern": TARGET_PATTERN})
     workflow_id: str | None = Field(default=None, max_length=200)
     name: str | None = Field(default=None, max_length=500)
@@ -95,7 +95,7 @@ class RunRequestIn(_Request):
     backoff_limit: int | None = Field(default=None, ge=0, le=100)
 
 
-class CreateRunIn(_Request):
+class CreateRunIn(RequestModel):
     # "eval" and "agent" runs are part of the contract but not supported here (422).
     kind: RunKindWire = Field(json_schema_extra={"enum": ["task", "workflow"]})
     owner: OwnerIn
@@ -120,13 +120,13 @@ class CreateRunIn(_Request):
         )
 
 
-class ApprovalIn(_Request):
+class ApprovalIn(RequestModel):
     node_id: str = Field(min_length=1, max_length=200)
     approved: bool
     comment: str | None = Field(default=None, max_length=10_000)
 
 
-class SignalIn(_Request):
+class SignalIn(RequestModel):
     event: str = Field(min_length=1, max_length=200)
     payload: Any = None
 

@@ -80,6 +80,15 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
     return moment, run_id
 
 
+def _check_kind(kind: RunKind) -> None:
+    if kind not in SUPPORTED_KINDS:
+        raise Unsupported(
+            f"kind {kind.value!r} runs are not supported by this server; "
+            "use kind 'task' or 'workflow'",
+            field="kind",
+        )
+
+
 def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
 
@@ -111,7 +120,12 @@ class RunService:
 
     def submit(self, project: Project, request: RunRequest) -> tuple[Run, bool]:
         """Accept a run: commit it as pending, then send its job. Returns (run, duplicate)."""
-        values = self._new_run_values(project, request)
+        _check_kind(request.kind)
+        if request.owner_kind != "project":
+            raise Unsupported("owner.kind must be 'project'", field="owner.kind")
+        if request.owner_id not in (project.id, project.slug):
+            raise NotFound(f"project {request.owner_id!r} not found", field="owner.id")
+        values = self.new_run_values(project.id, request)
         ref = RunRef(project.id, values["run_id"])
         try:
             with self._auto.connect() as conn:
@@ -123,20 +137,12 @@ class RunService:
             if existing is None:  # the conflict was not on the id (for example a vanished parent)
                 raise
             return existing, True
-        run = self._dispatch(values)
+        run = self.dispatch_new(values)
         return run, False
 
-    def _new_run_values(self, project: Project, request: RunRequest) -> dict[str, Any]:
-        if request.kind not in SUPPORTED_KINDS:
-            raise Unsupported(
-                f"kind {request.kind.value!r} runs are not supported by this server; "
-                "use kind 'task' or 'workflow'",
-                field="kind",
-            )
-        if request.owner_kind != "project":
-            raise Unsupported("owner.kind must be 'project'", field="owner.kind")
-        if request.owner_id not in (project.id, project.slug):
-            raise NotFound(f"project {request.owner_id!r} not found", field="owner.id")
+    def new_run_values(self, project_id: str, request: RunRequest) -> dict[str, Any]:
+        """The row of a new pending run of ``project_id``, checked; not stored yet."""
+        _check_kind(request.kind)
         definition_id = check_target_matches_kind(request.kind, request.target)
         if request.kind is RunKind.WORKFLOW and request.workflow_id != definition_id:
             raise InvalidRequest(
@@ -162,16 +168,18 @@ class RunService:
         run_id = check_run_id(request.public_id) if request.public_id else new_run_id()
         root_run_id = run_id
         if request.parent_run_id is not None:
-            parent = self.get(project, request.parent_run_id)
+            parent = self.load(RunRef(project_id, request.parent_run_id))
+            if parent is None:
+                raise NotFound(f"run {request.parent_run_id!r} not found")
             root_run_id = parent.root_run_id
         now = self._clock()
         return {
             "run_id": run_id,
-            "project_id": project.id,
+            "project_id": project_id,
             "kind": request.kind.value,
             "status": RunStatus.PENDING.value,
             "owner_kind": "project",
-            "owner_id": project.id,
+            "owner_id": project_id,
             "parent_run_id": request.parent_run_id,
             "root_run_id": root_run_id,
             "name": request.name,
@@ -198,8 +206,8 @@ class RunService:
             "available_at": now,
         }
 
-    def _dispatch(self, values: dict[str, Any]) -> Run:
-        """Send the job after commit. A broker failure leaves the run pending, never lost."""
+    def dispatch_new(self, values: dict[str, Any]) -> Run:
+        """Send the job of a run committed as ``values``. A broker failure leaves the run pending, never lost."""
         try:
             ref = RunRef(values["project_id"], values["run_id"])
             self._dispatcher.dispatch(values["target"], ref, values["queue"])
@@ -252,7 +260,10 @@ class RunService:
 
     def cancel(self, project: Project, run_id: str) -> tuple[bool, Run]:
         """Cancel an active run now. Returns (whether this call cancelled it, the run)."""
-        run = self.get(project, run_id)
+        return self.cancel_run(self.get(project, run_id))
+
+    def cancel_run(self, run: Run) -> tuple[bool, Run]:
+        """Cancel ``run`` (as last read) now, and its active children."""
         if run.status.is_terminal:
             return False, run
         if run.kind is RunKind.EVAL:
@@ -282,13 +293,15 @@ class RunService:
                 published = ev.numbered(final, first + 2 - len(final), now)
                 event_archive.insert_events(conn, ref, [*so_far, *published])
         if cancelled is None:
-            return False, self.get(project, run_id)
+            return False, self.load(ref) or run
         self._events.publish(ref, published)
-        self._cancel_children(project, ref)
+        self._cancel_children(ref)
         return True, cancelled
 
-    def _cancel_children(self, project: Project, ref: RunRef) -> None:
+    def _cancel_children(self, ref: RunRef) -> None:
         with self._auto.connect() as conn:
             children = records.active_children(conn, ref)
         for child_id in children:
-            self.cancel(project, child_id)
+            child = self.load(RunRef(ref.project_id, child_id))
+            if child is not None:
+                self.cancel_run(child)

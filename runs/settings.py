@@ -91,6 +91,21 @@ class Settings(BaseSettings):
     # How long a worker keeps trying to record an outcome while Redis or SQL is unreachable.
     finish_retry_seconds: float = Field(default=30.0, ge=0)
 
+    # Schedules (``runs scheduler``)
+    # The scheduler looks for due occurrences at least this often, and sooner when the next
+    # one is due sooner.
+    scheduler_poll_seconds: float = Field(default=1.0, gt=0)
+    # An occurrence fired this late is on time; an older one was missed (the scheduler was
+    # down, or the schedule paused) and its schedule's catch-up policy decides.
+    scheduler_misfire_grace_seconds: float = Field(default=10.0, ge=0)
+    # Schedules one scheduler fires per transaction, and occurrences one schedule catches up
+    # per pass (catchup "all"; the rest follow in the next passes).
+    scheduler_batch_size: int = Field(default=200, ge=1, le=10_000)
+    scheduler_max_catchup_runs: int = Field(default=100, ge=1)
+    # The project that schedules written in code (``schedule(...)`` beside the tasks) belong
+    # to, by id or slug; unset: workers do not sync them.
+    source_schedules_project: str | None = None
+
     # Limits of what a run stores
     max_output_bytes: int = Field(default=1_048_576, ge=16)
     max_log_bytes: int = Field(default=1_048_576, ge=64)

@@ -14,6 +14,7 @@ from runs.dispatch import CeleryDispatcher
 from runs.events import RedisEventLog
 from runs.persistence.engine import create_engine
 from runs.routing import Router
+from runs.schedules import ScheduleService
 from runs.service import RunService
 from runs.settings import Settings
 from runs.workflow_state import WorkflowState
@@ -29,6 +30,7 @@ class Wired:
     attempts: AttemptService
     workflows: WorkflowState
     access: AccessService
+    schedules: ScheduleService
 
     def close(self) -> None:
         self.dispatcher.close()
@@ -61,4 +63,5 @@ def wire(settings: Settings, *, pool_size: int, auth_cache_seconds: float) -> Wi
         attempts=AttemptService(engine, dispatcher=dispatcher, events=events),
         workflows=WorkflowState(engine, runs=runs, events=events, dispatcher=dispatcher),
         access=AccessService(engine, cache_seconds=auth_cache_seconds),
+        schedules=ScheduleService(engine, runs=runs),
     )

@@ -21,7 +21,16 @@ from runs.persistence.engine import create_engine
 from runs.persistence.tables import metadata
 from runs.persistence.tables import runs as runs_table
 
-MODEL_TABLES = {"projects", "api_tokens", "definitions", "runs", "run_events", "workflow_nodes"}
+MODEL_TABLES = {
+    "projects",
+    "api_tokens",
+    "definitions",
+    "runs",
+    "run_events",
+    "workflow_nodes",
+    "schedules",
+    "schedule_firings",
+}
 
 
 def schema_diff(database_url: str) -> list[Any]:

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from runs import __version__
-from runs.api import health, routes
+from runs.api import health, routes, schedule_routes
 from runs.api.deps import Services
 from runs.api.errors import UnexpectedErrors, install_error_handlers
 from runs.api.limits import BodySizeLimit
@@ -35,6 +35,7 @@ def create_app(settings: Settings) -> FastAPI:
             access=wired.access,
             catalog=wired.catalog,
             workflows=wired.workflows,
+            schedules=wired.schedules,
         )
         # What start-up built lives as long as the process: out of the collector's sight,
         # its full collections no longer walk it (shorter pauses on every request's tail).
@@ -56,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(routes.router)
+    app.include_router(schedule_routes.router)
     install_openapi(app, max_page_size=settings.max_page_size)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrors)

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
+from runs.schedules import ScheduleService
 from runs.service import RunService
 from runs.settings import Settings
 from runs.workflow_state import WorkflowState
@@ -29,6 +30,7 @@ class Services:
     access: AccessService
     catalog: DefinitionCatalog
     workflows: WorkflowState
+    schedules: ScheduleService
     # Threads for blocking calls: as many as the database pool has connections.
     threads: anyio.CapacityLimiter = field(init=False)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -118,13 +119,34 @@ def install_error_handlers(app: FastAPI) -> None:
         unreadable = _unreadable_body(exc.__cause__)
         if unreadable is not None:
             return problem(400, "Invalid request", unreadable, instance=request.url.path)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(_allowed_methods(request))
         return problem(
-            exc.status_code,
-            title,
-            str(exc.detail),
-            instance=request.url.path,
-            headers=dict(exc.headers or {}),  # Allow, on a 405
+            exc.status_code, title, str(exc.detail), instance=request.url.path, headers=headers
         )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (the router names only the first route
+    whose path matched, and a path may have several, one per method)."""
+    path = request.scope["path"]
+    methods: set[str] = set()
+    for route in _flat(request.app.router.routes):
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(path):
+            methods |= getattr(route, "methods", None) or set()
+    return sorted(methods)
+
+
+def _flat(routes: Iterable[Any]) -> Iterator[Any]:
+    """Routes, with those of included routers in their place."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _flat(inner.routes)
+        else:
+            yield route
 
 
 class UnexpectedErrors:

@@ -7,24 +7,28 @@ take their own; parsing and the response model's check stay on the event loop.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Path, Query
 from pydantic import StringConstraints
 
-from runs.api.deps import Services, current_project, services
 from runs.api.openapi import problems
-from runs.domain.errors import InvalidRequest, NotFound
-from runs.domain.events import MAX_EVENT_ID
-from runs.domain.projects import Project
-from runs.domain.runs import (
-    DEFINITION_ID_PATTERN,
-    RUN_ID_PATTERN,
-    Run,
-    RunKind,
-    RunStatus,
+from runs.api.params import (
+    AUTHENTICATED,
+    CURSOR_PATTERN,
+    FILTER,
+    ProjectDep,
+    ProjectPath,
+    ServicesDep,
+    TargetFilter,
+    listing,
+    one_of,
+    page_size,
+    split,
 )
+from runs.domain.errors import NotFound
+from runs.domain.events import MAX_EVENT_ID
+from runs.domain.runs import RUN_ID_PATTERN, Run, RunKind, RunStatus
 from runs.persistence.records import RunFilters
 from runs.schemas import (
     ApprovalIn,
@@ -45,34 +49,9 @@ from runs.schemas import (
 
 router = APIRouter()
 
-ProjectDep = Annotated[Project, Depends(current_project)]
-ServicesDep = Annotated[Services, Depends(services)]
-
-
-def _listing(value: str) -> str:
-    """A pattern for one ``value`` or several, comma-separated."""
-    return rf"^{value}(?:,{value})*$"
-
-
-def _one_of(values: Iterable[str]) -> str:
-    return "(?:" + "|".join(sorted(values)) + ")"
-
-
-_TARGET = _one_of(k.value for k in RunKind) + ":" + DEFINITION_ID_PATTERN.pattern.strip("^$")
-# Bounded so that any valid request fits the server's URL limit (RUNS_HTTP_MAX_URL_BYTES).
-StatusFilter = Annotated[
-    str, StringConstraints(max_length=100, pattern=_listing(_one_of(RunStatus)))
-]
-KindFilter = Annotated[str, StringConstraints(max_length=50, pattern=_listing(_one_of(RunKind)))]
-TargetFilter = Annotated[str, StringConstraints(max_length=500, pattern=_listing(_TARGET))]
 RunIdPath = Annotated[str, Path(max_length=128, description="the run_id of a run")]
-ProjectPath = Annotated[str, Path(max_length=100, description="the project's id or slug")]
-CURSOR_PATTERN = "^[A-Za-z0-9_-]+$"
-
-_FILTER = "one value or several, comma-separated and/or repeated (OR within, AND across)"
-
-# What every route of a project's runs can answer besides its success.
-AUTHENTICATED = (401, 500)
+StatusFilter = Annotated[str, StringConstraints(max_length=100, pattern=listing(one_of(RunStatus)))]
+KindFilter = Annotated[str, StringConstraints(max_length=50, pattern=listing(one_of(RunKind)))]
 
 
 @router.post(
@@ -110,7 +89,7 @@ async def list_events(
     limit: Annotated[int | None, Query(ge=1)] = None,
 ) -> RunEventListOut:
     page = await svc.blocking(
-        svc.runs.events, project, run_id, after=after_event_id, limit=_page_size(svc, limit)
+        svc.runs.events, project, run_id, after=after_event_id, limit=page_size(svc, limit)
     )
     return RunEventListOut(
         data=[RunEventOut.from_event(e) for e in page.items], page_info=PageInfo(next=page.next)
@@ -178,23 +157,25 @@ async def list_runs(
         str | None, Query(max_length=400, pattern=CURSOR_PATTERN, description="page_info.next")
     ] = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
-    status: Annotated[list[StatusFilter] | None, Query(max_length=10, description=_FILTER)] = None,
-    kind: Annotated[list[KindFilter] | None, Query(max_length=10, description=_FILTER)] = None,
-    target: Annotated[list[TargetFilter] | None, Query(max_length=10, description=_FILTER)] = None,
+    status: Annotated[list[StatusFilter] | None, Query(max_length=10, description=FILTER)] = None,
+    kind: Annotated[list[KindFilter] | None, Query(max_length=10, description=FILTER)] = None,
+    target: Annotated[list[TargetFilter] | None, Query(max_length=10, description=FILTER)] = None,
     parent_run_id: Annotated[str | None, Query(pattern=RUN_ID_PATTERN.pattern)] = None,
+    schedule_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     root_only: bool = False,
 ) -> RunListOut:
     if project_reference not in (project.id, project.slug):
         raise NotFound(f"project {project_reference!r} not found")
     filters = RunFilters(
-        statuses=_split(status),
-        kinds=_split(kind),
-        targets=_split(target),
+        statuses=split(status),
+        kinds=split(kind),
+        targets=split(target),
         parent_run_id=parent_run_id,
+        schedule_id=schedule_id,
         root_only=root_only,
     )
     page = await svc.blocking(
-        svc.runs.list, project, filters, cursor=cursor, limit=_page_size(svc, limit)
+        svc.runs.list, project, filters, cursor=cursor, limit=page_size(svc, limit)
     )
     return RunListOut(
         data=[RunOut.from_run(r) for r in page.items], page_info=PageInfo(next=page.next)
@@ -209,18 +190,3 @@ async def list_runs(
 async def list_definitions(_: ProjectDep, svc: ServicesDep) -> DefinitionListOut:
     found = await svc.blocking(svc.catalog.list)
     return DefinitionListOut(data=[DefinitionOut.from_definition(d) for d in found])
-
-
-def _page_size(svc: Services, limit: int | None) -> int:
-    if limit is None:
-        return svc.settings.default_page_size
-    if limit > svc.settings.max_page_size:
-        raise InvalidRequest(
-            f"limit must be between 1 and {svc.settings.max_page_size}", field="limit"
-        )
-    return limit
-
-
-def _split(values: list[str] | None) -> tuple[str, ...]:
-    """Filters may be comma-separated and/or repeated."""
-    return tuple(v for raw in values or () for v in raw.split(","))

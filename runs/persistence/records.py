@@ -67,6 +67,7 @@ class RunFilters:
     kinds: tuple[str, ...] = ()
     targets: tuple[str, ...] = ()
     parent_run_id: str | None = None
+    schedule_id: str | None = None
     root_only: bool = False
 
 
@@ -113,6 +114,8 @@ def list_runs(
         query = query.where(runs.c.target.in_(filters.targets))
     if filters.parent_run_id is not None:
         query = query.where(runs.c.parent_run_id == filters.parent_run_id)
+    if filters.schedule_id is not None:
+        query = query.where(runs.c.schedule_id == filters.schedule_id)
     if filters.root_only:
         query = query.where(runs.c.parent_run_id.is_(None))
     if before is not None:

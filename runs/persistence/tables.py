@@ -191,6 +191,18 @@ runs = sa.Table(
         "ix_runs_pending", ["available_at"], "status = 'pending' AND available_at IS NOT NULL"
     ),
     _partial("ix_runs_leased", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
+    # Runs a schedule created: its runs newest first (the list's filter), and the ones not
+    # ended yet (what Forbid and Replace look for).
+    _partial(
+        "ix_runs_project_schedule",
+        ["project_id", "schedule_id", "created_at", "run_id"],
+        "schedule_id IS NOT NULL",
+    ),
+    _partial(
+        "ix_runs_schedule_active",
+        ["project_id", "schedule_id"],
+        "schedule_id IS NOT NULL AND status IN ('pending', 'running', 'waiting')",
+    ),
 )
 
 # Events of finished runs, copied from the Redis stream in the run's terminal transaction.
@@ -239,4 +251,84 @@ workflow_nodes = sa.Table(
         ["updated_at"],
         "status IN ('queued', 'running') AND updated_at IS NOT NULL",
     ),
+)
+
+# Definitions that create runs later: a cron expression, an interval or one time.
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column(
+        "project_id",
+        sa.String(36),
+        sa.ForeignKey("projects.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("target", sa.String(210), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("cron", sa.String(200), nullable=True),
+    sa.Column("interval_seconds", sa.Integer(), nullable=True),
+    sa.Column("run_at", UTCDateTime(), nullable=True),
+    sa.Column("input", JSONType, nullable=True),
+    sa.Column("config", JSONType, nullable=True),
+    sa.Column("timeout_seconds", sa.Integer(), nullable=True),
+    sa.Column("backoff_limit", sa.Integer(), nullable=True),
+    sa.Column("concurrency_policy", sa.String(16), nullable=False),
+    sa.Column("max_runs", sa.Integer(), nullable=True),
+    sa.Column("catchup", sa.String(16), nullable=False),
+    sa.Column("catchup_window_seconds", sa.Integer(), nullable=True),
+    # The next occurrence not yet fired; null once none is left (or while paused it keeps
+    # the one that was due, so that resuming applies the catch-up policy to the gap).
+    sa.Column("next_run_at", UTCDateTime(), nullable=True),
+    sa.Column("last_scheduled_at", UTCDateTime(), nullable=True),
+    sa.Column("last_successful_at", UTCDateTime(), nullable=True),
+    sa.Column("last_failure_at", UTCDateTime(), nullable=True),
+    sa.Column("last_failure_code", sa.String(64), nullable=True),
+    sa.Column("last_failure_message", sa.Text(), nullable=True),
+    sa.Column("last_failure_run_id", sa.String(128), nullable=True),
+    sa.Column("run_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("skipped_count", sa.Integer(), nullable=False, server_default="0"),
+    sa.Column("paused_reason", sa.Text(), nullable=True),
+    sa.Column("paused_at", UTCDateTime(), nullable=True),
+    sa.Column("completed_at", UTCDateTime(), nullable=True),
+    sa.Column("definition_source", sa.String(16), nullable=False),
+    sa.Column("source_trigger_id", sa.String(200), nullable=True),
+    sa.Column("source_path", sa.String(500), nullable=True),
+    sa.Column("source_hash", sa.String(64), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    # The API's list, newest first.
+    sa.Index("ix_schedules_project_created", "project_id", "created_at", "id"),
+    # A source-defined schedule is one per project and id in the code.
+    sa.Index("ix_schedules_source", "project_id", "source_trigger_id", unique=True),
+    # What the scheduler looks for: active schedules by their next occurrence.
+    _partial("ix_schedules_due", ["next_run_at"], "status = 'active' AND next_run_at IS NOT NULL"),
+)
+
+# One row per occurrence fired (or skipped) and per trigger: (schedule, scheduled_for) and
+# (schedule, idempotency key) are unique, so that two schedulers racing for an occurrence, or a
+# trigger sent twice, create one run. ``settled`` turns true once the run ended and the
+# schedule's last success or failure was brought up to date.
+schedule_firings = sa.Table(
+    "schedule_firings",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=True),
+    sa.Column(
+        "schedule_id",
+        sa.String(64),
+        sa.ForeignKey("schedules.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("project_id", sa.String(36), nullable=False),
+    sa.Column("scheduled_for", UTCDateTime(), nullable=True),
+    sa.Column("idempotency_key", sa.String(200), nullable=True),
+    sa.Column("outcome", sa.String(16), nullable=False),
+    sa.Column("run_id", sa.String(128), nullable=True),
+    sa.Column("settled", sa.Boolean(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("schedule_id", "scheduled_for"),
+    sa.UniqueConstraint("schedule_id", "idempotency_key"),
+    _partial("ix_schedule_firings_unsettled", ["created_at"], "NOT settled"),
 )
