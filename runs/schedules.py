@@ -7,16 +7,14 @@ Owns its transactions; never imports FastAPI, Celery or redis.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from runs.cursors import decode_cursor, encode_cursor
 from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict, InvalidRequest, NotFound, RunsError
 from runs.domain.projects import Project
@@ -83,27 +81,6 @@ def run_request(schedule: Schedule, *, name: str | None = None) -> RunRequest:
         trigger_id=schedule.id,
         schedule_id=schedule.id,
     )
-
-
-def encode_cursor(schedule: Schedule) -> str:
-    raw = json.dumps([schedule.created_at.isoformat(), schedule.id], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, schedule_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None or not isinstance(schedule_id, str):
-            raise ValueError(cursor)
-        moment.astimezone(UTC)
-    except (ValueError, TypeError, RecursionError, OverflowError, binascii.Error) as exc:
-        raise InvalidRequest(
-            "cursor is not one this server issued; pass the next cursor of a previous page",
-            field="cursor",
-        ) from exc
-    return moment, schedule_id
 
 
 class ScheduleService:
@@ -184,7 +161,9 @@ class ScheduleService:
         with self._engine.connect() as conn:
             found = store.list_schedules(conn, project.id, filters, before=before, limit=limit + 1)
         items = found[:limit]
-        return Page(items, encode_cursor(items[-1]) if len(found) > limit else None)
+        if len(found) <= limit:
+            return Page(items, None)
+        return Page(items, encode_cursor(items[-1].created_at, items[-1].id))
 
     def update(self, project: Project, schedule_id: str, fields: Mapping[str, Any]) -> Schedule:
         """Change what ``fields`` names; ``status`` pauses (``paused``) or resumes (``active``).
@@ -216,6 +195,30 @@ class ScheduleService:
             if found is None or not store.delete_schedule(conn, project.id, schedule_id):
                 raise NotFound(f"schedule {schedule_id!r} not found")
         return found
+
+    # -- schedules written in code -----------------------------------------------------------
+
+    def source_schedules(self, project: Project) -> Sequence[Schedule]:
+        with self._engine.connect() as conn:
+            return store.source_schedules(conn, project.id)
+
+    def set_source(
+        self, project: Project, schedule_id: str, *, path: str | None, digest: str
+    ) -> None:
+        with self._engine.begin() as conn:
+            values = {"source_path": path, "source_hash": digest, "updated_at": self._clock()}
+            store.update_schedule(conn, project.id, schedule_id, values)
+
+    def pause(self, project: Project, schedule_id: str, *, reason: str) -> None:
+        now = self._clock()
+        with self._engine.begin() as conn:
+            values = {
+                "status": ScheduleStatus.PAUSED.value,
+                "paused_at": now,
+                "paused_reason": reason,
+                "updated_at": now,
+            }
+            store.update_schedule(conn, project.id, schedule_id, values)
 
     # -- trigger now ------------------------------------------------------------------------
 

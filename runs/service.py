@@ -6,19 +6,18 @@ Never imports FastAPI, Celery or redis: the dispatcher and event log are handed 
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from runs.catalog import DefinitionCatalog
+from runs.cursors import decode_cursor, encode_cursor
 from runs.domain import events as ev
 from runs.domain.clock import utcnow
 from runs.domain.errors import InvalidRequest, NotFound, PayloadTooLarge, Unsupported
@@ -55,29 +54,6 @@ SUPPORTED_KINDS = frozenset({RunKind.TASK, RunKind.WORKFLOW})
 class Page(Generic[T]):
     items: list[T]
     next: str | None
-
-
-def encode_cursor(run: Run) -> str:
-    raw = json.dumps([run.created_at.isoformat(), run.run_id], separators=(",", ":"))
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        created_at, run_id = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        moment = datetime.fromisoformat(created_at)
-        if moment.tzinfo is None or not isinstance(run_id, str):
-            raise ValueError(cursor)
-        moment.astimezone(UTC)  # raises OverflowError for dates that do not fit
-        if not RUN_ID_PATTERN.fullmatch(run_id):
-            raise ValueError(cursor)
-    except (ValueError, TypeError, RecursionError, OverflowError, binascii.Error) as exc:
-        raise InvalidRequest(
-            "cursor is not one this server issued; pass page_info.next of a previous page",
-            field="cursor",
-        ) from exc
-    return moment, run_id
 
 
 def _check_kind(kind: RunKind) -> None:
@@ -239,11 +215,13 @@ class RunService:
                 "root_only and parent_run_id exclude each other; pass one of them",
                 field="root_only",
             )
-        before = decode_cursor(cursor) if cursor else None
+        before = decode_cursor(cursor, key_pattern=RUN_ID_PATTERN) if cursor else None
         with self._auto.connect() as conn:
             found = records.list_runs(conn, project.id, filters, before=before, limit=limit + 1)
         items = found[:limit]
-        return Page(items, encode_cursor(items[-1]) if len(found) > limit else None)
+        if len(found) <= limit:
+            return Page(items, None)
+        return Page(items, encode_cursor(items[-1].created_at, items[-1].run_id))
 
     def events(self, project: Project, run_id: str, *, after: int, limit: int) -> Page[RunEvent]:
         """Events after ``after``: from SQL once the run is terminal, else from the live stream."""

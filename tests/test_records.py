@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from runs.access import AccessService
+from runs.cursors import decode_cursor, encode_cursor
 from runs.domain.errors import Unauthenticated
 from runs.domain.events import NewEvent, RunEvent, log_event, started_events, terminal_event
 from runs.domain.projects import Project, hash_token
@@ -37,7 +38,6 @@ from runs.persistence import event_archive, nodes, projects, records
 from runs.persistence.records import RunFilters
 from runs.persistence.tables import api_tokens
 from runs.persistence.tables import runs as runs_table
-from runs.service import decode_cursor, encode_cursor
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -495,7 +495,7 @@ def test_keyset_paging_visits_every_run_exactly_once(conn: sa.Connection, projec
         seen.extend(r.run_id for r in page)
         if len(page) < 4:
             break
-        before = decode_cursor(encode_cursor(page[-1]))  # as the API pages
+        before = decode_cursor(encode_cursor(page[-1].created_at, page[-1].run_id))  # as the API
     assert len(seen) == len(set(seen)) == 23
     assert set(seen) == set(expected)
     ordered = records.list_runs(conn, project.id, RunFilters(), before=None, limit=100)

@@ -15,10 +15,13 @@ from celery.worker.request import Request
 
 from runs.catalog import DefinitionCatalog
 from runs.celery_config import celery_config
+from runs.domain.errors import RunsError
 from runs.domain.runs import RunRef
 from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
 from runs.settings import Settings
+from runs.source_schedules import sync_source_schedules
+from runs.wiring import wire
 from workers.engine import WorkflowEngine
 from workers.execute import execute
 from workers.guard import mark_pool_process
@@ -100,13 +103,35 @@ def _register_job(app: Celery, settings: Settings, registry: Registry, target: s
 
 
 def register_definitions(settings: Settings, registry: Registry) -> None:
-    """Publish this worker's definitions to the catalogue the API checks targets against."""
+    """Publish this worker's definitions to the catalogue the API checks targets against, and
+    sync the schedules written beside them (``RUNS_SOURCE_SCHEDULES_PROJECT``)."""
     engine = create_engine(settings.database_url, pool_size=1)
     try:
         DefinitionCatalog(engine, cache_seconds=0).register(registry.catalog_entries())
+        log.info("registered %d definitions: %s", len(registry.targets()), registry.targets())
+        if settings.source_schedules_project is not None:
+            _sync_schedules(settings, registry)
+        elif registry.schedules():
+            log.warning(
+                "%d schedules are written in code but not synced: set "
+                "RUNS_SOURCE_SCHEDULES_PROJECT to the project they belong to",
+                len(registry.schedules()),
+            )
     finally:
         engine.dispose()
-    log.info("registered %d definitions: %s", len(registry.targets()), registry.targets())
+
+
+def _sync_schedules(settings: Settings, registry: Registry) -> None:
+    reference = settings.source_schedules_project
+    assert reference is not None
+    wired = wire(settings, pool_size=1, auth_cache_seconds=0)
+    try:
+        project = wired.access.find_project(reference)
+        sync_source_schedules(wired.schedules, project, registry.schedules())
+    except RunsError as exc:
+        log.error("source schedules not synced into project %r: %s", reference, exc.detail)
+    finally:
+        wired.close()
 
 
 def __getattr__(name: str) -> Celery:

@@ -1,17 +1,22 @@
-"""Definitions: ``@task("echo")`` registration and discovery from modules named in settings."""
+"""Definitions: ``@task("echo")`` registration, schedules written beside them
+(``schedule(...)``), and discovery from modules named in settings."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
+import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
 from runs.domain.definitions import Definition
 from runs.domain.runs import DEFINITION_ID_PATTERN
+from runs.domain.schedules import SourceSchedule
 from workers.commands import DEFAULT_ENV_ALLOW, Command
 from workers.dsl import Node, Retry, WorkflowDefinition, compile_workflow
 
@@ -59,6 +64,7 @@ class Registry:
     def __init__(self) -> None:
         self._tasks: dict[str, TaskDefinition] = {}
         self._workflows: dict[str, WorkflowDefinition] = {}
+        self._schedules: dict[str, SourceSchedule] = {}
 
     def task(
         self,
@@ -166,6 +172,58 @@ class Registry:
         self._workflows[id] = definition
         return definition
 
+    def schedule(
+        self,
+        id: str,
+        *,
+        target: str,
+        cron: str | None = None,
+        interval_seconds: int | None = None,
+        timezone: str = "UTC",
+        input: Any = None,
+        config: dict[str, Any] | None = None,
+        name: str | None = None,
+        timeout_seconds: int | None = None,
+        backoff_limit: int | None = None,
+        concurrency_policy: str = "Allow",
+        max_runs: int | None = None,
+        catchup: str = "latest",
+        catchup_window_seconds: int | None = None,
+    ) -> SourceSchedule:
+        """Declare a recurring schedule in code (``cron`` or ``interval_seconds``), for example
+        ``schedule("nightly-sync", cron="0 3 * * *", timezone="Europe/Berlin",
+        target="task:sync-data")``. Workers sync it into the project named by
+        RUNS_SOURCE_SCHEDULES_PROJECT when they start; the server checks its fields then."""
+        kind, _, definition_id = target.partition(":")
+        fields: dict[str, Any] = {
+            "name": name or id,
+            "target": {"kind": kind, "id": definition_id},
+            "schedule": cron,
+            "interval_seconds": interval_seconds,
+            "timezone": timezone,
+            "input": input,
+            "config": config,
+            "timeout_seconds": timeout_seconds,
+            "backoff_limit": backoff_limit,
+            "concurrency_policy": concurrency_policy,
+            "max_runs": max_runs,
+            "catchup": catchup,
+            "catchup_window_seconds": catchup_window_seconds,
+        }
+        digest = hashlib.sha256(
+            json.dumps(fields, sort_keys=True, default=str).encode()
+        ).hexdigest()
+        caller = inspect.stack()[1].filename
+        declared = SourceSchedule(id=id, fields=fields, path=_relative(caller), hash=digest)
+        existing = self._schedules.get(id)
+        if existing is not None and existing != declared:
+            raise DefinitionError(f"schedule {id!r} is declared twice")
+        self._schedules[id] = declared
+        return declared
+
+    def schedules(self) -> list[SourceSchedule]:
+        return list(self._schedules.values())
+
     def resolve(self, target: str) -> TaskDefinition:
         found = self.find(target)
         if found is None:
@@ -218,6 +276,13 @@ def _command_placeholder(ctx: Any) -> None:
     raise RuntimeError("a command task runs through workers.commands, not as a function")
 
 
+def _relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return path
+
+
 def _where(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}.{fn.__qualname__}"
 
@@ -226,3 +291,4 @@ registry = Registry()
 task = registry.task
 command = registry.command
 workflow = registry.workflow
+schedule = registry.schedule

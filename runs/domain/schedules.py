@@ -90,3 +90,15 @@ class Schedule:
     @property
     def definition_id(self) -> str:
         return self.target.partition(":")[2]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceSchedule:
+    """A schedule written in code beside the tasks (``schedule("nightly-sync", cron=...)``):
+    ``id`` is its ``source_trigger_id``, ``fields`` what the API's create takes, ``path`` the
+    file it is written in, and ``hash`` a digest of ``fields`` (a change updates it)."""
+
+    id: str
+    fields: dict[str, Any]
+    path: str | None
+    hash: str
