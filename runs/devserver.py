@@ -1,4 +1,5 @@
-"""``runs dev``: the whole system on embedded defaults, supervised from one process."""
+"""``runs dev``: the whole system on embedded defaults (SQLite, a bundled Redis, the API, a
+worker and a scheduler), supervised from one process."""
 
 from __future__ import annotations
 
@@ -113,6 +114,7 @@ def run_dev(
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": None})
     env = {
+        "RUNS_SOURCE_SCHEDULES_PROJECT": DEMO_SLUG,
         **os.environ,
         "RUNS_DATABASE_URL": settings.database_url,
         "RUNS_REDIS_URL": redis_url,
@@ -122,6 +124,8 @@ def run_dev(
     api_url = f"http://{host}:{port}"
     try:
         migrate.upgrade(settings.database_url)
+        # The demo project exists before the worker syncs the schedules written in code.
+        info = demo_credentials(settings, data_dir / "dev.json", api_url)
         queues = ",".join(dict.fromkeys([settings.default_queue, *settings.routes.values()]))
         worker = subprocess.Popen(
             [
@@ -142,10 +146,10 @@ def run_dev(
             [sys.executable, "-m", "runs.cli", "api", "--host", host, "--port", str(port)],
             env=env,
         )
-        children += [worker, api]
+        scheduler = subprocess.Popen([sys.executable, "-m", "runs.cli", "scheduler"], env=env)
+        children += [worker, api, scheduler]
         targets = wait_for_targets(settings, children)
         wait_for_api(api_url, children)
-        info = demo_credentials(settings, data_dir / "dev.json", api_url)
         write_private(data_dir / "dev.json", info.as_json() + "\n")
         _print_banner(info, targets, data_dir / "dev.json")
         return _supervise(children)
@@ -163,6 +167,7 @@ def _print_banner(info: DevInfo, targets: list[str], info_file: Path) -> None:
         f"  project slug: {info.project_slug}\n"
         f"  token:        {info.token}\n"
         f"  targets:      {', '.join(targets)}\n"
+        "  scheduler:    running (schedules: /projects/{ref}/schedules)\n"
         f"  (also in {info_file})\n\n"
         "Try:\n"
         f"  curl -s -X POST {info.api_url}/runs -H 'Authorization: Bearer {info.token}' \\\n"

@@ -29,13 +29,17 @@ def build_firer(settings: Settings, wired: Wired) -> ScheduleFirer:
 class Scheduler:
     def __init__(self, settings: Settings, firer: ScheduleFirer) -> None:
         self._poll = settings.scheduler_poll_seconds
+        self._heartbeat = settings.scheduler_heartbeat_file
         self._firer = firer
         self.stopping = threading.Event()
 
     def run(self) -> None:
         log.info("scheduler started (polling every %g s)", self._poll)
         while not self.stopping.is_set():
-            self.stopping.wait(self.tick())
+            pause = self.tick()
+            if self._heartbeat is not None:
+                self._heartbeat.touch()
+            self.stopping.wait(pause)
         log.info("scheduler stopped")
 
     def tick(self) -> float:

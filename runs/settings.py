@@ -102,6 +102,8 @@ class Settings(BaseSettings):
     # per pass (catchup "all"; the rest follow in the next passes).
     scheduler_batch_size: int = Field(default=200, ge=1, le=10_000)
     scheduler_max_catchup_runs: int = Field(default=100, ge=1)
+    # A file the scheduler touches every round, for a health check to read its age.
+    scheduler_heartbeat_file: Path | None = None
     # The project that schedules written in code (``schedule(...)`` beside the tasks) belong
     # to, by id or slug; unset: workers do not sync them.
     source_schedules_project: str | None = None

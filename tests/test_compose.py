@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from runs.cli import app
 from runs.settings import Settings
 
-EXPECTED = {"postgres", "redis", "migrate", "api", "worker", "flower"}
+EXPECTED = {"postgres", "redis", "migrate", "api", "worker", "scheduler", "flower"}
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def compose(repo_root: Path) -> dict[str, Any]:
 def test_compose_has_the_whole_stack_with_health_checks(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert set(services) >= EXPECTED
-    for name in ("postgres", "redis", "api", "flower"):
+    for name in ("postgres", "redis", "api", "scheduler", "flower"):
         assert "test" in services[name]["healthcheck"], name
     for name, service in services.items():
         assert "image" in service or "build" in service, name
@@ -38,7 +38,7 @@ def test_compose_dependencies_exist_and_migrations_run_first(compose: dict[str, 
         for dependency, spec in (service.get("depends_on") or {}).items():
             assert dependency in services, f"{name} depends on unknown {dependency}"
             assert spec["condition"] in conditions
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "scheduler"):
         assert services[name]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
         )

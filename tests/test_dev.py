@@ -74,6 +74,20 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
             assert time.monotonic() < deadline, run
             time.sleep(0.1)
         assert run["output"] == {"demo": True}
+        # The scheduler runs too, and the worker synced the schedule written in code.
+        slug = info["project_slug"]
+        source = client.get(f"/projects/{slug}/schedules?source_trigger_id=hourly-echo").json()
+        assert [s["definition_source"] for s in source["schedules"]] == ["source"]
+        every_second = client.post(
+            f"/projects/{slug}/schedules",
+            json={"name": "tick", "target": {"kind": "task", "id": "echo"}, "interval_seconds": 1},
+        ).json()
+        deadline = time.monotonic() + 30
+        while not (
+            fired := client.get(f"/projects/{slug}/runs?schedule_id={every_second['id']}").json()
+        )["data"] or fired["data"][-1]["status"] != "completed":
+            assert time.monotonic() < deadline, fired
+            time.sleep(0.2)
     finally:
         process.send_signal(signal.SIGINT)
         try:

@@ -7,7 +7,7 @@ from typing import Any
 from workers.adapters import TaskFailed
 from workers.context import TaskContext
 from workers.dsl import branch, parallel, step
-from workers.registry import task, workflow
+from workers.registry import schedule, task, workflow
 
 
 @task("echo", name="Echo", description="Returns its config unchanged.")
@@ -94,4 +94,14 @@ workflow(
     ],
     output=lambda w: {"shout": w.results["shout"]["text"], "route": w.results["route"]["route"]},
     description="A parallel group, then a branch on its result.",
+)
+
+# A schedule written beside the tasks: workers sync it into RUNS_SOURCE_SCHEDULES_PROJECT
+# (`runs dev`: the demo project) when they start.
+schedule(
+    "hourly-echo",
+    cron="0 * * * *",
+    target="task:echo",
+    config={"from": "the hourly-echo schedule"},
+    concurrency_policy="Forbid",
 )
