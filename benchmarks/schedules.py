@@ -175,22 +175,28 @@ def stop_schedulers(schedulers: Sequence[Scheduler]) -> datetime:
 
 class ServerCPU:
     def __init__(self) -> None:
-        self.start = {"postgres": server_cpu("postgres"), "redis-server": server_cpu("redis-server")}
+        self.start = {
+            "postgres": server_cpu("postgres"),
+            "redis-server": server_cpu("redis-server"),
+        }
 
     def report(self, runs: int) -> None:
         for name, label in (("postgres", "PostgreSQL"), ("redis-server", "Redis")):
             spent = server_cpu(name) - self.start[name]
-            print(f"  {label} (all its processes, shared server): {spent:.2f} CPU s"
-                  f" ({per_run(spent, runs)})")
+            print(
+                f"  {label} (all its processes, shared server): {spent:.2f} CPU s"
+                f" ({per_run(spent, runs)})"
+            )
 
 
-def report_cpu(schedulers: Sequence[Scheduler], runs: int) -> None:
+def report_cpu(schedulers: Sequence[Scheduler]) -> None:
     for s in schedulers:
         seconds = s.ended - s.started
         print(
             f"  {s.label} (pid {s.process.pid}, exit {s.process.returncode}): start-up "
             f"{s.cpu_ready:.2f} CPU s; this phase {s.phase_cpu:.2f} CPU s over {seconds:.0f} s "
-            f"({100 * s.phase_cpu / seconds:.1f} % of a core, {per_run(s.phase_cpu, runs)})"
+            f"({100 * s.phase_cpu / seconds:.1f} % of a core; {s.fired()} runs fired, "
+            f"{per_run(s.phase_cpu, s.fired())})"
         )
 
 
@@ -224,6 +230,16 @@ def occurrences(first: datetime, every: int, until: datetime) -> list[datetime]:
         found.append(moment)
         moment += timedelta(seconds=every)
     return found
+
+
+def off_grid(found: Sequence[Any], first: dict[str, datetime], every: int) -> int:
+    """Firings not at one of their schedule's occurrences."""
+    return sum(
+        1
+        for f in found
+        if f.scheduled_for < first[f.schedule_id]
+        or (f.scheduled_for - first[f.schedule_id]) % timedelta(seconds=every) != timedelta(0)
+    )
 
 
 class QueueSampler(threading.Thread):
@@ -273,8 +289,13 @@ def prepare(url: str, queue: str) -> tuple[Wired, Project]:
 def firings(engine: sa.Engine) -> list[Any]:
     f, r = tables.schedule_firings, tables.runs
     query = sa.select(
-        f.c.schedule_id, f.c.scheduled_for, f.c.outcome, f.c.run_id, f.c.created_at,
-        r.c.created_at.label("run_created_at"), r.c.schedule_id.label("run_schedule_id"),
+        f.c.schedule_id,
+        f.c.scheduled_for,
+        f.c.outcome,
+        f.c.run_id,
+        f.c.created_at,
+        r.c.created_at.label("run_created_at"),
+        r.c.schedule_id.label("run_schedule_id"),
     ).select_from(
         f.outerjoin(r, sa.and_(r.c.project_id == f.c.project_id, r.c.run_id == f.c.run_id))
     )
@@ -292,7 +313,7 @@ def scheduled_runs(engine: sa.Engine) -> list[Any]:
 def run_counts(engine: sa.Engine) -> dict[str, int]:
     s = tables.schedules
     with engine.connect() as conn:
-        return dict(conn.execute(sa.select(s.c.id, s.c.run_count)).all())  # type: ignore[arg-type]
+        return dict(conn.execute(sa.select(s.c.id, s.c.run_count)).all())
 
 
 # -- phase 1: lag ---------------------------------------------------------------------------
@@ -300,8 +321,10 @@ def run_counts(engine: sa.Engine) -> dict[str, int]:
 
 def lag_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queue: str) -> None:
     n, every = args.lag_schedules, 60
-    print(f"\n== Lag: 1 scheduler, {n} interval schedules of {every} s, "
-          f"first occurrences over {every} s, {args.lag_seconds:.0f} s ==")
+    print(
+        f"\n== Lag: 1 scheduler, {n} interval schedules of {every} s, "
+        f"first occurrences over {every} s, {args.lag_seconds:.0f} s =="
+    )
     with fresh_database("runs_bench_sched") as url:
         wired, project = prepare(url, queue)
         client = redis.Redis.from_url(REDIS_URL)
@@ -326,19 +349,29 @@ def lag_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queue
             for i in range(n):
                 at = base + timedelta(seconds=i * every // n)  # on the grid: whole seconds
                 # create() writes created_at = now and next_run_at = whole(now) + interval.
-                created = at - timedelta(seconds=every) + timedelta(microseconds=(i * 7919) % 10**6)
+                made_at = at - timedelta(seconds=every) + timedelta(microseconds=(i * 7919) % 10**6)
                 sid = new_schedule_id()
                 first[sid] = at
-                rows.append(row | {"id": sid, "name": f"lag-{i}", "next_run_at": at,
-                                   "created_at": created, "updated_at": created})
+                rows.append(
+                    row
+                    | {
+                        "id": sid,
+                        "name": f"lag-{i}",
+                        "next_run_at": at,
+                        "created_at": made_at,
+                        "updated_at": made_at,
+                    }
+                )
             inserted = time.monotonic()
             with wired.engine.begin() as conn:
                 for chunk in range(0, n, 1000):
-                    conn.execute(s.insert(), rows[chunk:chunk + 1000])
+                    conn.execute(s.insert(), rows[chunk : chunk + 1000])
             inserted = time.monotonic() - inserted
             margin = (base - datetime.now(UTC)).total_seconds()
-            print(f"  inserted {n} schedules in {inserted:.1f} s; the first is due "
-                  f"{margin:.1f} s later")
+            print(
+                f"  inserted {n} schedules in {inserted:.1f} s; the first is due "
+                f"{margin:.1f} s later"
+            )
             if margin < 0:
                 print("  WARNING: the first occurrences were due before the insert ended")
             end = base + timedelta(seconds=args.lag_seconds)
@@ -349,32 +382,46 @@ def lag_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queue
 
             found = firings(wired.engine)
             created = [f for f in found if f.outcome == "created"]
-            lags = [1000 * (f.run_created_at - f.scheduled_for).total_seconds() for f in created
-                    if f.run_created_at is not None]
+            lags = [
+                1000 * (f.run_created_at - f.scheduled_for).total_seconds()
+                for f in created
+                if f.run_created_at is not None
+            ]
             passes = [1000 * (f.created_at - f.scheduled_for).total_seconds() for f in created]
             print(f"  lag, occurrence -> run created_at: {spread(lags)}")
             print(f"  lag, occurrence -> its pass began (firing created_at): {spread(passes)}")
-            print(f"  lag, occurrence -> job in Redis (queue length, 20 ms samples): "
-                  f"{spread(enqueue_lags([f.scheduled_for for f in created], sampler.samples))}")
+            print(
+                f"  lag, occurrence -> job in Redis (queue length, 20 ms samples): "
+                f"{spread(enqueue_lags([f.scheduled_for for f in created], sampler.samples))}"
+            )
             by_window: dict[int, list[float]] = defaultdict(list)
-            for f, lag in zip(created, lags, strict=False):
-                by_window[int((f.scheduled_for - base).total_seconds() // 15)].append(lag)
+            for f in created:
+                if f.run_created_at is not None:
+                    lag = 1000 * (f.run_created_at - f.scheduled_for).total_seconds()
+                    by_window[int((f.scheduled_for - base).total_seconds() // 15)].append(lag)
             for window in sorted(by_window):
                 values = sorted(by_window[window])
-                print(f"    occurrences due {15 * window:3d}-{15 * window + 15:3d} s: "
-                      f"{len(values):5d}, p50 {percentile(values, 0.5):7.1f} ms, "
-                      f"p99 {percentile(values, 0.99):7.1f} ms, max {values[-1]:7.1f} ms")
+                print(
+                    f"    occurrences due {15 * window:3d}-{15 * window + 15:3d} s: "
+                    f"{len(values):5d}, p50 {percentile(values, 0.5):7.1f} ms, "
+                    f"p99 {percentile(values, 0.99):7.1f} ms, max {values[-1]:7.1f} ms"
+                )
             # What should have fired: every occurrence due up to 2 s before the stop.
             until = stopped_at - timedelta(seconds=args.edge_seconds)
-            expected = {(sid, t) for sid, at in first.items() for t in occurrences(at, every, until)}
+            expected = {
+                (sid, t) for sid, at in first.items() for t in occurrences(at, every, until)
+            }
             fired = {(f.schedule_id, f.scheduled_for) for f in found}
             outcomes = Counter(f.outcome for f in found)
-            print(f"  occurrences due until {args.edge_seconds:g} s before the stop: "
-                  f"{len(expected)}; fired {len(expected & fired)}, not fired "
-                  f"{len(expected - fired)}; firings {dict(outcomes)} (of them off the grid or "
-                  f"after that: {len(fired - expected)}); runs missing for a firing: "
-                  f"{sum(1 for f in created if f.run_created_at is None)}")
-            report_cpu(schedulers, len(created))
+            print(
+                f"  occurrences due until {args.edge_seconds:g} s before the stop: "
+                f"{len(expected)}; fired {len(expected & fired)}, not fired "
+                f"{len(expected - fired)}; firings {dict(outcomes)}, of them later than that "
+                f"{sum(1 for f in found if f.scheduled_for > until)}, off the grid "
+                f"{off_grid(found, first, every)}; firings whose run is missing "
+                f"{sum(1 for f in created if f.run_created_at is None)}"
+            )
+            report_cpu(schedulers)
             servers.report(len(created))
             for scheduler in schedulers:
                 for line in scheduler.troubles()[:10]:
@@ -393,8 +440,10 @@ def lag_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queue
 
 def once_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queue: str) -> None:
     n, every = args.once_schedules, 1
-    print(f"\n== Exactly once: {args.schedulers} schedulers, {n} interval schedules of "
-          f"{every} s, {args.once_seconds:.0f} s ==")
+    print(
+        f"\n== Exactly once: {args.schedulers} schedulers, {n} interval schedules of "
+        f"{every} s, {args.once_seconds:.0f} s =="
+    )
     with fresh_database("runs_bench_sched") as url:
         wired, project = prepare(url, queue)
         schedulers: list[Scheduler] = []
@@ -411,9 +460,11 @@ def once_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queu
                 )
                 assert made.next_run_at is not None
                 first[made.id] = made.next_run_at
-            print(f"  created {n} schedules through ScheduleService in "
-                  f"{time.monotonic() - began:.1f} s; first occurrences "
-                  f"{min(first.values()):%H:%M:%S} to {max(first.values()):%H:%M:%S}")
+            print(
+                f"  created {n} schedules through ScheduleService in "
+                f"{time.monotonic() - began:.1f} s; first occurrences "
+                f"{min(first.values()):%H:%M:%S} to {max(first.values()):%H:%M:%S}"
+            )
             time.sleep(max(0.0, args.once_seconds - (time.monotonic() - began)))
             stopped_at = stop_schedulers(schedulers)
 
@@ -421,9 +472,13 @@ def once_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queu
             runs = scheduled_runs(wired.engine)
             counts = run_counts(wired.engine)
             created = [f for f in found if f.outcome == "created"]
+            if not found:
+                raise SystemExit("no occurrence fired at all; see the scheduler logs")
             last = max(f.scheduled_for for f in found)
             until = min(last, stopped_at) - timedelta(seconds=args.edge_seconds)
-            expected = {(sid, t) for sid, at in first.items() for t in occurrences(at, every, until)}
+            expected = {
+                (sid, t) for sid, at in first.items() for t in occurrences(at, every, until)
+            }
             per_occurrence = Counter((f.schedule_id, f.scheduled_for) for f in created)
             # Runs per occurrence through the runs table: each run of a schedule, matched to
             # the occurrence whose firing names it.
@@ -432,38 +487,57 @@ def once_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queu
             orphans = [r for r in runs if r.run_id not in occurrence_of]
             firing_per_schedule = Counter(f.schedule_id for f in created)
             runs_per_schedule = Counter(r.schedule_id for r in runs)
-            print(f"  stopped {(stopped_at - last).total_seconds():.2f} s after the last "
-                  f"occurrence fired; window: each schedule's first occurrence to "
-                  f"{until:%H:%M:%S} ({args.edge_seconds:g} s before the last fired)")
-            for label, tally in (("schedule_firings (outcome created)", per_occurrence),
-                                 ("runs (runs.schedule_id, via the firing's run_id)", via_runs)):
+            print(
+                f"  stopped {(stopped_at - last).total_seconds():.2f} s after the last "
+                f"occurrence fired; window: each schedule's first occurrence to "
+                f"{until:%H:%M:%S} ({args.edge_seconds:g} s before the last fired)"
+            )
+            for label, tally in (
+                ("schedule_firings (outcome created)", per_occurrence),
+                ("runs (runs.schedule_id, via the firing's run_id)", via_runs),
+            ):
                 ones = sum(1 for key in expected if tally[key] == 1)
                 gaps = sorted(key for key in expected if tally[key] == 0)
                 dupes = sum(1 for key in expected if tally[key] > 1)
-                print(f"  occurrences expected {len(expected)}, by {label}: exactly 1 run "
-                      f"{ones}, 0 runs (gaps) {len(gaps)}, more than 1 (duplicates) {dupes}")
+                print(
+                    f"  occurrences expected {len(expected)}, by {label}: exactly 1 run "
+                    f"{ones}, 0 runs (gaps) {len(gaps)}, more than 1 (duplicates) {dupes}"
+                )
                 for sid, moment in gaps[:5]:
                     print(f"    gap: {sid} at {moment:%H:%M:%S}")
-            outside = [k for k in per_occurrence if k not in expected and k[1] <= until]
-            print(f"  firings {dict(Counter(f.outcome for f in found))}; inside the window's time "
-                  f"but off its grid: {len(outside)}; runs of schedules {len(runs)}, created "
-                  f"firings {len(created)}, runs no firing names (orphans) {len(orphans)}, firings "
-                  f"whose run is missing {sum(1 for f in created if f.run_created_at is None)}")
-            mismatched = [sid for sid in first
-                          if not (runs_per_schedule[sid] == firing_per_schedule[sid] == counts[sid])]
-            print(f"  schedules whose runs, created firings and run_count differ: "
-                  f"{len(mismatched)} of {len(first)}")
+            print(
+                f"  firings {dict(Counter(f.outcome for f in found))}, off the grid "
+                f"{off_grid(found, first, every)}; runs of schedules {len(runs)}, created "
+                f"firings {len(created)}, runs no firing names (orphans) {len(orphans)}, firings "
+                f"whose run is missing {sum(1 for f in created if f.run_created_at is None)}"
+            )
+            mismatched = [
+                sid
+                for sid in first
+                if not (runs_per_schedule[sid] == firing_per_schedule[sid] == counts[sid])
+            ]
+            print(
+                f"  schedules whose runs, created firings and run_count differ: "
+                f"{len(mismatched)} of {len(first)}"
+            )
             for sid in mismatched[:5]:
-                print(f"    {sid}: runs {runs_per_schedule[sid]}, firings "
-                      f"{firing_per_schedule[sid]}, run_count {counts[sid]}")
-            lags = [1000 * (f.run_created_at - f.scheduled_for).total_seconds() for f in created
-                    if f.run_created_at is not None]
+                print(
+                    f"    {sid}: runs {runs_per_schedule[sid]}, firings "
+                    f"{firing_per_schedule[sid]}, run_count {counts[sid]}"
+                )
+            lags = [
+                1000 * (f.run_created_at - f.scheduled_for).total_seconds()
+                for f in created
+                if f.run_created_at is not None
+            ]
             print(f"  lag, occurrence -> run created_at: {spread(lags)}")
             shares = {s.label: s.fired() for s in schedulers}
             total = sum(shares.values()) or 1
-            print("  share of runs fired (each scheduler's 'fired N runs' log lines): "
-                  + ", ".join(f"{k} {v} ({100 * v / total:.0f} %)" for k, v in shares.items()))
-            report_cpu(schedulers, len(created))
+            print(
+                "  share of runs fired (each scheduler's 'fired N runs' log lines): "
+                + ", ".join(f"{k} {v} ({100 * v / total:.0f} %)" for k, v in shares.items())
+            )
+            report_cpu(schedulers)
             servers.report(len(created))
             for scheduler in schedulers:
                 for line in scheduler.troubles()[:10]:
@@ -481,13 +555,21 @@ def main() -> None:
     parser.add_argument("--phase", choices=["all", "lag", "once"], default="all")
     parser.add_argument("--lag-schedules", type=int, default=10_000)
     parser.add_argument("--lag-seconds", type=float, default=90.0)
-    parser.add_argument("--lead-seconds", type=int, default=5,
-                        help="from the insert of the lag phase's schedules to the first due")
+    parser.add_argument(
+        "--lead-seconds",
+        type=int,
+        default=5,
+        help="from the insert of the lag phase's schedules to the first due",
+    )
     parser.add_argument("--schedulers", type=int, default=3)
     parser.add_argument("--once-schedules", type=int, default=200)
     parser.add_argument("--once-seconds", type=float, default=60.0)
-    parser.add_argument("--edge-seconds", type=float, default=2.0,
-                        help="occurrences this close to the end are left out of the counts")
+    parser.add_argument(
+        "--edge-seconds",
+        type=float,
+        default=2.0,
+        help="occurrences this close to the end are left out of the counts",
+    )
     args = parser.parse_args()
 
     queue = f"bench-schedules-{uuid.uuid4().hex[:8]}"
@@ -507,9 +589,9 @@ def main() -> None:
         if args.phase in ("all", "once"):
             once_phase(args, env, logdir, queue)
     finally:
-        keys = [queue, *client.scan_iter(match=f"*{queue}*")]
+        keys = {queue, *(k.decode() for k in client.scan_iter(match=f"*{queue}*"))}
         removed = client.delete(*keys)
-        print(f"\nremoved {removed} Redis keys of the queue ({', '.join(map(str, set(keys)))})")
+        print(f"\nremoved {removed} Redis keys of the queue ({', '.join(sorted(keys))})")
 
 
 if __name__ == "__main__":

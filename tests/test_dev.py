@@ -83,9 +83,14 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
             json={"name": "tick", "target": {"kind": "task", "id": "echo"}, "interval_seconds": 1},
         ).json()
         deadline = time.monotonic() + 30
-        while not (
-            fired := client.get(f"/projects/{slug}/runs?schedule_id={every_second['id']}").json()
-        )["data"] or fired["data"][-1]["status"] != "completed":
+        while (
+            not (
+                fired := client.get(
+                    f"/projects/{slug}/runs?schedule_id={every_second['id']}"
+                ).json()
+            )["data"]
+            or fired["data"][-1]["status"] != "completed"
+        ):
             assert time.monotonic() < deadline, fired
             time.sleep(0.2)
     finally:
