@@ -19,6 +19,7 @@ from runs.catalog import DefinitionCatalog
 from runs.domain.errors import RunsError
 from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
+from runs.schedule_cli import schedules_app
 from runs.settings import Settings
 
 app = typer.Typer(help="Durable task and workflow runs on Celery.", no_args_is_help=True)
@@ -32,6 +33,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(projects_app, name="projects")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(definitions_app, name="definitions")
+app.add_typer(schedules_app, name="schedules")
 
 console = Console()
 

@@ -55,7 +55,7 @@ class _ScheduleFields(RequestModel):
                 )
             fields["schedule"] = cron
         if fields.get("run_at") is not None:
-            fields["run_at"] = _instant(fields["run_at"])
+            fields["run_at"] = parse_instant(fields["run_at"])
         for name in ("timezone", "concurrency_policy", "catchup"):
             if name in fields and fields[name] is None:
                 del fields[name]  # null: the default
@@ -183,7 +183,7 @@ class ScheduleListOut(BaseModel):
     page_info: PageInfo
 
 
-def _instant(value: str) -> datetime:
+def parse_instant(value: str) -> datetime:
     try:
         moment = datetime.fromisoformat(value)
     except ValueError as exc:
