@@ -11,7 +11,7 @@ from workers.dsl import (
     wait_for_event,
     when,
 )
-from workers.registry import command, registry, task, workflow
+from workers.registry import command, registry, schedule, task, workflow
 
 __all__ = [
     "NonRetryableError",
@@ -21,6 +21,7 @@ __all__ = [
     "command",
     "parallel",
     "registry",
+    "schedule",
     "step",
     "task",
     "unless",
