@@ -102,6 +102,9 @@ class ScheduleFirer:
     def fire_due(self) -> int:
         """Fire what is due now, pass after pass while passes come back full. Returns the
         number of runs created."""
+        due = self.next_due()
+        if due is None or due > self._clock():
+            return 0  # nothing due: no write transaction (on SQLite it would lock the database)
         created = 0
         while True:
             result = self.fire_pass()
