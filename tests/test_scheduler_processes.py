@@ -60,12 +60,14 @@ def stop(process: subprocess.Popen[bytes]) -> int:
 
 @pytest.fixture
 def clean(engine: sa.Engine) -> Iterator[None]:
-    """A scheduler fires every project's due schedules: start and end with none."""
+    """A scheduler fires every project's due schedules: start and end with none, and leave no
+    pending run behind for a worker's sweeper (it sweeps the whole database)."""
 
     def wipe() -> None:
         with engine.begin() as conn:
             conn.execute(schedule_firings.delete())
             conn.execute(schedules_table.delete())
+            conn.execute(runs_table.delete().where(runs_table.c.schedule_id.is_not(None)))
 
     wipe()
     yield

@@ -56,10 +56,12 @@ def clock() -> Clock:
 @pytest.fixture
 def schedules(engine: sa.Engine, service: RunService, clock: Clock) -> Iterator[ScheduleService]:
     yield ScheduleService(engine, runs=service, clock=clock)
-    # A firer fires every project's due schedules: leave none for the next test's clock.
+    # A firer fires every project's due schedules: leave none for the next test's clock, and
+    # no pending run for a worker's sweeper to send (it sweeps the whole database).
     with engine.begin() as conn:
         conn.execute(schedule_firings.delete())
         conn.execute(schedules_table.delete())
+        conn.execute(runs_table.delete().where(runs_table.c.schedule_id.is_not(None)))
 
 
 @pytest.fixture
