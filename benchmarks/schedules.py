@@ -189,14 +189,17 @@ class ServerCPU:
             )
 
 
-def report_cpu(schedulers: Sequence[Scheduler]) -> None:
+def report_cpu(schedulers: Sequence[Scheduler], created: int) -> None:
+    """``created``: the runs all of them created (the database's count); each one's share is
+    read from its log, which a killed scheduler did not finish."""
     for s in schedulers:
         seconds = s.ended - s.started
+        fired = created if len(schedulers) == 1 else s.fired()
         print(
             f"  {s.label} (pid {s.process.pid}, exit {s.process.returncode}): start-up "
             f"{s.cpu_ready:.2f} CPU s; this phase {s.phase_cpu:.2f} CPU s over {seconds:.0f} s "
-            f"({100 * s.phase_cpu / seconds:.1f} % of a core; {s.fired()} runs fired, "
-            f"{per_run(s.phase_cpu, s.fired())})"
+            f"({100 * s.phase_cpu / seconds:.1f} % of a core; {fired} runs fired, "
+            f"{per_run(s.phase_cpu, fired)})"
         )
 
 
@@ -286,6 +289,43 @@ def prepare(url: str, queue: str) -> tuple[Wired, Project]:
     return wired, project
 
 
+def db_counters(engine: sa.Engine) -> Counter[str]:
+    """Transactions in this database, and scans of the index the scheduler finds due schedules
+    and the earliest one by (two or more a scheduler's round): how often schedulers looked."""
+    with engine.connect() as conn:
+        found: Counter[str] = Counter()
+        found["transactions"] = int(
+            conn.execute(
+                sa.text(
+                    "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                    "WHERE datname = current_database()"
+                )
+            ).scalar_one()
+        )
+        found["due index scans"] = int(
+            conn.execute(
+                sa.text(
+                    "SELECT coalesce(sum(idx_scan), 0) FROM pg_stat_user_indexes "
+                    "WHERE indexrelname = 'ix_schedules_due'"
+                )
+            ).scalar_one()
+        )
+    return found
+
+
+def report_counters(
+    engine: sa.Engine, before: Counter[str], schedulers: Sequence[Scheduler]
+) -> None:
+    time.sleep(1.0)  # the schedulers' backends report their statistics as they end
+    spent = db_counters(engine)
+    spent.subtract(before)
+    seconds = sum(s.ended - s.started for s in schedulers)
+    print(
+        "  PostgreSQL statistics of the phase's database: "
+        + ", ".join(f"{k} {v} ({v / seconds:.1f} a scheduler-second)" for k, v in spent.items())
+    )
+
+
 def firings(engine: sa.Engine) -> list[Any]:
     f, r = tables.schedule_firings, tables.runs
     query = sa.select(
@@ -333,6 +373,7 @@ def lag_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queue
         try:
             schedulers = start_schedulers(1, {**env, "RUNS_DATABASE_URL": url}, logdir, "lag")
             servers = ServerCPU()
+            counters = db_counters(wired.engine)
             sampler.start()
             # One schedule through the service, as the API makes it; the rest are its copies.
             template = wired.schedules.create(
@@ -421,8 +462,9 @@ def lag_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queue
                 f"{off_grid(found, first, every)}; firings whose run is missing "
                 f"{sum(1 for f in created if f.run_created_at is None)}"
             )
-            report_cpu(schedulers)
+            report_cpu(schedulers, len(created))
             servers.report(len(created))
+            report_counters(wired.engine, counters, schedulers)
             for scheduler in schedulers:
                 for line in scheduler.troubles()[:10]:
                     print(f"  {scheduler.label} log: {line}")
@@ -452,6 +494,7 @@ def once_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queu
                 args.schedulers, {**env, "RUNS_DATABASE_URL": url}, logdir, "once"
             )
             servers = ServerCPU()
+            counters = db_counters(wired.engine)
             began = time.monotonic()
             first: dict[str, datetime] = {}
             for i in range(n):
@@ -487,10 +530,13 @@ def once_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queu
             orphans = [r for r in runs if r.run_id not in occurrence_of]
             firing_per_schedule = Counter(f.schedule_id for f in created)
             runs_per_schedule = Counter(r.schedule_id for r in runs)
+            after = (last - stopped_at).total_seconds()
             print(
-                f"  stopped {(stopped_at - last).total_seconds():.2f} s after the last "
-                f"occurrence fired; window: each schedule's first occurrence to "
-                f"{until:%H:%M:%S} ({args.edge_seconds:g} s before the last fired)"
+                f"  the last occurrence fired was due {abs(after):.2f} s "
+                f"{'after' if after > 0 else 'before'} the SIGTERM"
+                f"{' (fired after the SIGTERM)' if after > 0 else ''}; window: each schedule's "
+                f"first occurrence to {until:%H:%M:%S} ({args.edge_seconds:g} s before the "
+                "earlier of the two)"
             )
             for label, tally in (
                 ("schedule_firings (outcome created)", per_occurrence),
@@ -537,8 +583,9 @@ def once_phase(args: argparse.Namespace, env: dict[str, str], logdir: Path, queu
                 "  share of runs fired (each scheduler's 'fired N runs' log lines): "
                 + ", ".join(f"{k} {v} ({100 * v / total:.0f} %)" for k, v in shares.items())
             )
-            report_cpu(schedulers)
+            report_cpu(schedulers, len(created))
             servers.report(len(created))
+            report_counters(wired.engine, counters, schedulers)
             for scheduler in schedulers:
                 for line in scheduler.troubles()[:10]:
                     print(f"  {scheduler.label} log: {line}")

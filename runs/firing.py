@@ -99,18 +99,25 @@ class ScheduleFirer:
         self._cap = max_catchup_runs
         self._clock = clock
 
-    def fire_due(self) -> int:
-        """Fire what is due now, pass after pass while passes come back full. Returns the
-        number of runs created."""
+    def fire_due(
+        self,
+        *,
+        stop: Callable[[], bool] = lambda: False,
+        on_pass: Callable[[PassResult], None] = lambda _: None,
+    ) -> int:
+        """Fire what is due now, pass after pass while passes come back full, until ``stop()``.
+        Returns the number of runs created; ``on_pass`` hears of each pass."""
         due = self.next_due()
         if due is None or due > self._clock():
             return 0  # nothing due: no write transaction (on SQLite it would lock the database)
         created = 0
-        while True:
+        while not stop():
             result = self.fire_pass()
             created += len(result.created)
+            on_pass(result)
             if result.schedules < self._batch:
-                return created
+                break
+        return created
 
     def fire_pass(self) -> PassResult:
         now = self._clock()

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime
 
 from runs.domain.clock import utcnow
-from runs.firing import ScheduleFirer
+from runs.firing import PassResult, ScheduleFirer
 from runs.settings import Settings
 from runs.transient import TRANSIENT_ERRORS
 from runs.wiring import Wired, wire
@@ -26,38 +27,56 @@ def build_firer(settings: Settings, wired: Wired) -> ScheduleFirer:
     )
 
 
+# While another scheduler holds the due schedules (its pass is open), the earliest one stays
+# in the past: look again after this long rather than at once.
+BUSY_PAUSE_SECONDS = 0.05
+
+
 class Scheduler:
     def __init__(self, settings: Settings, firer: ScheduleFirer) -> None:
         self._poll = settings.scheduler_poll_seconds
         self._heartbeat = settings.scheduler_heartbeat_file
         self._firer = firer
+        self._settled_at = 0.0
         self.stopping = threading.Event()
 
     def run(self) -> None:
         log.info("scheduler started (polling every %g s)", self._poll)
         while not self.stopping.is_set():
             pause = self.tick()
-            if self._heartbeat is not None:
-                self._heartbeat.touch()
+            self._beat()
             self.stopping.wait(pause)
         log.info("scheduler stopped")
 
     def tick(self) -> float:
-        """One round: fire what is due, settle what ended. Returns how long to sleep."""
+        """One round: fire what is due, settle what ended (at most once a poll interval).
+        Returns how long to sleep."""
         try:
-            created = self._firer.fire_due()
-            if created:
-                log.info("fired %d runs", created)
-            self._firer.settle()
+            self._firer.fire_due(stop=self.stopping.is_set, on_pass=self._passed)
+            if time.monotonic() - self._settled_at >= self._poll:
+                self._firer.settle()
+                self._settled_at = time.monotonic()
             return self._until_next(self._firer.next_due(), utcnow())
         except TRANSIENT_ERRORS:
             log.warning("storage unreachable; trying again in %g s", self._poll, exc_info=True)
             return self._poll
 
+    def _passed(self, result: PassResult) -> None:
+        if result.created:
+            log.info("fired %d runs", len(result.created))
+        self._beat()
+
+    def _beat(self) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.touch()
+
     def _until_next(self, due: datetime | None, now: datetime) -> float:
         if due is None:
             return self._poll
-        return min(self._poll, max(0.0, (due - now).total_seconds()))
+        wait = (due - now).total_seconds()
+        if wait <= 0:  # still due after this round: another scheduler is firing it
+            return BUSY_PAUSE_SECONDS
+        return min(self._poll, wait)
 
 
 def serve(settings: Settings) -> None:

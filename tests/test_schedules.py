@@ -545,3 +545,23 @@ def test_firers_racing_on_the_same_due_schedules_create_one_run_per_occurrence(
     for s in made:
         assert len(runs_of(engine, project, s.id)) == 1
         assert fired_at(engine, s.id) == [s.next_run_at]
+
+
+def test_firing_stops_between_passes_when_asked(
+    engine: sa.Engine,
+    service: RunService,
+    schedules: ScheduleService,
+    clock: Clock,
+    project: Project,
+) -> None:
+    for i in range(5):
+        new(schedules, project, name=f"s{i}", interval_seconds=60)
+    clock.advance(seconds=61)
+    one_at_a_time = ScheduleFirer(
+        engine, runs=service, grace_seconds=GRACE, batch_size=1, max_catchup_runs=10, clock=clock
+    )
+    passes: list[int] = []
+    created = one_at_a_time.fire_due(
+        stop=lambda: len(passes) >= 2, on_pass=lambda r: passes.append(len(r.created))
+    )
+    assert (created, passes) == (2, [1, 1])  # a stopping scheduler does not drain the backlog
