@@ -105,7 +105,7 @@ return 1
 _SEEN_LIMIT = 10_000  # runs whose highest event id a process remembers
 
 
-def _stream_key(ref: RunRef) -> str:
+def stream_key(ref: RunRef) -> str:
     return f"runs:{{{ref.key}}}:events"
 
 
@@ -130,7 +130,7 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
-def _decode(entry: Sequence[Any]) -> RunEvent:
+def decode_entry(entry: Sequence[Any]) -> RunEvent:
     stream_id, fields = entry
     if isinstance(fields, list):  # raw Lua reply: flat [k, v, k, v]
         fields = dict(zip(fields[::2], fields[1::2], strict=True))
@@ -182,7 +182,7 @@ class RedisEventLog:
             raise ValueError("an event type holds a newline")
         args: list[Any] = [_now_ms(), self._seen.get(ref.key, 0), *extra, len(events), types]
         args.append(b"\n".join(_payload(event.payload) for event in events))
-        reply = script(keys=[_stream_key(ref), _meta_key(ref)], args=args)
+        reply = script(keys=[stream_key(ref), _meta_key(ref)], args=args)
         if not reply:
             return []
         first, last = int(reply[0]), int(reply[1])
@@ -210,13 +210,13 @@ class RedisEventLog:
         self, ref: RunRef, count: int, *, cancel: bool, attempt: str
     ) -> tuple[int, list[RunEvent]] | None:
         reply = self._close(
-            keys=[_stream_key(ref), _meta_key(ref)],
+            keys=[stream_key(ref), _meta_key(ref)],
             args=[count, "1" if cancel else "0", self._seen.pop(ref.key, 0), attempt],
         )
         if not isinstance(reply, list):
             return None
         first, entries = reply
-        return int(first), [_decode(e) for e in entries]
+        return int(first), [decode_entry(e) for e in entries]
 
     def _saw(self, key: str, event_id: int) -> None:
         self._seen[key] = event_id
@@ -236,11 +236,11 @@ class RedisEventLog:
                     int(event.created_at.timestamp() * 1000),
                 )
             )
-        self._publish(keys=[_stream_key(ref), _meta_key(ref)], args=args)
+        self._publish(keys=[stream_key(ref), _meta_key(ref)], args=args)
 
     def read(self, ref: RunRef, *, after: int, limit: int) -> list[RunEvent]:
-        entries = self._client.xrange(_stream_key(ref), min=f"0-{after + 1}", max="+", count=limit)
-        return [_decode(e) for e in entries or ()]
+        entries = self._client.xrange(stream_key(ref), min=f"0-{after + 1}", max="+", count=limit)
+        return [decode_entry(e) for e in entries or ()]
 
     def request_stop(self, ref: RunRef, node_id: str) -> None:
         """Ask the worker running one node of a run to stop (a race's losers, for example)."""

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
 
     # Events
     event_stream_ttl_seconds: int = Field(default=86_400, ge=60)
+    # GET /runs/{run_id}/stream sends a comment line this often while no event comes.
+    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
     # Workers
     # A Redis broker re-delivers an unacknowledged message after this; it must exceed the

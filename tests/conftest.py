@@ -216,6 +216,7 @@ WORKER_TARGETS = [
     "task:test/typed",
     "task:test/bad-output",
     "task:test/crash",
+    "task:test/ticker",
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from pydantic import BaseModel
@@ -10,6 +11,17 @@ from pydantic import BaseModel
 from workers.adapters import NonRetryableError
 from workers.context import TaskContext
 from workers.registry import task
+
+
+@task("test/ticker")
+def ticker(ctx: TaskContext) -> dict[str, Any]:
+    """Emits config.n progress events, config.interval seconds apart (a run to follow)."""
+    n, interval = int(ctx.config.get("n", 5)), float(ctx.config.get("interval", 0.2))
+    for i in range(n):
+        ctx.emit("PROGRESS_REPORTED", {"done": i + 1, "total": n})
+        ctx.flush_events()
+        time.sleep(interval)
+    return {"ticks": n}
 
 
 @task("test/async")

@@ -9,12 +9,13 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from runs import __version__
-from runs.api import health, routes, schedule_routes
+from runs.api import health, routes, schedule_routes, stream_routes
 from runs.api.deps import Services
 from runs.api.errors import UnexpectedErrors, install_error_handlers
 from runs.api.limits import BodySizeLimit
 from runs.api.openapi import install_openapi
 from runs.api.responses import JSONResponse
+from runs.event_follow import EventFollower
 from runs.settings import Settings
 from runs.wiring import wire
 
@@ -29,6 +30,9 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.engine = wired.engine
         app.state.events = wired.events
+        follower = EventFollower.from_url(
+            settings.redis_url, longest_block_seconds=settings.sse_heartbeat_seconds
+        )
         app.state.services = Services(
             settings=settings,
             runs=wired.runs,
@@ -36,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
             catalog=wired.catalog,
             workflows=wired.workflows,
             schedules=wired.schedules,
+            follower=follower,
         )
         # What start-up built lives as long as the process: out of the collector's sight,
         # its full collections no longer walk it (shorter pauses on every request's tail).
@@ -44,6 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await follower.close()
             wired.close()
 
     app = FastAPI(
@@ -57,6 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     app.include_router(routes.router)
+    app.include_router(stream_routes.router)
     app.include_router(schedule_routes.router)
     install_openapi(app, max_page_size=settings.max_page_size)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
+from runs.event_follow import EventFollower
 from runs.schedules import ScheduleService
 from runs.service import RunService
 from runs.settings import Settings
@@ -31,6 +32,7 @@ class Services:
     catalog: DefinitionCatalog
     workflows: WorkflowState
     schedules: ScheduleService
+    follower: EventFollower
     # Threads for blocking calls: as many as the database pool has connections.
     threads: anyio.CapacityLimiter = field(init=False)
 

@@ -1,0 +1,120 @@
+"""``GET /runs/{run_id}/stream``: a run's events as Server-Sent Events.
+
+Frames are ``id: <event_id>``, ``event: <event_type>`` and ``data: <the RunEvent JSON, as
+/events returns it>``. The stream starts after ``Last-Event-ID``, else after
+``after_event_id``, else at the first event; it replays what is there and goes on live, without
+a gap or a duplicate, and closes after the terminal event. A comment line comes every
+``RUNS_SSE_HEARTBEAT_SECONDS`` while nothing happens. Live events are blocking reads of the
+run's Redis stream on the event loop (no thread per follower); a finished run replays from SQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query
+from fastapi.responses import StreamingResponse
+
+from runs.api.deps import Services
+from runs.api.openapi import problems
+from runs.api.params import AUTHENTICATED, ProjectDep, ServicesDep
+from runs.api.routes import RunIdPath
+from runs.domain.errors import InvalidRequest
+from runs.domain.events import MAX_EVENT_ID, RUN_ERROR, RUN_FINISHED, RunEvent
+from runs.domain.projects import Project
+from runs.domain.runs import Run
+from runs.schemas import RunEventOut
+
+router = APIRouter(tags=["runs"])
+
+TERMINAL_EVENTS = frozenset({RUN_FINISHED, RUN_ERROR})
+# One frame of the stream; ``data`` is a RunEvent as /events returns it, as JSON text.
+EVENT_FRAME = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string", "description": "the event id"},
+        "event": {"type": "string", "description": "the event type"},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+    },
+    "required": ["id", "event", "data"],
+}
+REPLAY_PAGE = 500
+
+
+@router.get(
+    "/runs/{run_id}/stream",
+    responses={
+        **problems(400, 404, *AUTHENTICATED),
+        200: {
+            "description": "events as they are appended, until the terminal one",
+            "content": {"text/event-stream": {"schema": EVENT_FRAME}},
+        },
+    },
+    response_class=StreamingResponse,
+)
+async def stream_events(
+    run_id: RunIdPath,
+    project: ProjectDep,
+    svc: ServicesDep,
+    after_event_id: Annotated[
+        int, Query(ge=0, le=MAX_EVENT_ID, description="exclusive; Last-Event-ID wins")
+    ] = 0,
+    last_event_id: Annotated[
+        str | None, Header(max_length=20, description="resume after this event id")
+    ] = None,
+) -> StreamingResponse:
+    after = _resume_point(last_event_id, after_event_id)
+    run = await svc.blocking(svc.runs.get, project, run_id)
+    return StreamingResponse(
+        _frames(svc, project, run, after),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _resume_point(last_event_id: str | None, after_event_id: int) -> int:
+    if last_event_id is None or not last_event_id.strip():
+        return after_event_id
+    value = last_event_id.strip()
+    if not value.isdigit() or int(value) > MAX_EVENT_ID:
+        raise InvalidRequest(
+            f"Last-Event-ID must be an event id (0 to {MAX_EVENT_ID}), not {value!r}",
+            field="Last-Event-ID",
+        )
+    return int(value)
+
+
+def frame(event: RunEvent) -> bytes:
+    data = RunEventOut.from_event(event).model_dump_json()
+    return f"id: {event.event_id}\nevent: {event.event_type}\ndata: {data}\n\n".encode()
+
+
+async def _frames(svc: Services, project: Project, run: Run, after: int) -> AsyncIterator[bytes]:
+    last = after
+    if not run.status.is_terminal:
+        heartbeat = svc.settings.sse_heartbeat_seconds
+        while True:
+            events = await svc.follower.after(run.ref, last, block_seconds=heartbeat)
+            for event in events:
+                yield frame(event)
+                last = event.event_id
+                if event.event_type in TERMINAL_EVENTS:
+                    return
+            if events:
+                continue
+            yield b": heartbeat\n\n"
+            # Nothing in the stream for a while: the run may have ended where this stream
+            # cannot show it (its keys expired, or Redis restarted empty).
+            current = await svc.blocking(svc.runs.get, project, run.run_id)
+            if current.status.is_terminal:
+                break
+    while True:  # a finished run's events, from SQL
+        page = await svc.blocking(
+            svc.runs.events, project, run.run_id, after=last, limit=REPLAY_PAGE
+        )
+        for event in page.items:
+            yield frame(event)
+            last = event.event_id
+        if page.next is None:
+            return

@@ -1,0 +1,48 @@
+"""Following a run's events as they are appended: blocking reads of its Redis stream on an
+asyncio client, so that a follower costs the API no thread."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import redis.asyncio
+import redis.exceptions
+
+from runs.domain.events import RunEvent
+from runs.domain.runs import RunRef
+from runs.events import decode_entry, stream_key
+
+log = logging.getLogger(__name__)
+
+
+class EventFollower:
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self._client = client
+
+    @classmethod
+    def from_url(cls, url: str, *, longest_block_seconds: float) -> EventFollower:
+        # A blocking read lasts up to its block: the socket waits that long and some more.
+        client = redis.asyncio.Redis.from_url(url, socket_timeout=longest_block_seconds + 10)
+        return cls(client)
+
+    async def after(self, ref: RunRef, after: int, *, block_seconds: float) -> list[RunEvent]:
+        """Events with ids above ``after``, waiting up to ``block_seconds`` for the first.
+        While Redis is unreachable: none, after that wait (the follower tries again)."""
+        try:
+            reply: Any = await self._client.xread(
+                {stream_key(ref): f"0-{after}"}, count=500, block=max(1, int(block_seconds * 1000))
+            )
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            log.warning("Redis unreachable while following %s; trying again", ref)
+            await asyncio.sleep(block_seconds)
+            return []
+        if not reply:
+            return []
+        # RESP2 answers [[key, entries]], RESP3 {key: [entries]}.
+        entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
+        return [decode_entry(entry) for entry in entries]
+
+    async def close(self) -> None:
+        await self._client.aclose()
