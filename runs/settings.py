@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     http_body_idle_timeout_seconds: float = Field(default=10.0, gt=0)
     http_body_timeout_seconds: float = Field(default=60.0, gt=0)
     http_keep_alive_seconds: int = Field(default=5, ge=1)
+    # On SIGTERM, in-flight requests get this long to finish; event streams are then cut.
+    http_shutdown_grace_seconds: int = Field(default=10, ge=0)
     http_max_connections: int = Field(default=1000, ge=1)
     # After answering before a request body was read (a 413, say): read and drop the rest of
     # the body this long, and at most this much, so that the client can read the answer.

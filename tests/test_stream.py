@@ -5,6 +5,7 @@ finished run replayed from SQL, and errors before the stream starts."""
 from __future__ import annotations
 
 import json
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -215,6 +216,24 @@ def test_heartbeats_arrive_while_nothing_happens(
         assert time.monotonic() - started < 5
     finally:
         stop_server(quiet)
+
+
+def test_the_api_stops_on_sigterm_within_its_grace_even_with_a_follower(
+    postgres_url: str, redis_url: str, tmp_path: Path, repo_root: Path, caller: Caller
+) -> None:
+    api = start_server(
+        postgres_url, redis_url, tmp_path, repo_root, RUNS_HTTP_SHUTDOWN_GRACE_SECONDS="1"
+    )
+    run_id = start_run(api, caller, "task:echo")  # never starts: its stream never ends
+    with httpx.stream(
+        "GET", f"{api.url}/runs/{run_id}/stream", headers=caller.headers, timeout=10
+    ) as response:
+        assert response.status_code == 200
+        started = time.monotonic()
+        api.process.send_signal(signal.SIGTERM)
+        # uvicorn ends by re-raising the signal once it has shut down.
+        assert api.process.wait(timeout=15) in (0, -signal.SIGTERM), api.log()
+    assert time.monotonic() - started < 6
 
 
 def test_errors_come_as_problems_before_the_stream_starts(

@@ -71,6 +71,9 @@ def serve(settings: Settings, *, host: str, port: int) -> None:
         port=port,
         http=protocol_class(HttpLimits.from_settings(settings)),
         timeout_keep_alive=settings.http_keep_alive_seconds,
+        # Event streams of live runs never finish by themselves: on SIGTERM, requests get
+        # this long to finish, then the rest are cut (a follower resumes with Last-Event-ID).
+        timeout_graceful_shutdown=settings.http_shutdown_grace_seconds,
         log_config=None,
         access_log=False,
     )
