@@ -247,8 +247,11 @@ def main() -> None:
             "RUNS_LOG_LEVEL": "WARNING",
             "RUNS_HTTP_MAX_CONNECTIONS": str(args.followers + 200),
         }
-        api = start([sys.executable, "-m", "runs.cli", "api", "--port", str(port)], env,
-                    logdir / "runs-api-stream.log")
+        api = start(
+            [sys.executable, "-m", "runs.cli", "api", "--port", str(port)],
+            env,
+            logdir / "runs-api-stream.log",
+        )
         base = httpx.URL(f"http://127.0.0.1:{port}")
         log = RedisEventLog.from_url(REDIS_URL, ttl_seconds=600)
         try:
@@ -277,8 +280,18 @@ def main() -> None:
             for label, followers in (("single follower", 1), ("many followers", args.followers)):
                 run_id = new_run()
                 asyncio.run(
-                    measure(label, base, token, run_id, refs[-1], log, api.pid, followers,
-                            args.rate, args.seconds)
+                    measure(
+                        label,
+                        base,
+                        token,
+                        run_id,
+                        refs[-1],
+                        log,
+                        api.pid,
+                        followers,
+                        args.rate,
+                        args.seconds,
+                    )
                 )
             print(f"\nAPI log: {logdir / 'runs-api-stream.log'}")
         finally:

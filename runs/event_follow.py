@@ -22,9 +22,15 @@ class EventFollower:
         self._client = client
 
     @classmethod
-    def from_url(cls, url: str, *, longest_block_seconds: float) -> EventFollower:
-        # A blocking read lasts up to its block: the socket waits that long and some more.
-        client = redis.asyncio.Redis.from_url(url, socket_timeout=longest_block_seconds + 10)
+    def from_url(cls, url: str, *, longest_block_seconds: float, followers: int) -> EventFollower:
+        """Each follower holds one connection while it waits: the pool has one per follower
+        the API may serve (its connection limit), not redis-py's default of 100."""
+        client = redis.asyncio.Redis.from_url(
+            url,
+            # A blocking read lasts up to its block: the socket waits that long and more.
+            socket_timeout=longest_block_seconds + 10,
+            max_connections=followers,
+        )
         return cls(client)
 
     async def after(self, ref: RunRef, after: int, *, block_seconds: float) -> list[RunEvent]:

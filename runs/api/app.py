@@ -31,7 +31,9 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.engine = wired.engine
         app.state.events = wired.events
         follower = EventFollower.from_url(
-            settings.redis_url, longest_block_seconds=settings.sse_heartbeat_seconds
+            settings.redis_url,
+            longest_block_seconds=settings.sse_heartbeat_seconds,
+            followers=settings.http_max_connections,
         )
         app.state.services = Services(
             settings=settings,
