@@ -182,11 +182,14 @@ def _print_banner(info: DevInfo, targets: list[str], info_file: Path) -> None:
 def _supervise(children: list[subprocess.Popen[bytes]]) -> int:
     stop = False
 
-    def on_term(*_: object) -> None:
+    def on_stop(*_: object) -> None:
         nonlocal stop
         stop = True
 
-    signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C reaches every process of the terminal's group at once: the children stopping
+    # then is the clean stop it asks for, not a failure.
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
     while not stop:
         for child in children:
             if child.poll() is not None:

@@ -44,6 +44,7 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
             env={**env, "PYTHONPATH": str(repo_root)},
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, as in a terminal
         )
     info_file = tmp_path / "data" / "dev.json"
     try:
@@ -94,12 +95,13 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
             assert time.monotonic() < deadline, fired
             time.sleep(0.2)
     finally:
-        process.send_signal(signal.SIGINT)
+        os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the whole group gets it at once
         try:
             code = process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
             raise
     assert code == 0, log_path.read_text()
+    assert "exited" not in log_path.read_text()  # a clean stop, not a child's failure
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
