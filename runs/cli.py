@@ -16,6 +16,7 @@ from rich.table import Table
 
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
+from runs.dev_database import admin_settings
 from runs.domain.errors import RunsError
 from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
@@ -148,11 +149,17 @@ def db_current() -> None:
     """Show the database's migration revision."""
     from runs.persistence import migrate
 
-    migrate.current(Settings().database_url)
+    migrate.current(_admin_settings().database_url)
 
 
 def _access() -> AccessService:
-    return AccessService(create_engine(Settings().database_url, pool_size=1))
+    return AccessService(create_engine(_admin_settings().database_url, pool_size=1))
+
+
+def _admin_settings() -> Settings:
+    """The settings of a command on an existing database (see ``runs.dev_database``)."""
+    with _errors():
+        return admin_settings()
 
 
 @projects_app.command("create")
@@ -209,7 +216,7 @@ def tokens_revoke(token_id: str) -> None:
 def definitions_list() -> None:
     """List the definitions workers have registered."""
     catalog = DefinitionCatalog(
-        create_engine(Settings().database_url, pool_size=1), cache_seconds=0
+        create_engine(_admin_settings().database_url, pool_size=1), cache_seconds=0
     )
     table = Table("target", "name", "description")
     for item in catalog.list():
@@ -222,7 +229,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except RunsError as exc:
-        console.print(f"[red]{exc.title}:[/red] {exc.detail}")
+        console.print(f"[red]{exc.title}:[/red] {exc.detail}", highlight=False)
         raise typer.Exit(1) from exc
 
 

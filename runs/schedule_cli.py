@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Column, Table
 
+from runs.dev_database import admin_settings
 from runs.domain.errors import InvalidRequest, RunsError
 from runs.domain.schedules import Schedule
 from runs.persistence.schedules import ScheduleFilters
@@ -34,7 +35,11 @@ ScheduleArg = Annotated[str, typer.Argument(help="the schedule's id")]
 def _services() -> Iterator[tuple[Settings, Wired]]:
     from runs.wiring import wire  # the broker and Redis clients: only when a command runs
 
-    settings = Settings()
+    try:
+        settings = admin_settings()
+    except RunsError as exc:
+        console.print(f"[red]{exc.title}:[/red] {exc.detail}", highlight=False)
+        raise typer.Exit(2) from exc
     wired = wire(settings, pool_size=1, auth_cache_seconds=0)
     try:
         yield settings, wired
