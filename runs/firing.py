@@ -214,20 +214,27 @@ class ScheduleFirer:
         Safe in several schedulers at once (the updates only move forward)."""
         with self._engine.begin() as conn:
             ended = store.ended_unsettled(conn, limit)
+            # Only the newest success and the newest failure of each schedule are written.
+            successes: dict[str, datetime] = {}
+            failures: dict[str, tuple[datetime, store.EndedRun]] = {}
             for run in ended:
                 at = run.completed_at or self._clock()
                 if run.status == RunStatus.COMPLETED.value:
-                    store.record_success(conn, run.schedule_id, at)
-                else:
-                    error = run.error if isinstance(run.error, dict) else {}
-                    store.record_failure(
-                        conn,
-                        run.schedule_id,
-                        at,
-                        code=error.get("code") or run.status,
-                        message=error.get("message"),
-                        run_id=run.run_id,
-                    )
+                    successes[run.schedule_id] = max(at, successes.get(run.schedule_id, at))
+                elif run.schedule_id not in failures or failures[run.schedule_id][0] <= at:
+                    failures[run.schedule_id] = (at, run)
+            for schedule_id, at in successes.items():
+                store.record_success(conn, schedule_id, at)
+            for schedule_id, (at, run) in failures.items():
+                error = run.error if isinstance(run.error, dict) else {}
+                store.record_failure(
+                    conn,
+                    schedule_id,
+                    at,
+                    code=error.get("code") or run.status,
+                    message=error.get("message"),
+                    run_id=run.run_id,
+                )
             if ended:
                 store.settle(conn, [run.firing_id for run in ended])
         return len(ended)

@@ -15,8 +15,8 @@ from pydantic import StringConstraints
 from runs.api.openapi import problems
 from runs.api.params import (
     AUTHENTICATED,
-    CURSOR_PATTERN,
     FILTER,
+    CursorQuery,
     ProjectDep,
     ProjectPath,
     ServicesDep,
@@ -24,9 +24,9 @@ from runs.api.params import (
     listing,
     one_of,
     page_size,
+    referenced,
     split,
 )
-from runs.domain.errors import NotFound
 from runs.domain.events import MAX_EVENT_ID
 from runs.domain.runs import RUN_ID_PATTERN, Run, RunKind, RunStatus
 from runs.persistence.records import RunFilters
@@ -153,9 +153,7 @@ async def list_runs(
     project_reference: ProjectPath,
     project: ProjectDep,
     svc: ServicesDep,
-    cursor: Annotated[
-        str | None, Query(max_length=400, pattern=CURSOR_PATTERN, description="page_info.next")
-    ] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     status: Annotated[list[StatusFilter] | None, Query(max_length=10, description=FILTER)] = None,
     kind: Annotated[list[KindFilter] | None, Query(max_length=10, description=FILTER)] = None,
@@ -164,8 +162,7 @@ async def list_runs(
     schedule_id: Annotated[str | None, Query(min_length=1, max_length=64)] = None,
     root_only: bool = False,
 ) -> RunListOut:
-    if project_reference not in (project.id, project.slug):
-        raise NotFound(f"project {project_reference!r} not found")
+    referenced(project_reference, project)
     filters = RunFilters(
         statuses=split(status),
         kinds=split(kind),

@@ -12,8 +12,8 @@ from runs.api.deps import Services
 from runs.api.openapi import problems
 from runs.api.params import (
     AUTHENTICATED,
-    CURSOR_PATTERN,
     FILTER,
+    CursorQuery,
     ProjectDep,
     ProjectPath,
     ServicesDep,
@@ -21,10 +21,9 @@ from runs.api.params import (
     listing,
     one_of,
     page_size,
+    referenced,
     split,
 )
-from runs.domain.errors import NotFound
-from runs.domain.projects import Project
 from runs.domain.schedules import Schedule, ScheduleStatus
 from runs.persistence.schedules import ScheduleFilters
 from runs.schedule_schemas import (
@@ -47,12 +46,6 @@ StatusFilter = Annotated[
 ]
 
 
-def _project(reference: str, project: Project) -> Project:
-    if reference not in (project.id, project.slug):
-        raise NotFound(f"project {reference!r} not found")
-    return project
-
-
 def _out(svc: Services, schedule: Schedule) -> ScheduleOut:
     return ScheduleOut.from_schedule(schedule, default_timeout=svc.settings.max_timeout_seconds)
 
@@ -65,7 +58,7 @@ def _out(svc: Services, schedule: Schedule) -> ScheduleOut:
 async def create_schedule(
     project_reference: ProjectPath, body: CreateScheduleIn, project: ProjectDep, svc: ServicesDep
 ) -> ScheduleOut:
-    owner = _project(project_reference, project)
+    owner = referenced(project_reference, project)
     return _out(svc, await svc.blocking(svc.schedules.create, owner, body.to_fields()))
 
 
@@ -77,15 +70,13 @@ async def list_schedules(
     project_reference: ProjectPath,
     project: ProjectDep,
     svc: ServicesDep,
-    cursor: Annotated[
-        str | None, Query(max_length=400, pattern=CURSOR_PATTERN, description="page_info.next")
-    ] = None,
+    cursor: CursorQuery = None,
     limit: Annotated[int | None, Query(ge=1)] = None,
     status: Annotated[list[StatusFilter] | None, Query(max_length=10, description=FILTER)] = None,
     target: Annotated[list[TargetFilter] | None, Query(max_length=10, description=FILTER)] = None,
     source_trigger_id: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
 ) -> ScheduleListOut:
-    owner = _project(project_reference, project)
+    owner = referenced(project_reference, project)
     filters = ScheduleFilters(
         statuses=split(status), targets=split(target), source_trigger_id=source_trigger_id
     )
@@ -110,7 +101,7 @@ async def get_schedule(
     project: ProjectDep,
     svc: ServicesDep,
 ) -> ScheduleOut:
-    owner = _project(project_reference, project)
+    owner = referenced(project_reference, project)
     return _out(svc, await svc.blocking(svc.schedules.get, owner, schedule_id))
 
 
@@ -126,7 +117,7 @@ async def update_schedule(
     svc: ServicesDep,
 ) -> ScheduleOut:
     """Change fields; ``status: "paused"`` pauses, ``"active"`` resumes."""
-    owner = _project(project_reference, project)
+    owner = referenced(project_reference, project)
     changed = await svc.blocking(svc.schedules.update, owner, schedule_id, body.to_fields())
     return _out(svc, changed)
 
@@ -142,7 +133,7 @@ async def delete_schedule(
     svc: ServicesDep,
 ) -> ScheduleOut:
     """Delete the schedule; answers what it was. The runs it created stay."""
-    owner = _project(project_reference, project)
+    owner = referenced(project_reference, project)
     return _out(svc, await svc.blocking(svc.schedules.delete, owner, schedule_id))
 
 
@@ -159,7 +150,7 @@ async def trigger_schedule(
     svc: ServicesDep,
 ) -> ScheduleRunOut:
     """Run the schedule's target now; the same ``idempotency_key`` returns the same run."""
-    owner = _project(project_reference, project)
+    owner = referenced(project_reference, project)
     run = await svc.blocking(
         svc.schedules.trigger,
         owner,

@@ -28,7 +28,7 @@ from runs.domain.runs import (
 )
 from runs.domain.text import storable
 from runs.persistence.event_archive import insert_events, of_run
-from runs.persistence.tables import UTCDateTime, is_one_of, run_events, runs
+from runs.persistence.tables import UTCDateTime, before_in_listing, is_one_of, run_events, runs
 
 _RUN_COLUMNS = tuple(c for c in runs.c)
 # What an attempt needs of its run: a claimed run is pending, so its outcome columns are
@@ -119,13 +119,7 @@ def list_runs(
     if filters.root_only:
         query = query.where(runs.c.parent_run_id.is_(None))
     if before is not None:
-        created_at, run_id = before
-        query = query.where(
-            sa.or_(
-                runs.c.created_at < created_at,
-                sa.and_(runs.c.created_at == created_at, runs.c.run_id < run_id),
-            )
-        )
+        query = query.where(before_in_listing(runs.c.created_at, runs.c.run_id, before))
     query = query.order_by(runs.c.created_at.desc(), runs.c.run_id.desc()).limit(limit)
     return [run_from_row(r) for r in conn.execute(query).mappings()]
 

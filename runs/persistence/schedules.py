@@ -19,7 +19,13 @@ from runs.domain.schedules import (
     Schedule,
     ScheduleStatus,
 )
-from runs.persistence.tables import is_one_of, runs, schedule_firings, schedules
+from runs.persistence.tables import (
+    before_in_listing,
+    is_one_of,
+    runs,
+    schedule_firings,
+    schedules,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +77,7 @@ def list_schedules(
     if filters.source_trigger_id is not None:
         query = query.where(schedules.c.source_trigger_id == filters.source_trigger_id)
     if before is not None:
-        created_at, schedule_id = before
-        query = query.where(
-            sa.or_(
-                schedules.c.created_at < created_at,
-                sa.and_(schedules.c.created_at == created_at, schedules.c.id < schedule_id),
-            )
-        )
+        query = query.where(before_in_listing(schedules.c.created_at, schedules.c.id, before))
     query = query.order_by(schedules.c.created_at.desc(), schedules.c.id.desc()).limit(limit)
     return [schedule_from_row(r) for r in conn.execute(query).mappings()]
 

@@ -52,6 +52,17 @@ class SQLiteJSON(sa.TypeDecorator[Any]):
         return loads_storable(value) if isinstance(value, str) else value
 
 
+def before_in_listing(
+    created_at: sa.ColumnElement[datetime],
+    key: sa.ColumnElement[str],
+    before: tuple[datetime, str],
+) -> sa.ColumnElement[bool]:
+    """Rows after ``before`` in a listing ordered by (created_at, key) descending: the keyset
+    condition of a page's cursor."""
+    moment, last = before
+    return sa.or_(created_at < moment, sa.and_(created_at == moment, key < last))
+
+
 def is_one_of(column: sa.ColumnElement[str], values: Iterable[str]) -> sa.ColumnElement[bool]:
     """``column IN (...)`` of constants written into the SQL: an expanding parameter would be
     rendered again on every execution."""
