@@ -212,3 +212,16 @@ def _spawn_sleeper_and_wait(ctx: TaskContext) -> dict[str, Any]:
 
 
 workflow("test/parent-of-sleeper", steps=[step("spawn", _spawn_sleeper_and_wait)])
+
+
+@task("test/waits-on-child")
+def waits_on_child(ctx: TaskContext) -> dict[str, Any]:
+    """Starts task:echo through ``ctx.runs`` and waits for it (the SDK's surface in a task)."""
+    created = ctx.runs.create_task_run("task:echo", config={"from": ctx.run_id})
+    child = ctx.runs.wait(created.run.run_id, timeout=30)
+    return {
+        "child": child.run_id,
+        "status": child.status,
+        "parent": child.parent_run_id,
+        "output": child.output,
+    }

@@ -6,12 +6,15 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runs.domain.events import LIFECYCLE_EVENT_TYPES, NewEvent, log_event
 from runs.domain.runs import Outcome, RunError, RunStatus
 from runs.domain.text import clean_text
 from workers.outbox import EventOutbox
+
+if TYPE_CHECKING:
+    from workers.project_runs import ProjectRuns
 
 CUSTOM_EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
 
@@ -52,6 +55,7 @@ class TaskContext:
         results: dict[str, Any] | None = None,
         start_child: Callable[..., str] | None = None,
         max_log_bytes: int | None = None,
+        project_runs: Callable[[threading.Event], ProjectRuns] | None = None,
     ) -> None:
         self.run_id = run_id
         self.project_id = project_id
@@ -62,6 +66,8 @@ class TaskContext:
         self._outbox = EventOutbox(publish)
         self.results = results if results is not None else {}  # earlier workflow steps' outputs
         self._start_child = start_child
+        self._project_runs = project_runs
+        self._runs: ProjectRuns | None = None
         self._cancel = cancel_event or threading.Event()
         self._lines: list[str] = []
         self._log_room = max_log_bytes
@@ -139,6 +145,15 @@ class TaskContext:
             if value is not None:
                 artifact[key] = value
         self.artifacts.append(artifact)
+
+    @property
+    def runs(self) -> ProjectRuns:
+        """The run's project, with the SDK's methods: start other runs and wait on them."""
+        if self._runs is None:
+            if self._project_runs is None:
+                raise RuntimeError("this context cannot start runs")
+            self._runs = self._project_runs(self._cancel)
+        return self._runs
 
     def start_child(
         self, target: str, config: dict[str, Any] | None = None, *, name: str | None = None

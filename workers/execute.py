@@ -18,6 +18,7 @@ from workers.adapters import run_definition
 from workers.context import TaskContext, failed_outcome
 from workers.guard import AttemptGuard, Interrupter, StopReason
 from workers.policy import AttemptPolicy, backoff_delay, policy_for
+from workers.project_runs import project_runs
 from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
 
@@ -67,6 +68,7 @@ class Attempt:
             publish=self._publish,
             cancel_event=self._flag,
             max_log_bytes=runtime.settings.max_log_bytes,
+            project_runs=lambda flag: project_runs(runtime, run, flag),
         )
 
     def run(self) -> str:

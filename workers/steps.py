@@ -30,6 +30,7 @@ from workers.dsl import Step, WorkflowDefinition
 from workers.engine import WorkflowEngine
 from workers.guard import AttemptGuard, Interrupter, StopReason
 from workers.planner import WorkflowContext, context_for
+from workers.project_runs import project_runs
 from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
 
@@ -169,6 +170,7 @@ class StepRunner:
             results=dict(wctx.results),
             start_child=lambda target, cfg, name: self._start_child(run, target, cfg, name),
             max_log_bytes=settings.max_log_bytes,
+            project_runs=lambda flag: project_runs(self._rt, run, flag),
         )
 
         def timed_out() -> Outcome:

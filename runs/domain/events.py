@@ -75,7 +75,10 @@ def attempt_failed_event(step_name: str, attempt: int, message: str, *, retrying
 
 
 def numbered(events: Sequence[NewEvent], first: int, now: datetime) -> list[RunEvent]:
-    """Give ``events`` the ids reserved for them, starting at ``first``."""
+    """Give ``events`` the ids reserved for them, starting at ``first``, and ``now`` to the
+    millisecond, the precision the run's Redis stream keeps: its live stream and /events, read
+    from SQL, then show the same time."""
+    now = now.replace(microsecond=now.microsecond // 1000 * 1000)
     return [
         RunEvent(event_id=first + i, event_type=e.event_type, payload=e.payload, created_at=now)
         for i, e in enumerate(events)

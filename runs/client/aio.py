@@ -1,0 +1,262 @@
+"""``AsyncRunsClient``: the Runs API from asyncio, over httpx; the same calls, retries and
+models as ``RunsClient``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Any, Unpack
+
+import httpx
+
+from runs.client.calls import (
+    TERMINAL_EVENTS,
+    TERMINAL_STATUSES,
+    Call,
+    Calls,
+    Model,
+    RunFilters,
+    TaskRunOptions,
+    WorkflowRunOptions,
+    run_path,
+)
+from runs.client.config import resolve_config
+from runs.client.errors import (
+    ApiError,
+    RunsError,
+    TransportError,
+    error_for,
+    retry_after_seconds,
+)
+from runs.client.following import (
+    Deadline,
+    event_of,
+    fallback_to_polling,
+    read_timeout,
+    reconnect_delay,
+    stream_headers,
+)
+from runs.client.retry import RetryPolicy
+from runs.client.sse import FrameReader
+from runs.schemas import (
+    ApprovalOut,
+    CancelRunOut,
+    CreateRunOut,
+    DefinitionListOut,
+    RunEventListOut,
+    RunEventOut,
+    RunListOut,
+    RunOut,
+    SignalOut,
+)
+
+USER_AGENT = "runs-python"
+
+
+class AsyncRunsClient:
+    """A client of one project. Use it as an async context manager, or await ``close()``."""
+
+    def __init__(
+        self,
+        *,
+        api_url: str | None = None,
+        auth_token: str | None = None,
+        project_reference: str | None = None,
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        config = resolve_config(api_url, auth_token, project_reference)
+        self.api_url = config.api_url
+        self.retry = retry or RetryPolicy()
+        self._calls = Calls(config.project_reference)
+        self._http = httpx.AsyncClient(
+            base_url=config.api_url,
+            headers={
+                "Authorization": f"Bearer {config.auth_token}",
+                "User-Agent": USER_AGENT,
+            },
+            timeout=timeout,
+            transport=transport,
+        )
+
+    @property
+    def project_reference(self) -> str | None:
+        return self._calls.project_reference
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncRunsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the API ---------------------------------------------------------------------------
+
+    async def create_task_run(self, target: str, **options: Unpack[TaskRunOptions]) -> CreateRunOut:
+        """Start a task run (``task:<id>``, or just the id). Without a ``public_id`` the client
+        makes one, so a retried create never starts a second run."""
+        return await self._send(self._calls.create_task_run(target, options))
+
+    async def create_workflow_run(
+        self, workflow: str, **options: Unpack[WorkflowRunOptions]
+    ) -> CreateRunOut:
+        """Start a workflow run (``workflow:<id>``, or just the id)."""
+        return await self._send(self._calls.create_workflow_run(workflow, options))
+
+    async def get(self, run_id: str) -> RunOut:
+        return await self._send(self._calls.get(run_id))
+
+    async def events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> RunEventListOut:
+        """One page of the run's events after the event id ``after``."""
+        return await self._send(self._calls.events(run_id, after, limit))
+
+    async def list(self, *, cursor: str | None = None, **filters: Unpack[RunFilters]) -> RunListOut:
+        """One page of the project's runs, newest first; ``page_info.next`` is the next cursor."""
+        return await self._send(self._calls.list(cursor, filters))
+
+    async def iter_runs(self, **filters: Unpack[RunFilters]) -> AsyncIterator[RunOut]:
+        """Every run that matches, page after page."""
+        cursor: str | None = None
+        while True:
+            page = await self.list(cursor=cursor, **filters)
+            for run in page.data:
+                yield run
+            cursor = page.page_info.next
+            if cursor is None:
+                return
+
+    async def cancel(self, run_id: str) -> CancelRunOut:
+        return await self._send(self._calls.cancel(run_id))
+
+    async def approve(
+        self, run_id: str, node_id: str, *, approved: bool = True, comment: str | None = None
+    ) -> ApprovalOut:
+        """Approve (or, with ``approved=False``, reject) a workflow's ``wait_for_approval``."""
+        return await self._send(self._calls.approve(run_id, node_id, approved, comment))
+
+    async def signal(self, run_id: str, event: str, payload: Any = None) -> SignalOut:
+        """Deliver ``event`` to the workflow run's ``wait_for_event`` steps."""
+        return await self._send(self._calls.signal(run_id, event, payload))
+
+    async def definitions(self) -> DefinitionListOut:
+        return await self._send(self._calls.definitions())
+
+    async def stream(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEventOut]:
+        """The run's events after ``after``, live, until its terminal event. A dropped
+        connection is resumed with ``Last-Event-ID``: no event is missed or repeated."""
+        async for event in self._stream(run_id, after, deadline=None):
+            yield event
+
+    async def wait(
+        self, run_id: str, *, timeout: float | None = None, poll_interval: float = 1.0
+    ) -> RunOut:
+        """The run once it has ended. Follows its stream, and polls if the stream fails.
+        Raises ``WaitTimeout`` after ``timeout`` seconds."""
+        deadline = Deadline.after(run_id, timeout)
+        run = await self.get(run_id)
+        if run.status in TERMINAL_STATUSES:
+            return run
+        try:
+            async for _ in self._stream(run_id, 0, deadline):
+                pass
+        except RunsError as exc:
+            if not fallback_to_polling(exc):
+                raise
+        run = await self.get(run_id)
+        while run.status not in TERMINAL_STATUSES:
+            if deadline is not None:
+                deadline.check()
+                await asyncio.sleep(max(0.0, min(poll_interval, deadline.remaining())))
+            else:
+                await asyncio.sleep(poll_interval)
+            run = await self.get(run_id)
+        return run
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def _send(self, call: Call[Model]) -> Model:
+        retry = 0
+        while True:
+            try:
+                response = await self._http.request(
+                    call.method, call.path, params=call.params, json=call.body
+                )
+            except httpx.TransportError as exc:
+                delay = self.retry.after_failure(retry, exc, call.idempotent)
+                if delay is None:
+                    raise TransportError(f"{call.method} {call.path}: {exc!r}") from exc
+            else:
+                if response.is_success:
+                    return call.answer.model_validate_json(response.content)
+                delay = self.retry.after_status(
+                    retry,
+                    response.status_code,
+                    retry_after_seconds(response.headers.get("Retry-After")),
+                    call.idempotent,
+                )
+                if delay is None:
+                    raise error_for(response)
+            await asyncio.sleep(delay)
+            retry += 1
+
+    async def _stream(
+        self, run_id: str, after: int, deadline: Deadline | None
+    ) -> AsyncIterator[RunEventOut]:
+        last, retry = after, 0
+        while True:
+            got = 0
+            try:
+                async with self._http.stream(
+                    "GET",
+                    run_path(run_id, "/stream"),
+                    headers=stream_headers(last),
+                    timeout=httpx.Timeout(self._http.timeout.connect, read=read_timeout(deadline)),
+                ) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        raise error_for(response)
+                    reader = FrameReader()
+                    async for line in response.aiter_lines():
+                        if deadline is not None:
+                            deadline.check()
+                        frame = reader.feed(line)
+                        if frame is None:
+                            continue
+                        event = event_of(frame)
+                        last, got, retry = event.event_id, got + 1, 0
+                        yield event
+                        if event.event_type in TERMINAL_EVENTS:
+                            return
+            except (httpx.TransportError, ApiError) as exc:
+                await asyncio.sleep(reconnect_delay(self.retry, retry, exc, deadline))
+                retry += 1
+                continue
+            if got == 0:
+                return  # closed with nothing more to send: the run has ended
+            # Closed early (the server stopped, or the run's end was read from SQL): reconnect.
+
+
+def create_async_runs_client(
+    *,
+    auth_token: str | None = None,
+    project_reference: str | None = None,
+    api_url: str | None = None,
+    **options: Any,
+) -> AsyncRunsClient:
+    """An async client as ``createRunsClient`` makes one; what is not given comes from the
+    environment (``RUNS_API_URL``/``RUNS_API_TOKEN``/``RUNS_PROJECT``, or the
+    ``VERYFRONT_*`` names)."""
+    return AsyncRunsClient(
+        api_url=api_url, auth_token=auth_token, project_reference=project_reference, **options
+    )
