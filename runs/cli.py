@@ -1,5 +1,5 @@
 """The ``runs`` command: dev, api, worker, scheduler, db, projects, tokens, definitions,
-schedules."""
+schedules; and over HTTP: run, get, events, ls, cancel, approve, signal."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
+from runs import client_cli
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
+from runs.cli_tables import id_table
 from runs.dev_database import admin_settings
 from runs.domain.errors import RunsError
 from runs.logs import configure_logging
@@ -35,6 +36,7 @@ app.add_typer(projects_app, name="projects")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(definitions_app, name="definitions")
 app.add_typer(schedules_app, name="schedules")
+client_cli.register(app)
 
 console = Console()
 
@@ -175,8 +177,9 @@ def projects_create(slug: str, name: Annotated[str | None, typer.Option()] = Non
 def projects_list() -> None:
     """List projects."""
     access = _access()
-    table = Table("id", "slug", "name", "created")
-    for project in access.list_projects():
+    projects = access.list_projects()
+    table = id_table("id", [p.id for p in projects], "slug", "name", "created")
+    for project in projects:
         table.add_row(project.id, project.slug, project.name, project.created_at.isoformat())
     console.print(table)
 
@@ -195,11 +198,12 @@ def tokens_create(project: str, name: Annotated[str, typer.Option()] = "default"
 def tokens_list(project: str) -> None:
     """List the tokens of PROJECT (never their secrets)."""
     access = _access()
-    table = Table("id", "name", "created", "revoked")
     with _errors():
-        for token in access.list_tokens(project):
-            revoked = token.revoked_at.isoformat() if token.revoked_at else ""
-            table.add_row(token.id, token.name, token.created_at.isoformat(), revoked)
+        tokens = access.list_tokens(project)
+    table = id_table("id", [t.id for t in tokens], "name", "created", "revoked")
+    for token in tokens:
+        revoked = token.revoked_at.isoformat() if token.revoked_at else ""
+        table.add_row(token.id, token.name, token.created_at.isoformat(), revoked)
     console.print(table)
 
 
@@ -218,8 +222,9 @@ def definitions_list() -> None:
     catalog = DefinitionCatalog(
         create_engine(_admin_settings().database_url, pool_size=1), cache_seconds=0
     )
-    table = Table("target", "name", "description")
-    for item in catalog.list():
+    items = catalog.list()
+    table = id_table("target", [i.target for i in items], "name", "description")
+    for item in items:
         table.add_row(item.target, item.name or "", item.description or "")
     console.print(table)
 

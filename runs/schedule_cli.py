@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Column, Table
+from rich.table import Table
 
+from runs.cli_tables import id_table
 from runs.dev_database import admin_settings
 from runs.domain.errors import InvalidRequest, RunsError
 from runs.domain.schedules import Schedule
@@ -128,12 +129,9 @@ def list_(
         if as_json:
             print(json.dumps([o.model_dump() for o in outs], indent=2))
             return
-        table = Table("name", "status", "target", "when", "next run", "runs")
-        for column in table.columns:
-            column.overflow = "fold"
-        # Ids are never cut or wrapped: the other columns give way.
-        width = max((len(o.id) for o in outs), default=2)
-        table.columns.insert(0, Column("id", no_wrap=True, min_width=width))
+        table = id_table(
+            "id", [o.id for o in outs], "name", "status", "target", "when", "next run", "runs"
+        )
         for o in outs:
             when = o.schedule or (
                 f"every {o.interval_seconds} s" if o.interval_seconds else o.run_at
