@@ -71,7 +71,9 @@ class Settings(BaseSettings):
     # Workers
     # A Redis broker re-delivers an unacknowledged message after this; it must exceed the
     # longest run (max_timeout_seconds plus the stop grace), which the validator checks.
-    broker_visibility_timeout_seconds: int = Field(default=43_200, ge=60)
+    # RabbitMQ (``amqp://``) has no such timeout: it re-delivers only when the consumer's
+    # connection is lost, and the check does not apply.
+    broker_visibility_timeout_seconds: int = Field(default=43_200, ge=1)
     worker_lease_seconds: float = Field(default=60.0, gt=0)
     worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
     # Runs still pending after this long get their job sent again (each worker sweeps).
@@ -123,7 +125,7 @@ class Settings(BaseSettings):
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
         longest_run = self.max_timeout_seconds + 2 * self.cancel_grace_seconds
-        if self.broker_visibility_timeout_seconds <= longest_run:
+        if self.redis_broker and self.broker_visibility_timeout_seconds <= longest_run:
             raise ValueError(
                 "broker_visibility_timeout_seconds must exceed max_timeout_seconds plus twice "
                 "cancel_grace_seconds, or a long run would be delivered to a second worker"
@@ -133,6 +135,11 @@ class Settings(BaseSettings):
     @property
     def effective_broker_url(self) -> str:
         return self.broker_url or self.redis_url
+
+    @property
+    def redis_broker(self) -> bool:
+        """Whether Celery's broker is Redis (else RabbitMQ, ``amqp://``)."""
+        return self.effective_broker_url.startswith(("redis://", "rediss://", "unix://"))
 
     @cached_property
     def route_table(self) -> list[tuple[str, str]]:

@@ -120,6 +120,34 @@ def redis_url() -> str:
     return REDIS_URL
 
 
+# -- RabbitMQ (the other broker the worker tests run on) -----------------------------------
+
+AMQP_URL = os.environ.get("RUNS_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+BROKERS = ["redis", "amqp"]
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    from kombu import Connection
+
+    try:
+        with Connection(AMQP_URL, connect_timeout=2) as connection:
+            connection.ensure_connection(max_retries=1)
+    except Exception as exc:  # kombu raises the transport's own errors
+        unavailable(f"RabbitMQ is not reachable at {AMQP_URL}: {exc}")
+    return AMQP_URL
+
+
+def delete_queues(amqp_url: str, *queues: str) -> None:
+    """Remove a test's queues from RabbitMQ (they are durable: they would outlive it)."""
+    from kombu import Connection
+
+    with Connection(amqp_url, connect_timeout=2) as connection:
+        channel = connection.default_channel
+        for queue in queues:
+            channel.queue_delete(queue)
+
+
 @pytest.fixture(scope="session")
 def event_log(redis_url: str) -> Iterator[RedisEventLog]:
     log = RedisEventLog.from_url(redis_url, ttl_seconds=3600)
@@ -244,6 +272,7 @@ def start_worker(
         "RUNS_REDIS_URL": settings.redis_url,
         "RUNS_DEFAULT_QUEUE": settings.default_queue,
         "RUNS_DEFINITIONS": json.dumps(settings.definitions),
+        **({"RUNS_BROKER_URL": settings.broker_url} if settings.broker_url else {}),
         **(extra_env or {}),
     }
     with log_path.open("ab") as log:
@@ -304,9 +333,27 @@ def worker_pool(
     postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[WorkerPool]:
     """One real prefork worker (2 processes) on PostgreSQL and Redis, on a queue of its own."""
+    yield from _worker_pool(postgres_url, redis_url, None, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def amqp_worker_pool(
+    postgres_url: str, redis_url: str, amqp_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[WorkerPool]:
+    """``worker_pool`` with RabbitMQ as the broker (events stay on Redis)."""
+    yield from _worker_pool(postgres_url, redis_url, amqp_url, tmp_path_factory)
+
+
+def _worker_pool(
+    postgres_url: str,
+    redis_url: str,
+    broker_url: str | None,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[WorkerPool]:
     settings = base_settings(
         database_url=postgres_url,
         redis_url=redis_url,
+        broker_url=broker_url,
         default_queue=f"runs-test-{uuid.uuid4().hex[:8]}",
         definitions=["workers.examples", "tests.definitions"],
     )
@@ -317,6 +364,8 @@ def worker_pool(
         yield WorkerPool(settings=settings, process=process, log_path=log_path)
     finally:
         stop_worker(process)
+        if broker_url is not None:
+            delete_queues(broker_url, settings.default_queue)
 
 
 # -- a worker pool tuned for durability tests ----------------------------------------------

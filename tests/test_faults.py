@@ -1,5 +1,7 @@
 """Faults injected into a real system: worker machines crash (SIGKILL of the whole worker),
 and the Redis that carries the broker and the event log goes away and comes back empty.
+Every test runs twice: on a Redis broker, and on RabbitMQ (where a Redis fault takes away the
+event log alone).
 
 Every test runs real ``celery worker`` subprocesses with the short timings of DURABLE_ENV
 (lease 1.5 s, sweep 0.3 s, pending re-send after 2 s) on a queue of its own, on PostgreSQL.
@@ -31,7 +33,9 @@ from runs.embedded import free_port, redis_server_binary
 from runs.events import RedisEventLog
 from runs.settings import Settings
 from tests.conftest import (
+    BROKERS,
     DURABLE_ENV,
+    delete_queues,
     durable_settings,
     start_worker,
     stop_worker,
@@ -93,10 +97,9 @@ class Workers:
 
     def start(self, concurrency: int = 2) -> subprocess.Popen[bytes]:
         log_path = self.directory / f"worker-{len(self.started) + 1}.log"
-        env = dict(DURABLE_ENV)
-        if self.settings.broker_url is not None:
-            env["RUNS_BROKER_URL"] = self.settings.broker_url
-        process = start_worker(self.settings, log_path, concurrency=concurrency, extra_env=env)
+        process = start_worker(
+            self.settings, log_path, concurrency=concurrency, extra_env=DURABLE_ENV
+        )
         self.started.append((process, log_path))
         wait_until_consuming(self.settings, process, log_path)
         return process
@@ -112,6 +115,8 @@ class Workers:
     def stop_all(self) -> None:
         for process, _ in self.started:
             stop_worker(process)
+        if not self.settings.redis_broker:
+            delete_queues(self.settings.effective_broker_url, self.settings.default_queue)
 
 
 @contextmanager
@@ -189,6 +194,15 @@ def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
         yield server
     finally:
         server.crash()
+
+
+@pytest.fixture(params=BROKERS)
+def amqp_broker(request: pytest.FixtureRequest) -> str | None:
+    """RabbitMQ's URL when the test runs on RabbitMQ; None on Redis (the test's Redis)."""
+    if request.param == "redis":
+        return None
+    url: str = request.getfixturevalue("amqp_url")
+    return url
 
 
 # -- runs ----------------------------------------------------------------------------------
@@ -280,13 +294,14 @@ def crash_mid_run(
 
 def test_a_run_whose_worker_is_killed_mid_run_completes_on_a_new_worker_as_attempt_two(
     postgres_url: str,
+    amqp_broker: str | None,
     redis_url: str,
     pg_engine: sa.Engine,
     event_log: RedisEventLog,
     fault_project: Project,
     tmp_path: Path,
 ) -> None:
-    settings = durable_settings(postgres_url, redis_url)
+    settings = durable_settings(postgres_url, redis_url, broker_url=amqp_broker)
     key = f"runs-test:faults:{uuid.uuid4().hex}"
     with (
         worker_processes(settings, tmp_path) as workers,
@@ -314,13 +329,14 @@ def test_a_run_whose_worker_is_killed_mid_run_completes_on_a_new_worker_as_attem
 
 def test_a_run_whose_worker_is_killed_mid_run_with_no_retry_left_fails_as_worker_lost(
     postgres_url: str,
+    amqp_broker: str | None,
     redis_url: str,
     pg_engine: sa.Engine,
     event_log: RedisEventLog,
     fault_project: Project,
     tmp_path: Path,
 ) -> None:
-    settings = durable_settings(postgres_url, redis_url)
+    settings = durable_settings(postgres_url, redis_url, broker_url=amqp_broker)
     key = f"runs-test:faults:{uuid.uuid4().hex}"
     with (
         worker_processes(settings, tmp_path) as workers,
@@ -343,13 +359,14 @@ def test_a_run_whose_worker_is_killed_mid_run_with_no_retry_left_fails_as_worker
 
 def test_every_run_of_a_busy_worker_killed_mid_batch_reaches_a_terminal_status(
     postgres_url: str,
+    amqp_broker: str | None,
     redis_url: str,
     pg_engine: sa.Engine,
     event_log: RedisEventLog,
     fault_project: Project,
     tmp_path: Path,
 ) -> None:
-    settings = durable_settings(postgres_url, redis_url)
+    settings = durable_settings(postgres_url, redis_url, broker_url=amqp_broker)
     key = f"runs-test:faults:{uuid.uuid4().hex}"
     with (
         worker_processes(settings, tmp_path) as workers,
@@ -399,12 +416,13 @@ def test_every_run_of_a_busy_worker_killed_mid_batch_reaches_a_terminal_status(
 
 def test_every_run_accepted_while_redis_is_down_and_back_reaches_a_terminal_status(
     postgres_url: str,
+    amqp_broker: str | None,
     pg_engine: sa.Engine,
     private_redis: PrivateRedis,
     fault_project: Project,
     tmp_path: Path,
 ) -> None:
-    settings = durable_settings(postgres_url, private_redis.url)
+    settings = durable_settings(postgres_url, private_redis.url, broker_url=amqp_broker)
     events = RedisEventLog.from_url(private_redis.url, ttl_seconds=3600)
     try:
         with (
@@ -477,12 +495,13 @@ def test_every_run_accepted_while_redis_is_down_and_back_reaches_a_terminal_stat
 
 def test_runs_in_flight_when_redis_restarts_empty_all_reach_a_terminal_status(
     postgres_url: str,
+    amqp_broker: str | None,
     pg_engine: sa.Engine,
     private_redis: PrivateRedis,
     fault_project: Project,
     tmp_path: Path,
 ) -> None:
-    settings = durable_settings(postgres_url, private_redis.url)
+    settings = durable_settings(postgres_url, private_redis.url, broker_url=amqp_broker)
     events = RedisEventLog.from_url(private_redis.url, ttl_seconds=3600)
     try:
         with (
@@ -544,6 +563,7 @@ def test_runs_in_flight_when_redis_restarts_empty_all_reach_a_terminal_status(
 
 def test_runs_picked_up_while_the_event_log_is_away_complete_once_it_is_back(
     postgres_url: str,
+    amqp_broker: str | None,
     redis_url: str,
     pg_engine: sa.Engine,
     private_redis: PrivateRedis,
@@ -552,7 +572,9 @@ def test_runs_picked_up_while_the_event_log_is_away_complete_once_it_is_back(
 ) -> None:
     # The broker stays up (the shared Redis); the event log's Redis goes away for about 1 s
     # while workers claim runs: their opening events wait for it instead of failing the job.
-    settings = durable_settings(postgres_url, private_redis.url, broker_url=redis_url)
+    settings = durable_settings(
+        postgres_url, private_redis.url, broker_url=amqp_broker or redis_url
+    )
     events = RedisEventLog.from_url(private_redis.url, ttl_seconds=3600)
     try:
         with (

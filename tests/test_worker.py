@@ -21,22 +21,28 @@ from runs.events import RedisEventLog
 from runs.routing import Router
 from runs.schemas import RunOut
 from runs.service import RunService
-from tests.conftest import WORKER_TARGETS, WorkerPool
+from tests.conftest import BROKERS, WORKER_TARGETS, WorkerPool
 from tests.helpers import task_request
 
 pytestmark = pytest.mark.worker
 
 
+@pytest.fixture(scope="module", params=BROKERS)
+def pool(request: pytest.FixtureRequest) -> WorkerPool:
+    """The worker pool of the broker under test: every test here runs on Redis and RabbitMQ."""
+    name = "worker_pool" if request.param == "redis" else "amqp_worker_pool"
+    found: WorkerPool = request.getfixturevalue(name)
+    return found
+
+
 @pytest.fixture(scope="module")
-def live(
-    worker_pool: WorkerPool, pg_engine: sa.Engine, event_log: RedisEventLog
-) -> Iterator[RunService]:
-    dispatcher = CeleryDispatcher.from_settings(worker_pool.settings)
+def live(pool: WorkerPool, pg_engine: sa.Engine, event_log: RedisEventLog) -> Iterator[RunService]:
+    dispatcher = CeleryDispatcher.from_settings(pool.settings)
     yield RunService(
         pg_engine,
         dispatcher=dispatcher,
         events=event_log,
-        router=Router([], worker_pool.settings.default_queue),
+        router=Router([], pool.settings.default_queue),
         catalog=DefinitionCatalog(pg_engine, cache_seconds=0),
         max_input_bytes=65536,
     )
@@ -65,7 +71,7 @@ def event_types(service: RunService, project: Project, run_id: str) -> list[str]
 
 
 def test_the_worker_registers_its_definitions_in_the_catalogue(
-    worker_pool: WorkerPool, pg_engine: sa.Engine
+    pool: WorkerPool, pg_engine: sa.Engine
 ) -> None:
     targets = {d.target for d in DefinitionCatalog(pg_engine, cache_seconds=0).list()}
     assert set(WORKER_TARGETS) <= targets
@@ -158,11 +164,11 @@ def test_input_and_output_models_validate_the_config_and_the_result(
 
 
 def test_the_same_job_delivered_twice_runs_once(
-    live: RunService, project: Project, worker_pool: WorkerPool
+    live: RunService, project: Project, pool: WorkerPool
 ) -> None:
     run, _ = live.submit(project, task_request(project))
-    dispatcher = CeleryDispatcher.from_settings(worker_pool.settings)
-    dispatcher.dispatch("task:echo", run.ref, worker_pool.settings.default_queue)
+    dispatcher = CeleryDispatcher.from_settings(pool.settings)
+    dispatcher.dispatch("task:echo", run.ref, pool.settings.default_queue)
     dispatcher.close()
     done = wait_terminal(live, project, run.run_id)
     time.sleep(0.5)
@@ -254,12 +260,12 @@ def test_a_failure_message_with_invalid_text_is_stored_readable(
 
 
 def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
-    live: RunService, project: Project, worker_pool: WorkerPool
+    live: RunService, project: Project, pool: WorkerPool
 ) -> None:
     """Task events as Flower needs them: the job received (its target as the task name) and its
     outcome. ``task-started`` is not sent: the run's record says when it started."""
     app = Celery("events-probe", set_as_current=False)
-    app.conf.update(celery_config(worker_pool.settings))
+    app.conf.update(celery_config(pool.settings))
     seen: list[dict[str, Any]] = []
     with app.connection_for_read() as conn:
         receiver = app.events.Receiver(conn, handlers={"*": seen.append})
