@@ -17,8 +17,11 @@ $(NODE_DEPS): tests/contract/package-lock.json
 
 install: $(STAMP)
 
+# The API's port: `make dev PORT=8123`.
+PORT ?= 8000
+
 dev: $(STAMP)
-	$(VENV)/bin/runs dev
+	$(VENV)/bin/runs dev --port $(PORT)
 
 test: $(STAMP) $(NODE_DEPS)
 	$(VENV)/bin/pytest

@@ -3,9 +3,11 @@ worker and a scheduler), supervised from one process."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -70,6 +72,31 @@ def write_private(path: Path, text: str) -> None:
     os.replace(partial, path)
 
 
+def port_in_use(host: str, port: int) -> bool:
+    """Whether the API could not bind ``host:port`` because something listens there already
+    (bound as uvicorn binds it, so a socket lingering in TIME_WAIT does not count)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            return exc.errno == errno.EADDRINUSE
+    return False
+
+
+def port_in_use_message(host: str, port: int) -> str:
+    """One line: the port that is taken, and how to choose another."""
+    spare = next(
+        (p for p in range(port + 1, min(port + 100, 65536)) if not port_in_use(host, p)), None
+    )
+    other = str(spare) if spare is not None else "…"
+    return (
+        f"runs dev: port {port} on {host} is in use; choose another port for the API with "
+        f"`make dev PORT={other}` or `runs dev --port {other}`"
+    )
+
+
 def wait_for_targets(settings: Settings, processes: list[subprocess.Popen[bytes]]) -> list[str]:
     engine = create_engine(settings.database_url, pool_size=1)
     try:
@@ -108,6 +135,11 @@ def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
 def run_dev(
     settings: Settings, *, data_dir: Path, host: str, port: int, workers: int, redis_port: int
 ) -> int:
+    if port_in_use(host, port):
+        print(port_in_use_message(host, port), file=sys.stderr, flush=True)
+        return 1
+    api_url = f"http://{host}:{port}"
+    print(f"runs dev: starting; the API will listen on {api_url}", flush=True)
     data_dir.mkdir(parents=True, exist_ok=True)
     redis_port = free_port(redis_port)
     redis_process = start_redis(data_dir / "redis", redis_port)
@@ -121,7 +153,6 @@ def run_dev(
         "RUNS_BROKER_URL": redis_url,
     }
     children: list[subprocess.Popen[bytes]] = [redis_process]
-    api_url = f"http://{host}:{port}"
     try:
         migrate.upgrade(settings.database_url)
         # The demo project exists before the worker syncs the schedules written in code.
@@ -142,6 +173,8 @@ def run_dev(
             ],
             env=env,
         )
+        # dev.json before the API starts: whoever sees /healthz answer can read it already.
+        write_private(data_dir / "dev.json", info.as_json() + "\n")
         api = subprocess.Popen(
             [sys.executable, "-m", "runs.cli", "api", "--host", host, "--port", str(port)],
             env=env,
@@ -150,7 +183,6 @@ def run_dev(
         children += [worker, api, scheduler]
         targets = wait_for_targets(settings, children)
         wait_for_api(api_url, children)
-        write_private(data_dir / "dev.json", info.as_json() + "\n")
         _print_banner(info, targets, data_dir / "dev.json")
         return _supervise(children)
     except KeyboardInterrupt:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -48,15 +49,20 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
         )
     info_file = tmp_path / "data" / "dev.json"
     try:
+        # As a script would: wait for /healthz, then read dev.json, which is there already.
         deadline = time.monotonic() + 90
-        while not info_file.exists():
+        while not healthy(f"http://127.0.0.1:{port}"):
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
-            time.sleep(0.2)
+            time.sleep(0.05)
+        assert info_file.exists(), "/healthz answered before dev.json was written"
         info = json.loads(info_file.read_text())
         assert info_file.stat().st_mode & 0o777 == 0o600, "the token file is the owner's only"
         assert set(info) == {"api_url", "project_id", "project_slug", "token"}
-        assert info["token"] in log_path.read_text()
+        assert f"the API will listen on http://127.0.0.1:{port}" in log_path.read_text()
+        while info["token"] not in log_path.read_text():  # the banner follows readiness
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
         client = httpx.Client(
             base_url=info["api_url"], headers={"Authorization": f"Bearer {info['token']}"}
         )
@@ -105,3 +111,49 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
     assert "exited" not in log_path.read_text()  # a clean stop, not a child's failure
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
+
+
+def healthy(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_port_in_use_is_one_line_naming_it_and_how_to_choose_another(
+    tmp_path: Path, repo_root: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "runs.cli", "dev", "--port", str(port)],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(repo_root)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode != 0
+    lines = (result.stdout + result.stderr).splitlines()
+    assert len(lines) == 1, lines
+    assert f"port {port} " in lines[0] and "in use" in lines[0]
+    assert "make dev PORT=" in lines[0] and "runs dev --port " in lines[0]
+    assert list(tmp_path.iterdir()) == [], "nothing started, nothing written"
+
+
+@pytest.mark.parametrize(("args", "port"), [((), "8000"), (("PORT=8123",), "8123")])
+def test_make_dev_passes_its_port_to_runs_dev(
+    repo_root: Path, args: tuple[str, ...], port: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "PORT"}
+    dry_run = subprocess.run(
+        ["make", "--dry-run", "dev", *args],
+        cwd=repo_root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert dry_run.stdout.splitlines()[-1].endswith(f"runs dev --port {port}")
