@@ -9,6 +9,7 @@ from __future__ import annotations
 import tomllib
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +120,9 @@ class Settings(BaseSettings):
     max_log_bytes: int = Field(default=1_048_576, ge=64)
     log_level: str = "INFO"
     logging_config: Path | None = None
+    # "json": one JSON object per line; a line about a run carries its run_id, project_id,
+    # target, attempt and queue (runs/json_logs.py). Used when RUNS_LOGGING_CONFIG is unset.
+    log_format: Literal["text", "json"] = "text"
 
     @model_validator(mode="after")
     def _page_sizes_agree(self) -> Settings:

@@ -17,6 +17,7 @@ from runs.catalog import DefinitionCatalog
 from runs.celery_config import celery_config
 from runs.domain.errors import RunsError
 from runs.domain.runs import RunRef
+from runs.json_logs import clear_run_fields, set_run_fields
 from runs.logs import configure_logging
 from runs.persistence.engine import create_engine
 from runs.settings import Settings
@@ -62,13 +63,23 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
     signals.worker_process_init.connect(on_worker_process_init, weak=False)
     signals.worker_ready.connect(on_worker_ready, weak=False)
     signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
-    if settings.logging_config is not None:
+    if settings.logging_config is not None or settings.log_format == "json":
 
         def on_setup_logging(**_: Any) -> None:
             configure_logging(settings)
 
+        # celeryd_init comes before the worker's first lines and warnings; setup_logging
+        # stands for Celery's own logging setup (also in each pool process).
+        signals.celeryd_init.connect(on_setup_logging, weak=False)
         signals.setup_logging.connect(on_setup_logging, weak=False)
+    # A job binds the fields of its run for its log lines (runs/json_logs.py); they hold
+    # until Celery has logged the job's outcome, then the next job starts without them.
+    signals.task_postrun.connect(_forget_run_fields, weak=False)
     return app
+
+
+def _forget_run_fields(**_: Any) -> None:
+    clear_run_fields()
 
 
 class JobRequest(Request):  # type: ignore[misc]
@@ -86,6 +97,7 @@ def _register_job(app: Celery, settings: Settings, registry: Registry, target: s
     if target.startswith("workflow:"):
 
         def job(project_id: str, run_id: str, node_id: str | None = None) -> str:
+            set_run_fields(run_id=run_id, project_id=project_id, target=target)
             runtime = get_runtime(settings, registry)
             engine = WorkflowEngine(runtime)
             ref = RunRef(project_id, run_id)
@@ -96,6 +108,7 @@ def _register_job(app: Celery, settings: Settings, registry: Registry, target: s
     else:
 
         def job(project_id: str, run_id: str, node_id: str | None = None) -> str:
+            set_run_fields(run_id=run_id, project_id=project_id, target=target)
             return execute(get_runtime(settings, registry), RunRef(project_id, run_id))
 
     job.__name__ = job.__qualname__ = re.sub(r"\W", "_", target)

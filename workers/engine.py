@@ -17,6 +17,7 @@ from runs.domain.clock import utcnow
 from runs.domain.events import RUN_STARTED, NewEvent
 from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunKind, RunRef, RunStatus
 from runs.domain.workflows import NodeRecord, NodeStatus, approval_reason, event_reason
+from runs.json_logs import bind_run_fields, run_log_fields
 from workers.dsl import Step, WorkflowDefinition
 from workers.planner import (
     Action,
@@ -70,6 +71,7 @@ class WorkflowEngine:
         first pass its read."""
         self.continuation = None
         self._may_continue = may_continue
+        loaded = run is None
         run = run if run is not None else self._runs.load(ref)
         if run is None or run.kind is not RunKind.WORKFLOW or run.status.is_terminal:
             return "skipped: not an active workflow run"
@@ -89,6 +91,8 @@ class WorkflowEngine:
             if started is None:
                 return "skipped: not pending"
             run = started
+        if loaded:  # a job of its own, not a step's: its lines name the run (until it ends)
+            bind_run_fields(**run_log_fields(run))
         return self._plan_until_still(run, definition, nodes)
 
     def _start(self, run: Run, definition: WorkflowDefinition) -> Run | None:

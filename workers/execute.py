@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from runs.domain.events import NewEvent, attempt_started_event, started_events
 from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunRef, RunStatus
+from runs.json_logs import bind_run_fields, run_log_fields
 from runs.service import json_size
 from runs.transient import TRANSIENT_ERRORS
 from workers.adapters import run_definition
@@ -34,6 +35,7 @@ def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
     )
     if run is None:
         return "skipped: not pending"  # a duplicate message, or a run already running or ended
+    bind_run_fields(**run_log_fields(run))  # until the job ends (workers/celery_app.py)
     definition = runtime.registry.find(run.target)
     policy = policy_for(runtime.settings, definition, run)
     if definition is None:

@@ -13,6 +13,7 @@ A stop (the run was cancelled, timed out, or its lease was lost) escalates in th
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import ctypes
 import logging
 import os
@@ -145,8 +146,12 @@ class AttemptGuard:
         self._next_renewal = 0.0
         self._stop_at: float | None = None
         self._step = 0
+        self._context = contextvars.Context()
 
     def __enter__(self) -> AttemptGuard:
+        # The ticker thread ticks this guard in the attempt's context: what it logs (and what
+        # a stuck attempt's abandon logs) carries the run's fields (runs/json_logs.py).
+        self._context = contextvars.copy_context()
         self._started = time.monotonic()
         self._next_renewal = self._started + self._lease / 3
         _ticker().add(self)
@@ -160,6 +165,9 @@ class AttemptGuard:
         self._returned.set()
 
     def tick(self, now: float) -> None:
+        self._context.run(self._tick, now)
+
+    def _tick(self, now: float) -> None:
         if now >= self._next_renewal:
             self._next_renewal = now + self._lease / 3
             lease = self._renewed()

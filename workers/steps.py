@@ -23,6 +23,7 @@ from runs.domain.runs import (
     RunStatus,
 )
 from runs.domain.workflows import NodeRecord, NodeStatus
+from runs.json_logs import bind_run_fields, run_log_fields
 from runs.workflow_state import step_event
 from workers.adapters import run_definition
 from workers.context import TaskContext, failed_outcome
@@ -94,6 +95,7 @@ class StepRunner:
             if run is None or run.status.is_terminal:
                 return "skipped: run ended"
         self._run = run
+        bind_run_fields(**run_log_fields(run), node_id=node_id)  # until the job ends
         definition = self._rt.registry.resolve_workflow(run.target)
         step = definition.nodes[node_id].node
         assert isinstance(step, Step)
@@ -123,6 +125,7 @@ class StepRunner:
                 )
                 self._record(run, definition, step, node, lost, retry_allowed=False)
                 return None
+        bind_run_fields(attempt=node.attempt)  # the step's attempt
         self._attempts.emit(ref, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
         nodes = known if known is not None else self._state.nodes(ref)
         wctx = context_for(run.run_id, run.input, nodes)

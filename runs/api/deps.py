@@ -16,6 +16,7 @@ from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
 from runs.event_follow import EventFollower
+from runs.json_logs import bind_run_fields
 from runs.schedules import ScheduleService
 from runs.service import RunService
 from runs.settings import Settings
@@ -60,7 +61,9 @@ async def current_project(
     """A token seen lately is answered on the event loop; any other is looked up in a thread."""
     secret = credentials.credentials.strip() if credentials is not None else None
     svc = await services(request)
-    cached = svc.access.cached(secret)
-    if cached is not None:
-        return cached
-    return await svc.blocking(svc.access.authenticate, secret)
+    project = svc.access.cached(secret)
+    if project is None:
+        project = await svc.blocking(svc.access.authenticate, secret)
+    # The request's log lines name its project (each request runs in a context of its own).
+    bind_run_fields(project_id=project.id)
+    return project

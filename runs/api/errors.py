@@ -185,6 +185,10 @@ class UnexpectedErrors:
                 scope.get("method"),
                 scope.get("path"),
                 request_id,
+                extra={
+                    "request_id": request_id,
+                    "run_id": (scope.get("path_params") or {}).get("run_id"),
+                },
             )
             response = problem(
                 500,
