@@ -1,4 +1,4 @@
-"""The ``runs`` command: dev, api, worker, scheduler, db, projects, tokens, definitions,
+"""The ``runs`` command: dev, api, worker, scheduler, flower, db, projects, tokens, definitions,
 schedules; and over HTTP: run, get, events, ls, cancel, approve, signal."""
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ def dev(
         Path, typer.Option(help="where SQLite, Redis data and dev.json live")
     ] = Path(".runs"),
     redis_port: Annotated[int, typer.Option(help="port of the bundled Redis")] = 6390,
+    flower: Annotated[bool, typer.Option(help="also start Flower (its port is printed)")] = False,
 ) -> None:
     """Start everything on embedded defaults: SQLite, a bundled Redis, the API and a worker."""
     from runs.devserver import run_dev
@@ -67,6 +68,7 @@ def dev(
             port=port,
             workers=workers,
             redis_port=redis_port,
+            flower=flower,
         )
     )
 
@@ -134,6 +136,25 @@ def scheduler() -> None:
     settings = Settings()
     configure_logging(settings)
     serve(settings)
+
+
+@app.command()
+def flower(
+    port: Annotated[int, typer.Option(help="HTTP port")] = 5555,
+    address: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+) -> None:
+    """Start Flower on the workers' broker: one task type per target. RUNS_FLOWER_BASIC_AUTH
+    ("user:password") turns on basic auth; without it the pages are open to anyone who can
+    reach the port, and Flower's HTTP API is off."""
+    settings = Settings()
+    env = dict(os.environ)
+    if settings.flower_basic_auth is not None:
+        # Flower's --basic-auth, through its environment: kept out of the process list.
+        env["FLOWER_BASIC_AUTH"] = settings.flower_basic_auth.get_secret_value()
+    elif "FLOWER_BASIC_AUTH" not in env:
+        print("runs flower: RUNS_FLOWER_BASIC_AUTH is unset: no authentication", file=sys.stderr)
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app", "flower"]
+    os.execve(sys.executable, [*argv, f"--address={address}", f"--port={port}"], env)
 
 
 @db_app.command("upgrade")

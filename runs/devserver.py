@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -133,7 +134,14 @@ def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
 
 
 def run_dev(
-    settings: Settings, *, data_dir: Path, host: str, port: int, workers: int, redis_port: int
+    settings: Settings,
+    *,
+    data_dir: Path,
+    host: str,
+    port: int,
+    workers: int,
+    redis_port: int,
+    flower: bool = False,
 ) -> int:
     if port_in_use(host, port):
         print(port_in_use_message(host, port), file=sys.stderr, flush=True)
@@ -181,9 +189,10 @@ def run_dev(
         )
         scheduler = subprocess.Popen([sys.executable, "-m", "runs.cli", "scheduler"], env=env)
         children += [worker, api, scheduler]
+        flower_line = _start_flower(settings, env, host, children) if flower else ""
         targets = wait_for_targets(settings, children)
         wait_for_api(api_url, children)
-        _print_banner(info, targets, data_dir / "dev.json")
+        _print_banner(info, targets, data_dir / "dev.json", flower_line)
         return _supervise(children)
     except KeyboardInterrupt:
         return 0
@@ -191,7 +200,36 @@ def run_dev(
         _stop(children)
 
 
-def _print_banner(info: DevInfo, targets: list[str], info_file: Path) -> None:
+def _start_flower(
+    settings: Settings, env: dict[str, str], host: str, children: list[subprocess.Popen[bytes]]
+) -> str:
+    """Start ``runs flower`` as another child; its banner line. Basic auth is
+    RUNS_FLOWER_BASIC_AUTH, else a user ``dev`` with a new password."""
+    secret = settings.flower_basic_auth
+    auth = secret.get_secret_value() if secret else f"dev:{secrets.token_urlsafe(12)}"
+    flower_port = free_port(5555, host)
+    children.append(
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "runs.cli",
+                "flower",
+                "--address",
+                host,
+                "--port",
+                str(flower_port),
+            ],
+            env={**env, "RUNS_FLOWER_BASIC_AUTH": auth},
+        )
+    )
+    user, _, password = auth.split(",")[0].partition(":")
+    return f"  Flower:       http://{host}:{flower_port}   (user {user}, password {password})\n"
+
+
+def _print_banner(
+    info: DevInfo, targets: list[str], info_file: Path, flower_line: str = ""
+) -> None:
     print(
         "\nruns dev is up\n"
         f"  API:          {info.api_url}   (OpenAPI at {info.api_url}/docs)\n"
@@ -200,6 +238,7 @@ def _print_banner(info: DevInfo, targets: list[str], info_file: Path) -> None:
         f"  token:        {info.token}\n"
         f"  targets:      {', '.join(targets)}\n"
         "  scheduler:    running (schedules: /projects/{ref}/schedules)\n"
+        f"{flower_line}"
         f"  (also in {info_file})\n\n"
         "Try:\n"
         f"  curl -s -X POST {info.api_url}/runs -H 'Authorization: Bearer {info.token}' \\\n"

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -123,6 +123,9 @@ class Settings(BaseSettings):
     # "json": one JSON object per line; a line about a run carries its run_id, project_id,
     # target, attempt and queue (runs/json_logs.py). Used when RUNS_LOGGING_CONFIG is unset.
     log_format: Literal["text", "json"] = "text"
+
+    # Flower (`runs flower`): HTTP basic auth as "user:password" (several: comma-separated).
+    flower_basic_auth: SecretStr | None = None
 
     @model_validator(mode="after")
     def _page_sizes_agree(self) -> Settings:
