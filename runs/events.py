@@ -238,6 +238,24 @@ class RedisEventLog:
             )
         self._publish(keys=[stream_key(ref), _meta_key(ref)], args=args)
 
+    def expire(self, ref: RunRef) -> None:
+        """Let the run's keys expire (a terminal run whose final events another call publishes)."""
+        pipe = self._client.pipeline(transaction=False)
+        pipe.expire(stream_key(ref), self._ttl)
+        pipe.expire(_meta_key(ref), self._ttl)
+        pipe.execute()
+
+    def forget(self, refs: Sequence[RunRef]) -> None:
+        """Delete the keys of runs that are gone, in one round trip (a run's two keys share a
+        hash slot, so each DEL also works on a Redis Cluster)."""
+        if not refs:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        for ref in refs:
+            self._seen.pop(ref.key, None)
+            pipe.delete(stream_key(ref), _meta_key(ref))
+        pipe.execute()
+
     def read(self, ref: RunRef, *, after: int, limit: int) -> list[RunEvent]:
         entries = self._client.xrange(stream_key(ref), min=f"0-{after + 1}", max="+", count=limit)
         return [decode_entry(e) for e in entries or ()]

@@ -271,6 +271,9 @@ class RunService:
                 published = ev.numbered(final, first + 2 - len(final), now)
                 event_archive.insert_events(conn, ref, [*so_far, *published])
         if cancelled is None:
+            # It ended another way meanwhile, whose final events set the expiry of its keys;
+            # the close above may have made them again if they had expired already.
+            self._events.expire(ref)
             return False, self.load(ref) or run
         self._events.publish(ref, published)
         self._cancel_children(ref)

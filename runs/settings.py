@@ -11,13 +11,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_prefix="RUNS_", env_file=".env", env_file_encoding="utf-8", extra="ignore"
+        env_prefix="RUNS_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_by_name=True,  # fields with an older variable name too (their alias)
     )
 
     # Storage and messaging
@@ -65,7 +69,13 @@ class Settings(BaseSettings):
     http_linger_bytes: int = Field(default=16_777_216, ge=0)
 
     # Events
-    event_stream_ttl_seconds: int = Field(default=86_400, ge=60)
+    # How long a finished run's Redis stream (and its meta key) is kept; its events stay in
+    # SQL. RUNS_EVENT_STREAM_TTL_SECONDS is the older name, still read.
+    stream_ttl_seconds: int = Field(
+        default=86_400,
+        ge=60,
+        validation_alias=AliasChoices("RUNS_STREAM_TTL_SECONDS", "RUNS_EVENT_STREAM_TTL_SECONDS"),
+    )
     # GET /runs/{run_id}/stream sends a comment line this often while no event comes.
     sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
 
@@ -114,6 +124,12 @@ class Settings(BaseSettings):
     # The project that schedules written in code (``schedule(...)`` beside the tasks) belong
     # to, by id or slug; unset: workers do not sync them.
     source_schedules_project: str | None = None
+
+    # Retention: runs that finished more than this many days ago are deleted with their
+    # events, nodes and Redis keys, by every worker's sweeper (unset: kept for good).
+    retention_days: float | None = Field(default=None, ge=0)
+    # Runs one pruning transaction deletes.
+    retention_batch_size: int = Field(default=500, ge=1, le=10_000)
 
     # Limits of what a run stores
     max_output_bytes: int = Field(default=1_048_576, ge=16)

@@ -40,9 +40,7 @@ class Wired:
 
 def wire(settings: Settings, *, pool_size: int, auth_cache_seconds: float) -> Wired:
     engine = create_engine(settings.database_url, pool_size=pool_size)
-    events = RedisEventLog.from_url(
-        settings.redis_url, ttl_seconds=settings.event_stream_ttl_seconds
-    )
+    events = RedisEventLog.from_url(settings.redis_url, ttl_seconds=settings.stream_ttl_seconds)
     dispatcher = CeleryDispatcher.from_settings(settings)
     catalog = DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds)
     runs = RunService(

@@ -504,7 +504,7 @@ def test_a_routing_file_without_routes_adds_nothing(
         {"default_page_size": 50, "max_page_size": 10},
         {"api_port": 70000},
         {"database_pool_size": 0},
-        {"event_stream_ttl_seconds": 1},
+        {"stream_ttl_seconds": 1},
     ],
 )
 def test_inconsistent_or_out_of_range_settings_are_refused(

@@ -4,20 +4,28 @@ Every interval it re-sends the jobs of runs left pending (and workflow steps lef
 long, reclaims task runs whose worker stopped renewing its lease (a new attempt, or ``failed``
 with ``worker_lost``), notes when the work of cancelled runs stopped, and expires runs that
 waited past the queue TTL. Every step is a conditional update: several sweepers are safe.
+With ``retention_days`` set it also deletes runs that finished longer ago (``runs.retention``),
+a bounded number of batches per sweep; several sweepers split the work between them.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 from runs.domain.runs import Run
+from runs.retention import RetentionService
 from runs.settings import Settings
 from runs.wiring import Wired, wire
 from workers.policy import backoff_delay, policy_for
 from workers.registry import Registry
 
 log = logging.getLogger(__name__)
+
+# Batches of ``retention_batch_size`` runs one sweep deletes at most, so that a backlog (the
+# first sweep after retention was turned on) does not hold up reclaiming lost runs.
+RETENTION_BATCHES_PER_SWEEP = 20
 
 
 class Sweeper:
@@ -66,6 +74,22 @@ class Sweeper:
                 stopped,
                 expired,
             )
+        self.prune(wired)
+
+    def prune(self, wired: Wired) -> int:
+        """Delete runs past the retention period; how many (none when retention is off)."""
+        settings = self._settings
+        if settings.retention_days is None:
+            return 0
+        pruner = RetentionService(wired.engine, events=wired.events)
+        pruned = pruner.prune(
+            older_than=timedelta(days=settings.retention_days),
+            batch_size=settings.retention_batch_size,
+            max_batches=RETENTION_BATCHES_PER_SWEEP,
+        )
+        if pruned:
+            log.info("sweep: %d finished runs past retention deleted", pruned)
+        return pruned
 
     def _max_attempts(self, run: Run) -> int:
         return policy_for(self._settings, self._registry.find(run.target), run).max_attempts

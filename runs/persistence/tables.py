@@ -202,6 +202,8 @@ runs = sa.Table(
         "ix_runs_pending", ["available_at"], "status = 'pending' AND available_at IS NOT NULL"
     ),
     _partial("ix_runs_leased", ["lease_expires_at"], "lease_expires_at IS NOT NULL"),
+    # Retention: finished runs, oldest first.
+    _partial("ix_runs_completed", ["completed_at"], "completed_at IS NOT NULL"),
     # Runs a schedule created: its runs newest first (the list's filter), and the ones not
     # ended yet (what Forbid and Replace look for).
     _partial(
