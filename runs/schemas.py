@@ -25,6 +25,7 @@ from runs.domain.runs import (
     RunRequest,
 )
 from runs.domain.text import unstorable
+from runs.domain.workflows import NodeRecord
 
 RunKindWire = Literal["agent", "workflow", "task", "eval"]
 RunStatusWire = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
@@ -342,6 +343,63 @@ class DefinitionOut(BaseModel):
 
 class DefinitionListOut(BaseModel):
     data: list[DefinitionOut]
+
+
+NodeStatusWire = Literal[
+    "pending", "queued", "running", "waiting", "completed", "failed", "skipped", "cancelled"
+]
+
+
+class NodeOut(BaseModel):
+    """A node of a workflow run: a step, a group, or a wait."""
+
+    node_id: str
+    position: int = Field(description="its place in the workflow's plan, from 0")
+    status: NodeStatusWire
+    attempt: int
+    arm: str | None = Field(description="the branch a branch node took")
+    output: Any
+    error: RunErrorOut | None
+    logs: str | None
+    wait_event: str | None = Field(
+        description="the event a waiting node needs (POST /signals); null for an approval"
+    )
+    deadline: str | None
+    started_at: str | None
+    completed_at: str | None
+
+    @classmethod
+    def from_node(cls, node: NodeRecord) -> NodeOut:
+        return cls(
+            node_id=node.node_id,
+            position=node.position,
+            status=node.status.value,
+            attempt=node.attempt,
+            arm=node.arm,
+            output=node.output,
+            error=RunErrorOut.from_error(node.error),
+            logs=node.logs,
+            wait_event=node.wait_event,
+            deadline=timestamp(node.deadline),
+            started_at=timestamp(node.started_at),
+            completed_at=timestamp(node.completed_at),
+        )
+
+
+class NodeListOut(BaseModel):
+    data: list[NodeOut]
+
+
+class ProjectOut(BaseModel):
+    id: str
+    slug: str
+    name: str
+
+
+class WhoAmIOut(BaseModel):
+    """The project the request's token belongs to."""
+
+    project: ProjectOut
 
 
 @overload

@@ -286,6 +286,13 @@ class WorkflowState:
 
     # -- for the API ----------------------------------------------------------------------
 
+    def nodes_of(self, project: Project, run_id: str) -> list[NodeRecord]:
+        """The nodes of a run of the caller's project, in plan order (none for a task run)."""
+        run = self._runs.get(project, run_id)
+        if run.kind is not RunKind.WORKFLOW:
+            return []
+        return list(self.nodes(run.ref).values())
+
     def approve(
         self, project: Project, run_id: str, node_id: str, *, approved: bool, comment: str | None
     ) -> Run:

@@ -491,8 +491,22 @@ def test_a_missing_or_bad_token_is_401_with_www_authenticate_and_changes_nothing
     assert_problem(response, 401, "token")
     assert response.headers["www-authenticate"].startswith("Bearer")
     assert (count_runs(pg_engine, caller.project), api.queued()) == before
-    for url in ("/runs/run_x", f"/projects/{caller.project.slug}/runs", "/definitions"):
+    for url in ("/runs/run_x", f"/projects/{caller.project.slug}/runs", "/definitions", "/whoami"):
         assert_problem(api.client.get(url, headers=headers), 401)
+
+
+def test_whoami_names_the_tokens_project_and_only_it(
+    api: Api, caller: Caller, stranger: Caller
+) -> None:
+    """What the web view asks after sign-in, to find the project reference of its routes."""
+    mine = api.client.get("/whoami", headers=caller.headers)
+    theirs = api.client.get("/whoami", headers=stranger.headers)
+    assert mine.status_code == 200, mine.text
+    project = caller.project
+    assert mine.json() == {
+        "project": {"id": project.id, "slug": project.slug, "name": project.name}
+    }
+    assert theirs.json()["project"]["id"] == stranger.project.id
 
 
 # -- invariant 6: projects are walls --------------------------------------------------------
@@ -503,6 +517,7 @@ def test_a_missing_or_bad_token_is_401_with_www_authenticate_and_changes_nothing
     [
         ("GET", "/runs/{run_id}"),
         ("GET", "/runs/{run_id}/events"),
+        ("GET", "/runs/{run_id}/nodes"),
         ("POST", "/runs/{run_id}/cancel"),
         ("GET", "/projects/{slug}/runs"),
         ("GET", "/projects/{project_id}/runs"),

@@ -24,7 +24,15 @@ from runs.domain.definitions import Definition
 from runs.domain.projects import Project
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.persistence import nodes
-from runs.schemas import ApprovalOut, CancelRunOut, CreateRunOut, RunEventListOut, RunOut, SignalOut
+from runs.schemas import (
+    ApprovalOut,
+    CancelRunOut,
+    CreateRunOut,
+    NodeListOut,
+    RunEventListOut,
+    RunOut,
+    SignalOut,
+)
 from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.workflow_support import EVENT, park, ref_of
 
@@ -302,6 +310,46 @@ def test_a_workflow_run_with_a_public_id_is_created_once(
     assert first.json()["run"]["run_id"] == public_id
     assert count_runs(pg_engine, caller.project) == 1
     assert api.queued() == queued_before + 1
+
+
+# -- GET /runs/{run_id}/nodes ---------------------------------------------------------------
+
+
+def test_the_nodes_of_a_parked_run_show_their_states_in_plan_order(
+    api: Api, caller: Caller, pg_engine: sa.Engine
+) -> None:
+    run = waiting_run(api, caller, pg_engine)
+    response = api.client.get(f"/runs/{run['run_id']}/nodes", headers=caller.headers)
+    assert response.status_code == 200, response.text
+    NodeListOut.model_validate(response.json())
+    got = {n["node_id"]: n for n in response.json()["data"]}
+    assert list(got) == ["review", "hook", "later"]
+    assert [n["position"] for n in got.values()] == [0, 1, 2]
+    assert [n["status"] for n in got.values()] == ["waiting", "waiting", "pending"]
+    assert (got["review"]["wait_event"], got["hook"]["wait_event"]) == (None, EVENT)
+    assert approve(api, caller, run["run_id"]).status_code == 200
+    after = api.client.get(f"/runs/{run['run_id']}/nodes", headers=caller.headers).json()
+    review = after["data"][0]
+    assert (review["status"], review["output"]) == (
+        "completed",
+        {"approved": True, "comment": None},
+    )
+    assert_iso_timestamp(review["completed_at"])
+
+
+def test_another_projects_workflow_nodes_are_404(
+    api: Api, caller: Caller, stranger: Caller, pg_engine: sa.Engine
+) -> None:
+    run = waiting_run(api, caller, pg_engine)
+    response = api.client.get(f"/runs/{run['run_id']}/nodes", headers=stranger.headers)
+    assert_problem(response, 404, "not found")
+    assert "review" not in response.text
+
+
+def test_a_task_run_has_no_nodes(api: Api, caller: Caller) -> None:
+    run = create_task_run(api, caller)
+    response = api.client.get(f"/runs/{run['run_id']}/nodes", headers=caller.headers)
+    assert response.json() == {"data": []}
 
 
 # -- POST /runs/{run_id}/approvals -----------------------------------------------------------

@@ -36,6 +36,8 @@ EXPECTED_PROBLEMS = {
     ("get", "/runs/{run_id}"): {400, 401, 404, 500},
     ("get", "/runs/{run_id}/events"): {400, 401, 404, 500},
     ("get", "/runs/{run_id}/stream"): {400, 401, 404, 500},
+    ("get", "/runs/{run_id}/nodes"): {400, 401, 404, 500},
+    ("get", "/whoami"): {401, 500},
     ("post", "/runs/{run_id}/cancel"): {400, 401, 404, 422, 500},
     ("post", "/runs/{run_id}/approvals"): {400, 401, 404, 409, 413, 500},
     ("post", "/runs/{run_id}/signals"): {400, 401, 404, 409, 413, 500},

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from runs import __version__
-from runs.api import health, routes, schedule_routes, stream_routes
+from runs.api import health, routes, schedule_routes, stream_routes, ui
 from runs.api.deps import Services
 from runs.api.errors import UnexpectedErrors, install_error_handlers
 from runs.api.limits import BodySizeLimit
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(stream_routes.router)
     app.include_router(schedule_routes.router)
+    app.include_router(ui.router)
     install_openapi(app, max_page_size=settings.max_page_size)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrors)

@@ -38,13 +38,17 @@ from runs.schemas import (
     CreateRunOut,
     DefinitionListOut,
     DefinitionOut,
+    NodeListOut,
+    NodeOut,
     PageInfo,
+    ProjectOut,
     RunEventListOut,
     RunEventOut,
     RunListOut,
     RunOut,
     SignalIn,
     SignalOut,
+    WhoAmIOut,
 )
 
 router = APIRouter()
@@ -145,6 +149,17 @@ async def signal(
 
 
 @router.get(
+    "/runs/{run_id}/nodes",
+    responses=problems(400, 404, *AUTHENTICATED),
+    tags=["workflows"],
+)
+async def list_nodes(run_id: RunIdPath, project: ProjectDep, svc: ServicesDep) -> NodeListOut:
+    """The nodes of a workflow run and their states, in plan order (empty for a task run)."""
+    found = await svc.blocking(svc.workflows.nodes_of, project, run_id)
+    return NodeListOut(data=[NodeOut.from_node(n) for n in found])
+
+
+@router.get(
     "/projects/{project_reference}/runs",
     responses=problems(400, 404, *AUTHENTICATED),
     tags=["runs"],
@@ -187,3 +202,13 @@ async def list_runs(
 async def list_definitions(_: ProjectDep, svc: ServicesDep) -> DefinitionListOut:
     found = await svc.blocking(svc.catalog.list)
     return DefinitionListOut(data=[DefinitionOut.from_definition(d) for d in found])
+
+
+@router.get(
+    "/whoami",
+    responses=problems(*AUTHENTICATED),
+    tags=["projects"],
+)
+async def whoami(project: ProjectDep) -> WhoAmIOut:
+    """The project the token belongs to: the ``{project_reference}`` of its routes."""
+    return WhoAmIOut(project=ProjectOut(id=project.id, slug=project.slug, name=project.name))
