@@ -17,6 +17,7 @@ from functools import partial
 
 import sqlalchemy as sa
 
+from runs import metrics
 from runs.domain import events as ev
 from runs.domain.clock import utcnow
 from runs.domain.events import NewEvent
@@ -63,13 +64,16 @@ class AttemptService:
         """Take a pending run for one attempt. ``None``: it is not pending (drop the job)."""
         now = self._clock()
         with self._auto.connect() as conn:
-            return records.claim_run(
+            run = records.claim_run(
                 conn,
                 ref,
                 worker=worker,
                 lease_until=now + timedelta(seconds=lease_seconds),
                 now=now,
             )
+        if run is not None and run.attempt == 1:
+            metrics.run_started(run.target, run.created_at, run.started_at)
+        return run
 
     def open_attempt(self, run: Run, events: Sequence[NewEvent]) -> bool:
         """Emit a claimed attempt's opening events. False when the run was cancelled first."""
@@ -125,6 +129,7 @@ class AttemptService:
             if run.kind is RunKind.WORKFLOW:  # nothing of a finished run stays active
                 nodes.cancel_active_nodes(conn, run.ref, now)
         self._events.publish(run.ref, final)
+        metrics.run_finished(run.target, run.kind.value, status, values["duration_ms"])
         return True
 
     def renew(self, run: Run, lease_seconds: float) -> Lease:
@@ -164,6 +169,7 @@ class AttemptService:
                 lease_expired_before=now if lease_expired else None,
             )
         if queued:
+            metrics.attempt_retried(run.target)
             self._next_attempt(run, error.message, delay)
         return queued
 
@@ -215,12 +221,15 @@ class AttemptService:
             error = RunError(WORKER_LOST, code=ErrorCode.WORKER_LOST)
             if run.attempt < max_attempts(run):
                 delay = backoff(run.attempt)
-                reclaimed += self._requeue(run, error, delay, now, lease_expired=True)
+                if self._requeue(run, error, delay, now, lease_expired=True):
+                    metrics.lease_reclaimed(run.target)
+                    reclaimed += 1
                 continue
             closing = [
                 ev.attempt_failed_event(run.target, run.attempt, error.message, retrying=False),
                 ev.terminal_event(RunStatus.FAILED.value, error.message),
             ]
+            ran_ms = duration_ms(run.started_at or now, now)
             values = {
                 "status": RunStatus.FAILED.value,
                 "output": None,
@@ -228,7 +237,7 @@ class AttemptService:
                 "logs": run.logs,
                 "artifacts": run.artifacts,
                 "exit_code": None,
-                "duration_ms": duration_ms(run.started_at or now, now),
+                "duration_ms": ran_ms,
                 "completed_at": now,
                 "updated_at": now,
                 "attempts": attempts_to_json(
@@ -247,6 +256,8 @@ class AttemptService:
                 closing,
                 now,
             ):
+                metrics.lease_reclaimed(run.target)
+                metrics.run_finished(run.target, run.kind.value, RunStatus.FAILED.value, ran_ms)
                 reclaimed += 1
         return reclaimed
 
@@ -278,6 +289,7 @@ class AttemptService:
                 closing,
                 now,
             ):
+                metrics.run_finished(run.target, run.kind.value, RunStatus.FAILED.value, None)
                 expired += 1
         return expired
 

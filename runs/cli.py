@@ -99,11 +99,21 @@ def worker(
     pool: Annotated[str, typer.Option(help="prefork, threads or solo")] = "prefork",
     hostname: Annotated[str | None, typer.Option(help="worker node name")] = None,
     loglevel: Annotated[str | None, typer.Option(help="default: RUNS_LOG_LEVEL")] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="serve Prometheus metrics of the pool; default: RUNS_WORKER_METRICS_PORT"
+        ),
+    ] = None,
 ) -> None:
     """Start a Celery worker pool for the given queues (runs the definitions in RUNS_DEFINITIONS)."""
+    from runs.metrics_server import worker_env
     from runs.routing import Router
 
     settings = Settings()
+    port = metrics_port if metrics_port is not None else settings.worker_metrics_port
+    if port is not None:  # before Celery starts: its processes count in files from the first
+        os.environ.update(worker_env(settings, port))
     if queues is None:
         queues = ",".join(Router(settings.route_table, settings.default_queue).queues())
     argv = [
@@ -129,11 +139,18 @@ def worker(
 
 
 @app.command()
-def scheduler() -> None:
+def scheduler(
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve Prometheus metrics; default: RUNS_SCHEDULER_METRICS_PORT"),
+    ] = None,
+) -> None:
     """Fire due schedules until stopped (any number of schedulers may run at once)."""
     from runs.scheduler import serve
 
     settings = Settings()
+    if metrics_port is not None:
+        settings = settings.model_copy(update={"scheduler_metrics_port": metrics_port})
     configure_logging(settings)
     serve(settings)
 

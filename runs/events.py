@@ -21,6 +21,7 @@ from typing import Any
 import orjson
 import redis
 
+from runs import metrics
 from runs.domain.events import NewEvent, RunEvent
 from runs.domain.runs import RunRef
 from runs.domain.text import loads_storable, storable
@@ -187,6 +188,7 @@ class RedisEventLog:
             return []
         first, last = int(reply[0]), int(reply[1])
         self._saw(ref.key, last)
+        metrics.events_appended(last - first + 1)
         return list(range(first, last + 1))
 
     def close(self, ref: RunRef, count: int, *, cancel: bool = False) -> tuple[int, list[RunEvent]]:
@@ -237,6 +239,7 @@ class RedisEventLog:
                 )
             )
         self._publish(keys=[stream_key(ref), _meta_key(ref)], args=args)
+        metrics.events_appended(len(events))
 
     def expire(self, ref: RunRef) -> None:
         """Let the run's keys expire (a terminal run whose final events another call publishes)."""

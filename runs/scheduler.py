@@ -10,6 +10,7 @@ from datetime import datetime
 
 from runs.domain.clock import utcnow
 from runs.firing import PassResult, ScheduleFirer
+from runs.metrics_server import serve_metrics
 from runs.settings import Settings
 from runs.transient import TRANSIENT_ERRORS
 from runs.wiring import Wired, wire
@@ -85,6 +86,10 @@ def serve(settings: Settings) -> None:
 
     wired = wire(settings, pool_size=2, auth_cache_seconds=0)
     scheduler = Scheduler(settings, build_firer(settings, wired))
+    port = settings.scheduler_metrics_port
+    metrics = serve_metrics(settings.metrics_host, port) if port is not None else None
+    if metrics is not None:
+        log.info("metrics on http://%s:%d/metrics", settings.metrics_host, metrics.port)
 
     def stop(*_: object) -> None:
         scheduler.stopping.set()
@@ -94,4 +99,6 @@ def serve(settings: Settings) -> None:
     try:
         scheduler.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         wired.close()

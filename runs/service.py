@@ -16,6 +16,7 @@ from typing import Any, Generic, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
+from runs import metrics
 from runs.catalog import DefinitionCatalog
 from runs.cursors import decode_cursor, encode_cursor
 from runs.domain import events as ev
@@ -184,6 +185,7 @@ class RunService:
 
     def dispatch_new(self, values: dict[str, Any]) -> Run:
         """Send the job of a run committed as ``values``. A broker failure leaves the run pending, never lost."""
+        metrics.run_created(values["target"], values["kind"])
         try:
             ref = RunRef(values["project_id"], values["run_id"])
             self._dispatcher.dispatch(values["target"], ref, values["queue"])
@@ -276,6 +278,9 @@ class RunService:
             self._events.expire(ref)
             return False, self.load(ref) or run
         self._events.publish(ref, published)
+        metrics.run_finished(
+            cancelled.target, cancelled.kind.value, RunStatus.CANCELLED.value, cancelled.duration_ms
+        )
         self._cancel_children(ref)
         return True, cancelled
 

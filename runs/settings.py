@@ -125,6 +125,21 @@ class Settings(BaseSettings):
     # to, by id or slug; unset: workers do not sync them.
     source_schedules_project: str | None = None
 
+    # Prometheus metrics (README, "Metrics"). The API answers GET /metrics, unauthenticated
+    # like /healthz, unless this is false.
+    api_metrics: bool = True
+    # The API reads runs per active status from SQL at most this often (scrapes between get
+    # the same numbers); queue depths are read on every scrape.
+    metrics_cache_seconds: float = Field(default=5.0, ge=0)
+    # A worker (its whole pool) and a scheduler serve metrics on these ports when set
+    # (`runs worker --metrics-port`, `runs scheduler --metrics-port`), bound to metrics_host.
+    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    scheduler_metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # Where a worker's pool processes keep their values (emptied at each start; one per
+    # worker). Unset: PROMETHEUS_MULTIPROC_DIR, else <tmp>/runs-worker-metrics-<port>.
+    worker_metrics_dir: Path | None = None
+
     # Retention: runs that finished more than this many days ago are deleted with their
     # events, nodes and Redis keys, by every worker's sweeper (unset: kept for good).
     retention_days: float | None = Field(default=None, ge=0)

@@ -26,6 +26,7 @@ from runs.wiring import wire
 from workers.engine import WorkflowEngine
 from workers.execute import execute
 from workers.guard import mark_pool_process
+from workers.metrics import install_metrics
 from workers.registry import Registry
 from workers.registry import registry as default_registry
 from workers.runtime import get_runtime
@@ -63,6 +64,7 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
     signals.worker_process_init.connect(on_worker_process_init, weak=False)
     signals.worker_ready.connect(on_worker_ready, weak=False)
     signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
+    install_metrics(app, settings)
     if settings.logging_config is not None or settings.log_format == "json":
 
         def on_setup_logging(**_: Any) -> None:

@@ -14,6 +14,7 @@ import logging
 import threading
 from datetime import timedelta
 
+from runs import metrics
 from runs.domain.runs import Run
 from runs.retention import RetentionService
 from runs.settings import Settings
@@ -56,7 +57,10 @@ class Sweeper:
         settings = self._settings
         older = settings.pending_redispatch_seconds
         sent = wired.attempts.redispatch_stale(older_than_seconds=older)
-        sent += wired.workflows.redispatch_stale(older_than_seconds=older)
+        metrics.jobs_redispatched("run", sent)
+        steps = wired.workflows.redispatch_stale(older_than_seconds=older)
+        metrics.jobs_redispatched("step", steps)
+        sent += steps
         reclaimed = wired.attempts.reclaim_expired(
             max_attempts=self._max_attempts,
             backoff=lambda attempt: backoff_delay(settings, attempt),

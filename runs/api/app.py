@@ -13,6 +13,7 @@ from runs.api import health, routes, schedule_routes, stream_routes, ui
 from runs.api.deps import Services
 from runs.api.errors import UnexpectedErrors, install_error_handlers
 from runs.api.limits import BodySizeLimit
+from runs.api.metrics import ApiMetrics, install_metrics
 from runs.api.openapi import install_openapi
 from runs.api.responses import JSONResponse
 from runs.event_follow import EventFollower
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.engine = wired.engine
         app.state.events = wired.events
+        app.state.metrics = ApiMetrics.build(settings, wired.engine)
         follower = EventFollower.from_url(
             settings.redis_url,
             longest_block_seconds=settings.sse_heartbeat_seconds,
@@ -52,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             await follower.close()
+            app.state.metrics.close()
             wired.close()
 
     app = FastAPI(
@@ -71,6 +74,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_openapi(app, max_page_size=settings.max_page_size)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrors)
+    if settings.api_metrics:
+        install_metrics(app)
     return app
 
 

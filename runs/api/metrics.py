@@ -1,0 +1,101 @@
+"""``GET /metrics`` (Prometheus text format, unauthenticated like /healthz) and the middleware
+that counts HTTP requests by route template and status.
+
+The scrape answers this process's counters (``runs.metrics``) and the storage gauges
+(``runs.metrics_gauges``), read in a thread off the event loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import anyio.to_thread
+import redis
+import sqlalchemy as sa
+from fastapi import APIRouter, FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from runs import metrics
+from runs.metrics_gauges import StatusCounts, StorageGauges
+from runs.routing import Router
+from runs.settings import Settings
+
+router = APIRouter()
+
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"  # answered before or without a route: a 404, a 413 of the body limit
+
+
+@dataclass
+class ApiMetrics:
+    """What one API process exposes: its own counters, then the storage gauges."""
+
+    gauges: CollectorRegistry
+    broker: redis.Redis | None
+
+    @classmethod
+    def build(cls, settings: Settings, engine: sa.Engine) -> ApiMetrics:
+        broker_url = settings.effective_broker_url
+        is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
+        broker = redis.Redis.from_url(broker_url) if is_redis else None
+        gauges = CollectorRegistry()
+        counts = StatusCounts(engine, cache_seconds=settings.metrics_cache_seconds)
+        queues = Router(settings.route_table, settings.default_queue).queues()
+        gauges.register(StorageGauges(counts, broker, queues))
+        return cls(gauges, broker)
+
+    def render(self) -> bytes:
+        return generate_latest(REGISTRY) + generate_latest(self.gauges)
+
+    def close(self) -> None:
+        if self.broker is not None:
+            self.broker.close()
+
+
+@router.get("/metrics", include_in_schema=False)
+async def scrape(request: Request) -> Response:
+    exposition: ApiMetrics = request.app.state.metrics
+    body = await anyio.to_thread.run_sync(exposition.render)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
+
+
+class HttpMetrics:
+    """Counts each request when its response head goes out, with the time it took to get
+    there, labelled by the route template (never the raw path) and the status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        began = time.perf_counter()
+        answered = False
+
+        async def timed_send(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start" and not answered:
+                answered = True
+                self._record(scope, message["status"], time.perf_counter() - began)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        except BaseException:
+            if not answered:
+                self._record(scope, 500, time.perf_counter() - began)
+            raise
+
+    def _record(self, scope: Scope, status: int, seconds: float) -> None:
+        method = scope["method"] if scope["method"] in _METHODS else "other"
+        route = getattr(scope.get("route"), "path", None) or UNMATCHED
+        metrics.http_request(method, route, status, seconds)
+
+
+def install_metrics(app: FastAPI) -> None:
+    """The /metrics route and the request counting (outermost, so it sees every answer)."""
+    app.include_router(router)
+    app.add_middleware(HttpMetrics)
