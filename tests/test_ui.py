@@ -197,13 +197,14 @@ def assert_not_reloaded(page: Page) -> None:
 
 
 def test_the_token_is_asked_once_and_kept_in_session_storage_never_in_a_url(
-    page: Page, server: Server, caller: Caller
+    page: Page, server: Server, caller: Caller, screenshots: list[Path]
 ) -> None:
     page.goto(server.url + "/ui")
     page.fill("#token", "runs_not-a-real-token")
     page.click("#sign-in button[type=submit]")
     page.wait_for_selector("#sign-in .notice.error")
     assert "not valid" in page.inner_text("#sign-in .notice.error")
+    save(page, screenshots, "sign-in")
     requests: list[str] = []
     page.on("request", lambda request: requests.append(request.url))
     page.fill("#token", caller.token)
