@@ -71,7 +71,8 @@ class AttemptService:
                 lease_until=now + timedelta(seconds=lease_seconds),
                 now=now,
             )
-        if run is not None and run.attempt == 1:
+        # The first start only: a run handed back starts again under attempt 1.
+        if run is not None and run.attempt == 1 and run.started_at == run.attempt_started_at:
             metrics.run_started(run.target, run.created_at, run.started_at)
         return run
 
@@ -147,6 +148,24 @@ class AttemptService:
         False when the attempt no longer owns the run (it was cancelled meanwhile)."""
         error = outcome.error or RunError("attempt failed")
         return self._requeue(run, error, delay, self._clock(), lease_expired=False)
+
+    def hand_back(self, run: Run) -> bool:
+        """The attempt stopped unfinished because its worker is shutting down: the run goes
+        back to pending at once (not when the lease lapses), the attempt is not counted against
+        ``backoff_limit``, and the run's job is sent again. False when the attempt no longer
+        owns the run."""
+        now = self._clock()
+        with self._auto.connect() as conn:
+            handed = recovery.hand_back(conn, run.ref, run.attempt, now)
+        if handed:
+            try:
+                self._events.append(
+                    run.ref, [ev.attempt_handed_back_event(run.target, run.attempt)]
+                )
+                self._dispatcher.dispatch(run.target, run.ref, run.queue)
+            except Exception:
+                log.warning("could not send %s again; the sweeper will", run.ref)
+        return handed
 
     def record_stop(self, run: Run) -> bool:
         """The attempt of a cancelled run has stopped working: note the time."""

@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     # connection is lost, and the check does not apply.
     broker_visibility_timeout_seconds: int = Field(default=43_200, ge=1)
     worker_lease_seconds: float = Field(default=60.0, gt=0)
+    # SIGTERM: a worker takes no more jobs and lets running attempts end for this long; then
+    # it stops them and hands their runs back to pending (workers/drain.py).
+    worker_drain_seconds: float = Field(default=30.0, ge=0)
     worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
     # Runs still pending after this long get their job sent again (each worker sweeps).
     pending_redispatch_seconds: float = Field(default=30.0, gt=0)

@@ -179,6 +179,26 @@ class WorkflowState:
             ),
         )
 
+    def hand_back(self, run: Run, node_id: str, *, attempt: int) -> bool:
+        """running -> queued at once, the attempt not counted, and its job sent again: the
+        worker running the step is shutting down and the step did not end in its drain time."""
+        moved = self._move(
+            run.ref,
+            node_id,
+            [NodeStatus.RUNNING],
+            {
+                "status": NodeStatus.QUEUED,
+                "attempt": attempt - 1,
+                "lease_owner": None,
+                "lease_expires_at": None,
+            },
+            attempt=attempt,
+            event=step_event(STEP_FINISHED, node_id, "handed_back", attempt),
+        )
+        if moved:
+            self.dispatch(run, node_id=node_id)
+        return moved
+
     def cancel(self, ref: RunRef, node_id: str) -> bool:
         """queued, running or parked -> cancelled (a race's losers, a group given up); the
         worker running it is told to stop."""

@@ -154,3 +154,30 @@ from workers.registry import workflow  # noqa: E402
 
 workflow("durable/spinning-step", steps=[step("spin", spin, timeout=1)])
 workflow("durable/command-step", steps=[step("tree", "durable/cmd-tree")])
+
+
+@task("durable/work")
+def work(ctx: TaskContext) -> dict[str, Any]:
+    """Works ``config["seconds"]`` (stopping early when told to), then counts a finished
+    execution under ``config["finished"]``; starts are counted under ``config["counter"]``."""
+    _counter(ctx)
+    ctx.wait(float(ctx.config.get("seconds", 1)))
+    ctx.raise_if_cancelled()
+    key = ctx.config.get("finished")
+    if key:
+        client = redis.Redis.from_url(os.environ["RUNS_REDIS_URL"])
+        client.incr(key)
+        client.expire(key, 3600)
+        client.close()
+    return {"pid": os.getpid(), "attempt": ctx.attempt}
+
+
+# A step of a durable/work task that outlasts a short drain time; no retries, so a counted
+# attempt of the step would fail the run.
+workflow(
+    "durable/steady",
+    steps=[
+        step("work", "durable/work", input=lambda w: dict(w.input or {})),
+        step("after", "durable/work", input={"seconds": 0}),
+    ],
+)

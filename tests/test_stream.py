@@ -236,6 +236,41 @@ def test_the_api_stops_on_sigterm_within_its_grace_even_with_a_follower(
     assert time.monotonic() - started < 6
 
 
+def test_requests_in_flight_when_the_api_gets_sigterm_finish(
+    postgres_url: str,
+    redis_url: str,
+    tmp_path: Path,
+    repo_root: Path,
+    caller: Caller,
+    worker_pool: WorkerPool,
+) -> None:
+    api = start_server(
+        postgres_url,
+        redis_url,
+        tmp_path,
+        repo_root,
+        RUNS_DEFAULT_QUEUE=worker_pool.settings.default_queue,
+        RUNS_HTTP_SHUTDOWN_GRACE_SECONDS="20",
+    )
+    run_id = start_run(api, caller, "task:test/ticker", n=8, interval=0.25)
+    got: list[Frame] = []
+    with httpx.stream(
+        "GET", f"{api.url}/runs/{run_id}/stream", headers=caller.headers, timeout=30
+    ) as response:
+        for f in frames(response):
+            if f.comment:
+                continue
+            got.append(f)
+            if len(got) == 3:  # the run is under way: a deploy stops the API now
+                api.process.send_signal(signal.SIGTERM)
+    # The follower read on to the end of the run, then the API stopped.
+    assert got[-1].event == "RUN_FINISHED", api.log()
+    assert sum(f.event == "PROGRESS_REPORTED" for f in got) == 8
+    assert api.process.wait(timeout=15) in (0, -signal.SIGTERM), api.log()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{api.url}/healthz", timeout=2)
+
+
 def test_errors_come_as_problems_before_the_stream_starts(
     server: Server, caller: Caller, pg_engine: sa.Engine
 ) -> None:

@@ -23,6 +23,7 @@ from runs.persistence.engine import create_engine
 from runs.settings import Settings
 from runs.source_schedules import sync_source_schedules
 from runs.wiring import wire
+from workers.drain import Drain, listen_for_drain
 from workers.engine import WorkflowEngine
 from workers.execute import execute
 from workers.guard import mark_pool_process
@@ -44,9 +45,12 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
     for target in registry.targets():
         _register_job(app, settings, registry, target)
 
+    drain = Drain(settings.worker_drain_seconds)
+
     def on_worker_init(sender: Any = None, **_: Any) -> None:
         if getattr(sender, "app", None) is app:
             register_definitions(settings, registry)
+            drain.attach(sender)
 
     signals.worker_init.connect(on_worker_init, weak=False)
     sweeper = Sweeper(settings, registry)
@@ -60,10 +64,12 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
 
     def on_worker_process_init(**_: Any) -> None:
         mark_pool_process()
+        listen_for_drain()
 
     signals.worker_process_init.connect(on_worker_process_init, weak=False)
     signals.worker_ready.connect(on_worker_ready, weak=False)
     signals.worker_shutdown.connect(on_worker_shutdown, weak=False)
+    signals.worker_shutting_down.connect(drain.begin, weak=False)
     install_metrics(app, settings)
     if settings.logging_config is not None or settings.log_format == "json":
 

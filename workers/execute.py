@@ -103,6 +103,8 @@ class Attempt:
                 message = f"the worker could not run the task: {exc!r}"
                 outcome = failed_outcome(self._ctx, ErrorCode.WORKER_ERROR, message)
             guard.returned()
+            if guard.reason is StopReason.DRAIN and outcome.status is not RunStatus.COMPLETED:
+                return self._hand_back()
             return self._record_patiently(self._settle(outcome, guard.reason))
 
     def _open(self) -> bool:
@@ -111,7 +113,7 @@ class Attempt:
         run = self._run
         opening = (
             started_events(run.target)
-            if run.attempt == 1
+            if run.attempt == 1 and run.started_at == run.attempt_started_at  # not handed back
             else [attempt_started_event(run.target, run.attempt)]
         )
         return patiently(
@@ -151,6 +153,20 @@ class Attempt:
             self._record(self._timed_out(None))
         elif reason is StopReason.CANCELLED:
             self._rt.attempts.record_stop(self._run)
+        elif reason is StopReason.DRAIN:
+            self._hand_back()
+
+    def _hand_back(self) -> str:
+        """The worker is shutting down and the attempt did not end within its drain time: the
+        run goes back to pending for another worker, this attempt not counted."""
+
+        def hand_back() -> str:
+            self._ctx.flush_events()
+            if self._rt.attempts.hand_back(self._run):
+                return "handed back: the worker is shutting down"
+            return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
+
+        return patiently(hand_back, self._rt.settings.finish_retry_seconds)
 
     def _record_patiently(self, outcome: Outcome) -> str:
         """Record the outcome, retrying while Redis or SQL is unreachable (the guard keeps the

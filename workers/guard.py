@@ -1,6 +1,7 @@
 """Watching one attempt while it runs: the lease heartbeat, the timeout, and the stop.
 
-A stop (the run was cancelled, timed out, or its lease was lost) escalates in three steps:
+A stop (the run was cancelled, timed out, its lease was lost, or the worker is shutting down
+and its drain time is over) escalates in three steps:
 
 1. the cooperative flag is raised at once (``ctx.cancelled``; a command gets SIGTERM);
 2. after ``grace`` seconds, ``RunInterrupted`` is raised inside the task's thread: a signal
@@ -41,9 +42,18 @@ class StopReason(StrEnum):
     CANCELLED = "cancelled"
     TIMEOUT = "timeout"
     LOST = "lost"  # the lease could not be renewed: the run is no longer this attempt's
+    DRAIN = "drain"  # the worker is shutting down: the attempt hands its run back
 
 
 _in_pool_process = False
+_drain_requested = False
+
+
+def request_drain(*_: object) -> None:
+    """Stop every attempt of this process, to hand its run back (the worker shuts down and its
+    drain time is over). Safe in a signal handler: it sets a flag the guards' thread reads."""
+    global _drain_requested
+    _drain_requested = True
 
 
 def mark_pool_process() -> None:
@@ -177,6 +187,9 @@ class AttemptGuard:
                 self._flag.set()
         if self._returned.is_set():
             return
+        if self.reason is None and _drain_requested:
+            self.reason = StopReason.DRAIN
+            self._flag.set()
         if self.reason is None and now - self._started >= self._timeout:
             self.reason = StopReason.TIMEOUT
             self._flag.set()

@@ -130,6 +130,8 @@ class StepRunner:
         nodes = known if known is not None else self._state.nodes(ref)
         wctx = context_for(run.run_id, run.input, nodes)
         outcome = self._execute(run, definition, step, node, wctx)
+        if outcome is None:
+            return "handed back: the worker is shutting down"
         done = self._record(run, definition, step, node, outcome)
         self._nodes_after = _nodes_after(definition, known, done)
         return None
@@ -141,7 +143,8 @@ class StepRunner:
         step: Step,
         node: NodeRecord,
         wctx: WorkflowContext,
-    ) -> Outcome:
+    ) -> Outcome | None:
+        """The step's outcome; None when it was handed back (the worker is shutting down)."""
         try:
             config = step.input(wctx) if callable(step.input) else step.input
         except Exception as exc:
@@ -185,6 +188,8 @@ class StepRunner:
             if reason is StopReason.TIMEOUT:  # the step ignored its stop: record it, move on
                 self._record(run, workflow, step, node, timed_out())
                 self._advance(run.ref)
+            elif reason is StopReason.DRAIN:
+                self._state.hand_back(run, node.node_id, attempt=node.attempt)
 
         interrupter = Interrupter() if definition.command is None else None
         lease = settings.worker_lease_seconds
@@ -213,6 +218,9 @@ class StepRunner:
         ctx.flush_events()  # the step's events come before its STEP_FINISHED
         if guard.reason is StopReason.TIMEOUT and outcome.status is not RunStatus.COMPLETED:
             return timed_out()
+        if guard.reason is StopReason.DRAIN and outcome.status is not RunStatus.COMPLETED:
+            self._state.hand_back(run, node.node_id, attempt=node.attempt)
+            return None  # the step goes to another worker; nothing to record
         return outcome
 
     def _record(

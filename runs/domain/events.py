@@ -74,6 +74,19 @@ def attempt_failed_event(step_name: str, attempt: int, message: str, *, retrying
     return NewEvent(STEP_FINISHED, payload)
 
 
+def attempt_handed_back_event(step_name: str, attempt: int) -> NewEvent:
+    """An attempt stopped unfinished because its worker shut down; it does not count, and
+    another worker runs the run again under the same attempt number."""
+    payload = {
+        "type": STEP_FINISHED,
+        "stepName": step_name,
+        "status": "handed_back",
+        "attempt": attempt,
+        "message": "the worker shut down before the attempt ended; another worker takes the run",
+    }
+    return NewEvent(STEP_FINISHED, payload)
+
+
 def numbered(events: Sequence[NewEvent], first: int, now: datetime) -> list[RunEvent]:
     """Give ``events`` the ids reserved for them, starting at ``first``, and ``now`` to the
     millisecond, the precision the run's Redis stream keeps: its live stream and /events, read

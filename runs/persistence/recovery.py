@@ -94,6 +94,24 @@ def requeue(
     return result.rowcount == 1
 
 
+def hand_back(conn: sa.Connection, ref: RunRef, attempt: int, now: datetime) -> bool:
+    """running -> pending at once, the attempt not counted: the next claim takes its number
+    again. Only while ``attempt`` still owns the run."""
+    result = conn.execute(
+        runs.update()
+        .where(_owned_by(ref, attempt, lease_expired_before=None))
+        .values(
+            status=RunStatus.PENDING.value,
+            attempt=attempt - 1,
+            available_at=now,
+            updated_at=now,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+    )
+    return result.rowcount == 1
+
+
 def fail_lost(
     conn: sa.Connection, ref: RunRef, attempt: int, lease_expired_before: datetime, values: Any
 ) -> bool:
