@@ -1,5 +1,6 @@
 """Gauges read from storage when scraped: runs per active status (SQL, cached a few seconds)
-and the depth of each Celery queue (LLEN on a Redis broker, one round trip).
+and the depth of each Celery queue (LLEN on a Redis broker, one round trip; a passive declare
+per queue on RabbitMQ).
 
 They describe the whole deployment, not one process: every API process answers the same
 values (a dashboard takes the max over instances).
@@ -11,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import redis
 import sqlalchemy as sa
@@ -59,15 +61,72 @@ class StatusCounts:
             return dict(self._counts)
 
 
+class QueueDepth(Protocol):
+    def read(self, queues: Sequence[str]) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+class RedisQueueDepth:
+    """Jobs waiting in each queue of a Redis broker, every priority's list, one round trip."""
+
+    def __init__(self, url: str) -> None:
+        self._client = redis.Redis.from_url(url)
+
+    def read(self, queues: Sequence[str]) -> list[int]:
+        pipe = self._client.pipeline(transaction=False)
+        for queue in queues:
+            for key in queue_keys(queue):
+                pipe.llen(key)
+        lengths = pipe.execute()
+        per_queue = len(_PRIORITY_STEPS) + 1
+        return [sum(lengths[i * per_queue : (i + 1) * per_queue]) for i in range(len(queues))]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class AmqpQueueDepth:
+    """Ready messages in each queue of RabbitMQ (a passive declare: a queue nobody declared
+    yet holds nothing)."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+
+    def read(self, queues: Sequence[str]) -> list[int]:
+        from kombu.connection import Connection
+        from kombu.exceptions import ChannelError
+
+        depths: list[int] = []
+        with Connection(self._url, connect_timeout=2) as connection:  # type: ignore[no-untyped-call]
+            channel = connection.channel()
+            for queue in queues:
+                try:
+                    depths.append(int(channel.queue_declare(queue, passive=True).message_count))
+                except ChannelError:  # no such queue; the broker closed the channel
+                    depths.append(0)
+                    channel = connection.channel()
+        return depths
+
+    def close(self) -> None:
+        pass
+
+
+def queue_depth_for(broker_url: str) -> QueueDepth:
+    if broker_url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisQueueDepth(broker_url)
+    return AmqpQueueDepth(broker_url)
+
+
 class StorageGauges(Collector):
     """``runs_by_status`` and ``runs_queue_depth``; a store that cannot be reached leaves its
     gauge out of the scrape (and is logged) rather than failing the scrape."""
 
     def __init__(
-        self, counts: StatusCounts, broker: redis.Redis | None, queues: Sequence[str]
+        self, counts: StatusCounts, depth: QueueDepth | None, queues: Sequence[str]
     ) -> None:
         self._counts = counts
-        self._broker = broker
+        self._depth = depth
         self._queues = list(queues)
 
     def describe(self) -> list[Metric]:
@@ -91,23 +150,16 @@ class StorageGauges(Collector):
         yield family
 
     def _queue_depth(self) -> Iterator[Metric]:
-        if self._broker is None:
+        if self._depth is None:
             return
         try:
-            pipe = self._broker.pipeline(transaction=False)
-            for queue in self._queues:
-                for key in queue_keys(queue):
-                    pipe.llen(key)
-            lengths = pipe.execute()
-        except redis.RedisError:
+            depths = self._depth.read(self._queues)
+        except Exception:  # redis-py's or kombu's errors: the broker is unreachable
             log.warning("runs_queue_depth left out: the broker is unreachable", exc_info=True)
             return
         family = GaugeMetricFamily(
-            "runs_queue_depth",
-            "Jobs waiting in each Celery queue (Redis broker).",
-            labels=["queue"],
+            "runs_queue_depth", "Jobs waiting in each Celery queue.", labels=["queue"]
         )
-        per_queue = len(_PRIORITY_STEPS) + 1
-        for index, queue in enumerate(self._queues):
-            family.add_metric([queue], sum(lengths[index * per_queue : (index + 1) * per_queue]))
+        for queue, depth in zip(self._queues, depths, strict=True):
+            family.add_metric([queue], depth)
         yield family

@@ -75,3 +75,34 @@ def test_a_run_longer_than_a_redis_visibility_timeout_is_delivered_once_on_rabbi
     # The worker's log names each delivery of a job: one, though the run outlasted 2 s.
     received = re.findall(r"Task task:sleep\[[^\]]+\] received", short_visibility_pool.log())
     assert len(received) == 1, short_visibility_pool.log()
+
+
+def test_queue_depth_is_measured_on_rabbitmq(
+    postgres_url: str, redis_url: str, amqp_url: str, pg_engine: sa.Engine
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from runs.api.metrics import ApiMetrics
+    from runs.dispatch import CeleryDispatcher
+    from runs.domain.runs import RunRef
+
+    idle = f"rabbit-idle-{uuid.uuid4().hex[:8]}"
+    settings = base_settings(
+        database_url=postgres_url, redis_url=redis_url, broker_url=amqp_url, default_queue=idle
+    )
+    dispatcher = CeleryDispatcher.from_settings(settings)
+    exposition = ApiMetrics.build(settings, pg_engine)
+    try:
+        for i in range(3):
+            dispatcher.dispatch("task:echo", RunRef("p", f"run_{i}"), idle)
+        depth = {
+            sample.labels["queue"]: sample.value
+            for family in text_string_to_metric_families(exposition.render().decode())
+            if family.name == "runs_queue_depth"
+            for sample in family.samples
+        }
+        assert depth == {idle: 3}
+    finally:
+        exposition.close()
+        dispatcher.close()
+        delete_queues(amqp_url, idle)

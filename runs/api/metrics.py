@@ -11,14 +11,13 @@ import time
 from dataclasses import dataclass
 
 import anyio.to_thread
-import redis
 import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runs import metrics
-from runs.metrics_gauges import StatusCounts, StorageGauges
+from runs.metrics_gauges import QueueDepth, StatusCounts, StorageGauges, queue_depth_for
 from runs.routing import Router
 from runs.settings import Settings
 
@@ -33,25 +32,22 @@ class ApiMetrics:
     """What one API process exposes: its own counters, then the storage gauges."""
 
     gauges: CollectorRegistry
-    broker: redis.Redis | None
+    depth: QueueDepth
 
     @classmethod
     def build(cls, settings: Settings, engine: sa.Engine) -> ApiMetrics:
-        broker_url = settings.effective_broker_url
-        is_redis = broker_url.startswith(("redis://", "rediss://", "unix://"))
-        broker = redis.Redis.from_url(broker_url) if is_redis else None
+        depth = queue_depth_for(settings.effective_broker_url)
         gauges = CollectorRegistry()
         counts = StatusCounts(engine, cache_seconds=settings.metrics_cache_seconds)
         queues = Router(settings.route_table, settings.default_queue).queues()
-        gauges.register(StorageGauges(counts, broker, queues))
-        return cls(gauges, broker)
+        gauges.register(StorageGauges(counts, depth, queues))
+        return cls(gauges, depth)
 
     def render(self) -> bytes:
         return generate_latest(REGISTRY) + generate_latest(self.gauges)
 
     def close(self) -> None:
-        if self.broker is not None:
-            self.broker.close()
+        self.depth.close()
 
 
 @router.get("/metrics", include_in_schema=False)
