@@ -16,9 +16,9 @@ from workers.context import TaskContext
 from workers.registry import command, task
 
 
-def _counter(ctx: TaskContext) -> None:
-    """Count executions in Redis under config["counter"], when given."""
-    key = ctx.config.get("counter")
+def _counter(ctx: TaskContext, name: str = "counter") -> None:
+    """Count executions in Redis under config[name], when given."""
+    key = ctx.config.get(name)
     if key:
         client = redis.Redis.from_url(os.environ["RUNS_REDIS_URL"])
         client.incr(key)
@@ -163,12 +163,7 @@ def work(ctx: TaskContext) -> dict[str, Any]:
     _counter(ctx)
     ctx.wait(float(ctx.config.get("seconds", 1)))
     ctx.raise_if_cancelled()
-    key = ctx.config.get("finished")
-    if key:
-        client = redis.Redis.from_url(os.environ["RUNS_REDIS_URL"])
-        client.incr(key)
-        client.expire(key, 3600)
-        client.close()
+    _counter(ctx, "finished")
     return {"pid": os.getpid(), "attempt": ctx.attempt}
 
 
