@@ -20,6 +20,7 @@ from runs.api.app import create_app
 from runs.domain.projects import Project
 from runs.persistence.tables import runs as runs_table
 from tests.conftest import base_settings
+from tests.redis_hygiene import own
 
 
 @dataclass
@@ -62,7 +63,7 @@ def open_api(
     """The app on the test database, sending jobs to a queue of its own that nothing consumes
     (or to ``queue``, a worker pool's)."""
     own_queue = queue is None
-    queue = queue or f"{prefix}-{uuid.uuid4().hex[:10]}"
+    queue = queue or own(prefix)
     settings = base_settings(
         database_url=database_url,
         redis_url=redis_url,

@@ -34,6 +34,8 @@ from runs.persistence.engine import create_engine
 from runs.routing import Router
 from runs.service import RunService
 from runs.settings import Settings
+from tests import redis_hygiene
+from tests.redis_hygiene import QUEUE, SESSION, SLOW_QUEUE, own
 
 POSTGRES_URL = os.environ.get("RUNS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("RUNS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -66,6 +68,11 @@ def postgres_url() -> Iterator[str]:
     url = admin_url.set(database=name).render_as_string(hide_password=False)
     migrate.upgrade(url)
     yield url
+    # The event keys of its projects' runs go at the end of the session (redis_hygiene).
+    reader = create_engine(url, pool_size=1)
+    with reader.connect() as conn:
+        PROJECT_IDS.update(conn.execute(sa.text("SELECT id FROM projects")).scalars())
+    reader.dispose()
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -109,6 +116,56 @@ def pg_engine(postgres_url: str) -> Iterator[sa.Engine]:
 
 
 # -- Redis ---------------------------------------------------------------------------------
+
+
+PROJECT_IDS: set[str] = set()  # of the databases dropped before the session's end
+# In CI, where no other session shares the Redis: the keys there were at the start, and those
+# made during the session that are still there after cleaning (a test's, then).
+_at_start: set[bytes] | None = None
+_left: list[str] = []
+
+
+def _test_redis() -> redis.Redis | None:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=10)
+    try:
+        client.ping()
+    except redis.RedisError:
+        client.close()
+        return None
+    return client
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    global _at_start
+    client = _test_redis() if IN_CI else None
+    if client is not None:
+        with client:
+            _at_start = set(client.scan_iter(count=1000))
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Once every worker, API and scheduler of the session has stopped: delete what the session
+    left in the shared Redis (and in CI, note what else appeared meanwhile and is still there)."""
+    client = _test_redis()
+    if client is None:
+        return
+    with client:
+        # Every SQLite database of the session is under its base temporary folder.
+        basetemp = session.config._tmp_path_factory.getbasetemp()
+        projects = PROJECT_IDS | redis_hygiene.sqlite_project_ids(basetemp)
+        redis_hygiene.clean(client, SESSION, projects)
+        if _at_start is not None:
+            new = set(client.scan_iter(count=1000)) - _at_start
+            _left.extend(sorted(k.decode(errors="replace") for k in new))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _left:
+        terminalreporter.write_line(
+            f"Redis at {REDIS_URL}: {len(_left)} key(s) made during this session are still "
+            f"there; clean them up in the test that makes them: {', '.join(_left[:5])}",
+            yellow=True,
+        )
 
 
 @pytest.fixture(scope="session")
@@ -196,7 +253,7 @@ def service(
         engine,
         dispatcher=dispatcher,
         events=event_log,
-        router=Router([("task:sleep", "slow")], "runs"),
+        router=Router([("task:sleep", SLOW_QUEUE)], QUEUE),
         catalog=DefinitionCatalog(engine, cache_seconds=0),
         max_input_bytes=4096,
     )
@@ -226,8 +283,9 @@ def other_project(access: AccessService) -> Project:
 
 
 def base_settings(**overrides: Any) -> Settings:
-    """Settings for tests: never read from the developer's .env file."""
-    return Settings(_env_file=None, **overrides)
+    """Settings for tests: never read from the developer's .env file; jobs go to the
+    session's own queue unless ``default_queue`` says otherwise."""
+    return Settings(_env_file=None, **{"default_queue": QUEUE, **overrides})
 
 
 @pytest.fixture(scope="session")
@@ -296,7 +354,7 @@ def start_worker(
                 "--without-mingle",
                 "--without-gossip",
                 "-n",
-                f"test-{uuid.uuid4().hex[:6]}@%h",
+                f"{own('test')}@%h",
             ],
             cwd=Path(__file__).resolve().parent.parent,
             env=env,
@@ -354,7 +412,7 @@ def _worker_pool(
         database_url=postgres_url,
         redis_url=redis_url,
         broker_url=broker_url,
-        default_queue=f"runs-test-{uuid.uuid4().hex[:8]}",
+        default_queue=own("runs-test"),
         definitions=["workers.examples", "tests.definitions"],
     )
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
@@ -390,7 +448,7 @@ def durable_settings(postgres_url: str, redis_url: str, **overrides: Any) -> Set
     values: dict[str, Any] = {
         "database_url": postgres_url,
         "redis_url": redis_url,
-        "default_queue": f"runs-durable-{uuid.uuid4().hex[:8]}",
+        "default_queue": own("runs-durable"),
         "definitions": ["workers.examples", "tests.definitions", "tests.durability_definitions"],
     }
     values.update(overrides)

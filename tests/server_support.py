@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from runs.embedded import free_port
+from tests.redis_hygiene import own
 
 
 @dataclass
@@ -43,7 +44,7 @@ def start_server(
         **{k: v for k, v in os.environ.items() if not k.startswith("RUNS_")},
         "RUNS_DATABASE_URL": postgres_url,
         "RUNS_REDIS_URL": redis_url,
-        "RUNS_DEFAULT_QUEUE": f"http-limits-{port}",
+        "RUNS_DEFAULT_QUEUE": own("http-limits"),
         "RUNS_AUTH_CACHE_SECONDS": "0",
         **env,
     }

@@ -23,6 +23,7 @@ from runs.schemas import RunOut
 from tests.conftest import WorkerPool, durable_settings
 from tests.durable_support import Live, live_services
 from tests.helpers import task_request
+from tests.redis_hygiene import own
 
 pytestmark = pytest.mark.worker
 
@@ -50,7 +51,7 @@ def counters(redis_url: str) -> Iterator[Callable[[], str]]:
     keys: list[str] = []
 
     def new_key() -> str:
-        keys.append(f"runs-test-counter-{uuid.uuid4().hex}")
+        keys.append(own("runs-test-counter"))
         return keys[-1]
 
     yield new_key

@@ -10,6 +10,7 @@ import pytest
 from runs.domain.events import NewEvent
 from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
+from tests.redis_hygiene import own_project_id
 
 pytestmark = pytest.mark.redis
 
@@ -26,7 +27,7 @@ AWKWARD = [
 
 
 def new_ref() -> RunRef:
-    return RunRef(str(uuid.uuid4()), f"run_{uuid.uuid4()}")
+    return RunRef(own_project_id(), f"run_{uuid.uuid4()}")
 
 
 def test_a_batch_keeps_every_event_whole_and_in_order(event_log: RedisEventLog) -> None:

@@ -42,6 +42,7 @@ from tests.conftest import (
     wait_until_consuming,
 )
 from tests.durable_support import Live, live_services
+from tests.redis_hygiene import own
 
 pytestmark = pytest.mark.worker
 
@@ -302,7 +303,7 @@ def test_a_run_whose_worker_is_killed_mid_run_completes_on_a_new_worker_as_attem
     tmp_path: Path,
 ) -> None:
     settings = durable_settings(postgres_url, redis_url, broker_url=amqp_broker)
-    key = f"runs-test:faults:{uuid.uuid4().hex}"
+    key = own("runs-test:faults")
     with (
         worker_processes(settings, tmp_path) as workers,
         live_services(settings, pg_engine, event_log) as live,
@@ -337,7 +338,7 @@ def test_a_run_whose_worker_is_killed_mid_run_with_no_retry_left_fails_as_worker
     tmp_path: Path,
 ) -> None:
     settings = durable_settings(postgres_url, redis_url, broker_url=amqp_broker)
-    key = f"runs-test:faults:{uuid.uuid4().hex}"
+    key = own("runs-test:faults")
     with (
         worker_processes(settings, tmp_path) as workers,
         live_services(settings, pg_engine, event_log) as live,
@@ -367,7 +368,7 @@ def test_every_run_of_a_busy_worker_killed_mid_batch_reaches_a_terminal_status(
     tmp_path: Path,
 ) -> None:
     settings = durable_settings(postgres_url, redis_url, broker_url=amqp_broker)
-    key = f"runs-test:faults:{uuid.uuid4().hex}"
+    key = own("runs-test:faults")
     with (
         worker_processes(settings, tmp_path) as workers,
         live_services(settings, pg_engine, event_log) as live,

@@ -27,6 +27,7 @@ from runs.persistence.engine import create_engine
 from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
 from tests.conftest import base_settings
 from tests.helpers import create_body
+from tests.redis_hygiene import QUEUE
 
 # -- fixtures ------------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ def test_a_run_stored_with_lone_surrogates_on_sqlite_is_read_listed_and_cancelle
                 "owner_id": caller.project.id,
                 "root_run_id": run_id,
                 "target": "task:echo",
-                "queue": "runs",
+                "queue": QUEUE,
                 "artifacts": [],
                 "attempt": 0,
                 "config": {"\udc00": "\ud800"},

@@ -12,12 +12,13 @@ import pytest
 from runs.domain.events import NewEvent, log_event
 from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
+from tests.redis_hygiene import own_project_id
 from workers.outbox import BATCH, EventOutbox
 
 
 @pytest.fixture
 def ref(event_log: RedisEventLog) -> Iterator[RunRef]:
-    ref = RunRef(str(uuid.uuid4()), f"run_{uuid.uuid4()}")
+    ref = RunRef(own_project_id(), f"run_{uuid.uuid4()}")
     yield ref
     event_log.client.delete(f"runs:{{{ref.key}}}:events", f"runs:{{{ref.key}}}:meta")
 

@@ -38,6 +38,7 @@ from runs.persistence import event_archive, nodes, projects, records
 from runs.persistence.records import RunFilters
 from runs.persistence.tables import api_tokens
 from runs.persistence.tables import runs as runs_table
+from tests.redis_hygiene import QUEUE, own_project_id
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
 
@@ -65,7 +66,7 @@ def run_values(project: Project, run_id: str | None = None, **changes: Any) -> d
         "parent_run_id": None,
         "root_run_id": run_id,
         "target": "task:echo",
-        "queue": "runs",
+        "queue": QUEUE,
         "artifacts": [],
         "attempt": 0,
         "created_at": T0,
@@ -762,7 +763,7 @@ def test_projects_are_found_by_id_or_slug(conn: sa.Connection, project: Project)
 
 @pytest.fixture
 def ref(event_log: RedisEventLog) -> Iterator[RunRef]:
-    ref = RunRef(str(uuid.uuid4()), f"run_{uuid.uuid4()}")
+    ref = RunRef(own_project_id(), f"run_{uuid.uuid4()}")
     yield ref
     event_log.client.delete(f"runs:{{{ref.key}}}:events", f"runs:{{{ref.key}}}:meta")
 

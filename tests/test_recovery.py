@@ -55,6 +55,7 @@ from runs.routing import Router
 from runs.service import RunService
 from tests.conftest import RecordingDispatcher, base_settings
 from tests.helpers import task_request
+from tests.redis_hygiene import QUEUE
 
 NO_LIMIT = 100_000  # sweeps look at every run of the session, not only this test's
 
@@ -91,7 +92,7 @@ def runs_at(
         engine,
         dispatcher=dispatcher,
         events=events,
-        router=Router([], "runs"),
+        router=Router([], QUEUE),
         catalog=DefinitionCatalog(engine, cache_seconds=0),
         max_input_bytes=4096,
         max_timeout_seconds=max_timeout_seconds,

@@ -23,6 +23,7 @@ from runs.events import RedisEventLog
 from tests.conftest import WorkerPool
 from tests.durable_support import Live, live_services
 from tests.helpers import task_request
+from tests.redis_hygiene import own
 from workers.context import TRUNCATED_MARKER
 
 pytestmark = pytest.mark.worker
@@ -49,7 +50,7 @@ def project(pg_engine: sa.Engine) -> Project:
 def counter(redis_url: str) -> Iterator[tuple[str, redis.Redis]]:
     """A fresh Redis key the durability tasks INCR once per execution (config "counter")."""
     client = redis.Redis.from_url(redis_url)
-    key = f"runs-test:executions:{uuid.uuid4().hex}"
+    key = own("runs-test:executions")
     yield key, client
     client.delete(key)
     client.close()

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from runs.access import AccessService
 from runs.cli import app
 from runs.domain.projects import Project
+from tests.redis_hygiene import own
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def pg_project(pg_engine: sa.Engine) -> Project:
 def runner(monkeypatch: pytest.MonkeyPatch, postgres_url: str, redis_url: str) -> CliRunner:
     monkeypatch.setenv("RUNS_DATABASE_URL", postgres_url)
     monkeypatch.setenv("RUNS_REDIS_URL", redis_url)
-    monkeypatch.setenv("RUNS_DEFAULT_QUEUE", "schedule-cli-test")
+    monkeypatch.setenv("RUNS_DEFAULT_QUEUE", own("schedule-cli"))
     return CliRunner()
 
 

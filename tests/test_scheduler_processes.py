@@ -26,6 +26,7 @@ from runs.persistence.tables import schedule_firings
 from runs.persistence.tables import schedules as schedules_table
 from runs.schedules import ScheduleService
 from runs.service import RunService
+from tests.redis_hygiene import own
 
 pytestmark = pytest.mark.worker
 
@@ -38,7 +39,7 @@ def start_scheduler(
         "RUNS_DATABASE_URL": database_url,
         "RUNS_REDIS_URL": redis_url,
         # Jobs go to a queue nothing consumes: the runs stay pending, which is all this needs.
-        "RUNS_DEFAULT_QUEUE": f"scheduler-test-{uuid.uuid4().hex[:8]}",
+        "RUNS_DEFAULT_QUEUE": own("scheduler-test"),
         "RUNS_SCHEDULER_POLL_SECONDS": "0.2",
         **{f"RUNS_{k.upper()}": v for k, v in settings.items()},
     }

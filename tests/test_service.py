@@ -20,6 +20,7 @@ from runs.persistence.tables import runs as runs_table
 from runs.service import RunService
 from tests.conftest import RecordingDispatcher
 from tests.helpers import task_request
+from tests.redis_hygiene import QUEUE, SLOW_QUEUE
 
 
 def test_submit_commits_the_run_before_its_job_is_sent(
@@ -53,8 +54,8 @@ def test_routing_sends_each_target_to_its_queue(
     echo, _ = service.submit(project, task_request(project))
     sleep, _ = service.submit(project, task_request(project, "task:sleep"))
     assert dispatcher.sent == [
-        ("task:echo", echo.ref, "runs"),
-        ("task:sleep", sleep.ref, "slow"),
+        ("task:echo", echo.ref, QUEUE),
+        ("task:sleep", sleep.ref, SLOW_QUEUE),
     ]
 
 

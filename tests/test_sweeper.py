@@ -30,6 +30,7 @@ from tests.conftest import (
     wait_until_consuming,
 )
 from tests.helpers import task_request
+from tests.redis_hygiene import QUEUE, own
 
 
 def service_at(
@@ -37,7 +38,7 @@ def service_at(
     events: RedisEventLog,
     dispatcher: RecordingDispatcher,
     ahead: float,
-    queue: str = "runs",
+    queue: str = QUEUE,
 ) -> RunService:
     return RunService(
         engine,
@@ -89,7 +90,7 @@ def test_a_run_pending_too_long_is_sent_again_exactly_once_by_racing_sweepers(
     later_a.redispatch_stale(older_than_seconds=60, limit=100_000)
     later_b.redispatch_stale(older_than_seconds=60, limit=100_000)
     sent = [s for s in first.sent + second.sent if s[1] == run.ref]
-    assert sent == [("task:echo", run.ref, "runs")]
+    assert sent == [("task:echo", run.ref, QUEUE)]
 
 
 def test_a_recent_or_started_run_is_not_sent_again(
@@ -122,7 +123,7 @@ def test_a_run_accepted_while_the_broker_was_down_completes_once_a_worker_sweeps
     settings = base_settings(
         database_url=postgres_url,
         redis_url=redis_url,
-        default_queue=f"runs-sweep-{uuid.uuid4().hex[:8]}",
+        default_queue=own("runs-sweep"),
     )
     log_path = tmp_path / "worker.log"
     worker = start_worker(

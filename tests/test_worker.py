@@ -23,6 +23,7 @@ from runs.schemas import RunOut
 from runs.service import RunService
 from tests.conftest import BROKERS, WORKER_TARGETS, WorkerPool
 from tests.helpers import task_request
+from tests.redis_hygiene import own
 
 pytestmark = pytest.mark.worker
 
@@ -268,7 +269,8 @@ def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
     app.conf.update(celery_config(pool.settings))
     seen: list[dict[str, Any]] = []
     with app.connection_for_read() as conn:
-        receiver = app.events.Receiver(conn, handlers={"*": seen.append})
+        # Its queue named as this session's, which deletes its binding at the end.
+        receiver = app.events.Receiver(conn, handlers={"*": seen.append}, node_id=own("probe"))
         listening = threading.Thread(
             target=lambda: receiver.capture(limit=None, timeout=None, wakeup=False), daemon=True
         )

@@ -21,6 +21,7 @@ from runs.routing import Router
 from runs.service import RunService
 from runs.workflow_state import WorkflowState
 from tests.conftest import base_settings, start_worker, stop_worker, wait_until_consuming
+from tests.redis_hygiene import own
 
 pytestmark = pytest.mark.worker
 
@@ -40,7 +41,7 @@ def test_a_step_interrupted_by_sigkill_is_retried_and_finished_steps_are_not_rer
     settings = base_settings(
         database_url=postgres_url,
         redis_url=redis_url,
-        default_queue=f"runs-crash-{uuid.uuid4().hex[:8]}",
+        default_queue=own("runs-crash"),
         definitions=["workers.examples", "tests.definitions"],
     )
     log_path = tmp_path / "worker.log"
