@@ -68,11 +68,7 @@ def postgres_url() -> Iterator[str]:
     url = admin_url.set(database=name).render_as_string(hide_password=False)
     migrate.upgrade(url)
     yield url
-    # The event keys of its projects' runs go at the end of the session (redis_hygiene).
-    reader = create_engine(url, pool_size=1)
-    with reader.connect() as conn:
-        PROJECT_IDS.update(conn.execute(sa.text("SELECT id FROM projects")).scalars())
-    reader.dispose()
+    note_projects(url)
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -123,6 +119,17 @@ PROJECT_IDS: set[str] = set()  # of the databases dropped before the session's e
 # made during the session that are still there after cleaning (a test's, then).
 _at_start: set[bytes] | None = None
 _left: list[str] = []
+
+
+def note_projects(url: str) -> None:
+    """Before a database of the session is dropped: the event keys of its projects' runs go
+    at the end of the session (redis_hygiene)."""
+    reader = create_engine(url, pool_size=1)
+    try:
+        with reader.connect() as conn:
+            PROJECT_IDS.update(conn.execute(sa.text("SELECT id FROM projects")).scalars())
+    finally:
+        reader.dispose()
 
 
 def _test_redis() -> redis.Redis | None:

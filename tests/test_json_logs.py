@@ -27,6 +27,7 @@ from tests.api_support import new_caller
 from tests.conftest import base_settings, stop_worker
 from tests.durable_support import Live, live_services
 from tests.helpers import create_body, task_request
+from tests.redis_hygiene import own
 
 
 def record(message: str, **extra: Any) -> logging.LogRecord:
@@ -113,7 +114,7 @@ def json_worker(
     postgres_url: str, redis_url: str, repo_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[JsonWorker]:
     """``runs worker`` (a prefork pool) with JSON logs, its stderr kept apart from stdout."""
-    queue = f"runs-json-{uuid.uuid4().hex[:8]}"
+    queue = own("runs-json")
     folder = tmp_path_factory.mktemp("json-worker")
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("RUNS_")},

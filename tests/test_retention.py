@@ -41,7 +41,13 @@ from runs.routing import Router
 from runs.service import RunService
 from runs.settings import Settings
 from runs.wiring import wire
-from tests.conftest import POSTGRES_URL, TEST_TARGETS, RecordingDispatcher, base_settings
+from tests.conftest import (
+    POSTGRES_URL,
+    TEST_TARGETS,
+    RecordingDispatcher,
+    base_settings,
+    note_projects,
+)
 from tests.helpers import task_request
 from workers.registry import Registry
 from workers.sweeper import Sweeper
@@ -67,6 +73,7 @@ def _postgres_database() -> Iterator[str]:
         url = admin_url.set(database=name).render_as_string(hide_password=False)
         migrate.upgrade(url)
         yield url
+        note_projects(url)
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
