@@ -147,9 +147,12 @@ def test_a_port_in_use_is_one_line_naming_it_and_how_to_choose_another(
 def test_make_dev_passes_its_port_to_runs_dev(
     repo_root: Path, args: tuple[str, ...], port: str
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "PORT"}
+    # Not the variables of a make that runs this suite (`make test`): they would turn on its
+    # "Entering directory" lines and pass its flags on.
+    inherited = ("PORT", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    env = {k: v for k, v in os.environ.items() if k not in inherited}
     dry_run = subprocess.run(
-        ["make", "--dry-run", "dev", *args],
+        ["make", "--no-print-directory", "--dry-run", "dev", *args],
         cwd=repo_root,
         env=env,
         capture_output=True,
