@@ -50,5 +50,23 @@ class EventFollower:
         entries = next(iter(reply.values()))[0] if isinstance(reply, dict) else reply[0][1]
         return [decode_entry(entry) for entry in entries]
 
+    async def since(self, ref: RunRef, after: int, *, limit: int = 500) -> list[RunEvent]:
+        """Events with ids above ``after`` that are in the stream now (no wait), up to
+        ``limit``. While Redis is unreachable: none."""
+        try:
+            entries = await self._client.xrange(stream_key(ref), min=f"0-{after + 1}", count=limit)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            log.warning("Redis unreachable while reading %s", ref)
+            return []
+        return [decode_entry(entry) for entry in entries or ()]
+
+    async def last_id(self, ref: RunRef) -> int:
+        """The id of the stream's newest event (0: none, or Redis unreachable)."""
+        try:
+            entries = await self._client.xrevrange(stream_key(ref), count=1)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+            return 0
+        return decode_entry(entries[0]).event_id if entries else 0
+
     async def close(self) -> None:
         await self._client.aclose()

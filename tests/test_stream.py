@@ -8,6 +8,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,22 @@ def test_a_follower_that_drops_resumes_with_last_event_id_and_misses_nothing(
     assert rest[-1].event == "RUN_FINISHED"
     wait_ended(server, caller, run_id)
     assert [f.id for f in first + rest] == all_event_ids(server, caller, run_id)
+
+
+def test_many_followers_of_one_run_each_get_every_event_once_whenever_they_join(
+    server: Server, caller: Caller
+) -> None:
+    run_id = start_run(server, caller, "task:test/ticker", n=8, interval=0.15)
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        early = [pool.submit(follow, server, caller, run_id) for _ in range(8)]
+        time.sleep(0.6)  # a few events in: these join a run whose reader is under way
+        late = [pool.submit(follow, server, caller, run_id) for _ in range(4)]
+        streams = [f.result(timeout=30) for f in early + late]
+    wait_ended(server, caller, run_id)
+    expected = all_event_ids(server, caller, run_id)
+    for got in streams:
+        assert [f.id for f in got] == expected
+        assert got[-1].event == "RUN_FINISHED"
 
 
 def test_after_event_id_starts_the_stream_and_last_event_id_wins(

@@ -16,6 +16,7 @@ from runs.api.limits import BodySizeLimit
 from runs.api.metrics import ApiMetrics, install_metrics
 from runs.api.openapi import install_openapi
 from runs.api.responses import JSONResponse
+from runs.event_feeds import RunFeeds
 from runs.event_follow import EventFollower
 from runs.settings import Settings
 from runs.wiring import wire
@@ -45,6 +46,9 @@ def create_app(settings: Settings) -> FastAPI:
             workflows=wired.workflows,
             schedules=wired.schedules,
             follower=follower,
+            feeds=RunFeeds(
+                follower, stream_routes.frame, block_seconds=settings.sse_heartbeat_seconds
+            ),
         )
         # What start-up built lives as long as the process: out of the collector's sight,
         # its full collections no longer walk it (shorter pauses on every request's tail).

@@ -15,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
+from runs.event_feeds import RunFeeds
 from runs.event_follow import EventFollower
 from runs.json_logs import bind_run_fields
 from runs.schedules import ScheduleService
@@ -34,6 +35,7 @@ class Services:
     workflows: WorkflowState
     schedules: ScheduleService
     follower: EventFollower
+    feeds: RunFeeds
     # Threads for blocking calls: as many as the database pool has connections.
     threads: anyio.CapacityLimiter = field(init=False)
 

@@ -4,13 +4,16 @@ Frames are ``id: <event_id>``, ``event: <event_type>`` and ``data: <the RunEvent
 /events returns it>``. The stream starts after ``Last-Event-ID``, else after
 ``after_event_id``, else at the first event; it replays what is there and goes on live, without
 a gap or a duplicate, and closes after the terminal event. A comment line comes every
-``RUNS_SSE_HEARTBEAT_SECONDS`` while nothing happens. Live events are blocking reads of the
-run's Redis stream on the event loop (no thread per follower); a finished run replays from SQL.
+``RUNS_SSE_HEARTBEAT_SECONDS`` while nothing happens. Live events come from the run's shared
+reader (``runs.event_feeds``: one blocking read of its Redis stream on the event loop for all
+its followers in this process, no thread); a finished run replays from SQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Query
@@ -90,31 +93,69 @@ def frame(event: RunEvent) -> bytes:
     return f"id: {event.event_id}\nevent: {event.event_type}\ndata: {data}\n\n".encode()
 
 
+@dataclass
+class _Position:
+    last: int  # the id of the last event sent
+    ended: bool = False  # the terminal event was sent
+
+
 async def _frames(svc: Services, project: Project, run: Run, after: int) -> AsyncIterator[bytes]:
-    last = after
+    position = _Position(after)
     if not run.status.is_terminal:
-        heartbeat = svc.settings.sse_heartbeat_seconds
-        while True:
-            events = await svc.follower.after(run.ref, last, block_seconds=heartbeat)
-            for event in events:
-                yield frame(event)
-                last = event.event_id
-                if event.event_type in TERMINAL_EVENTS:
-                    return
-            if events:
-                continue
-            yield b": heartbeat\n\n"
-            # Nothing in the stream for a while: the run may have ended where this stream
-            # cannot show it (its keys expired, or Redis restarted empty).
-            current = await svc.blocking(svc.runs.get, project, run.run_id)
-            if current.status.is_terminal:
-                break
-    while True:  # a finished run's events, from SQL
+        async for data in _live(svc, project, run, position):
+            yield data
+        if position.ended:
+            return
+    while True:  # a finished run's events (or the rest of them), from SQL
         page = await svc.blocking(
-            svc.runs.events, project, run.run_id, after=last, limit=REPLAY_PAGE
+            svc.runs.events, project, run.run_id, after=position.last, limit=REPLAY_PAGE
         )
         for event in page.items:
             yield frame(event)
-            last = event.event_id
+            position.last = event.event_id
         if page.next is None:
             return
+
+
+def _sent(position: _Position, event: RunEvent) -> None:
+    position.last = event.event_id
+    position.ended = event.event_type in TERMINAL_EVENTS
+
+
+async def _live(
+    svc: Services, project: Project, run: Run, position: _Position
+) -> AsyncIterator[bytes]:
+    """Frames as the run's events come, until the terminal one; or until a heartbeat finds the
+    run ended where its stream cannot show it (its keys expired, or Redis restarted empty)."""
+    heartbeat = svc.settings.sse_heartbeat_seconds
+    while True:  # subscribe, and again after falling too far behind the shared reader
+        async with svc.feeds.subscribe(run.ref) as feed:
+            while True:  # what the stream holds already, read by this follower
+                events = await svc.follower.since(run.ref, position.last, limit=REPLAY_PAGE)
+                for event in events:
+                    yield frame(event)
+                    _sent(position, event)
+                    if position.ended:
+                        return
+                if len(events) < REPLAY_PAGE:
+                    break
+            while not feed.lagged:  # then the frames of the run's shared reader
+                if feed.queue.empty():
+                    try:
+                        event, data = await asyncio.wait_for(feed.queue.get(), heartbeat)
+                    except TimeoutError:
+                        if feed.lagged:
+                            break
+                        yield b": heartbeat\n\n"
+                        current = await svc.blocking(svc.runs.get, project, run.run_id)
+                        if current.status.is_terminal:
+                            return
+                        continue
+                else:
+                    event, data = feed.queue.get_nowait()
+                if event.event_id <= position.last:
+                    continue  # this follower read it from the stream already
+                yield data
+                _sent(position, event)
+                if position.ended:
+                    return
