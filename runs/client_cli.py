@@ -54,7 +54,10 @@ Token = Annotated[
 ]
 Project = Annotated[
     str | None,
-    typer.Option("--project", help="id or slug; default: RUNS_PROJECT, else .runs/dev.json"),
+    typer.Option(
+        "--project",
+        help="id or slug; default: RUNS_PROJECT, else .runs/dev.json, else the token's",
+    ),
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="print JSON (ids never cut)")]
 RunArg = Annotated[str, typer.Argument(help="the run's id")]

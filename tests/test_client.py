@@ -91,6 +91,17 @@ def test_a_workflow_run_runs_to_its_end(client: Any) -> None:
     run = client.wait(created.run.run_id, timeout=30)
     assert run.status == "completed", run.error
     assert run.output == {"summary": "3 words"}
+    nodes = client.nodes(run.run_id).data
+    assert [(n.node_id, n.status) for n in nodes] == [
+        ("fetch", "completed"),
+        ("analyze", "completed"),
+        ("summarize", "completed"),
+    ]
+
+
+def test_whoami_names_the_tokens_project(client: Any, caller: Caller) -> None:
+    assert client.whoami().project.id == caller.project.id
+    assert client.whoami().project.slug == caller.project.slug
 
 
 def test_stream_yields_what_events_pages_out_and_ends_at_the_terminal_event(client: Any) -> None:
@@ -199,7 +210,9 @@ def test_configuration_comes_from_the_environment(
     monkeypatch.delenv("VERYFRONT_API_TOKEN")
     with pytest.raises(ConfigurationError, match="RUNS_API_TOKEN"):
         RunsClient()
-    with RunsClient(auth_token=caller.token) as bare:
-        bare._calls.project_reference = None
-        with pytest.raises(ConfigurationError, match="RUNS_PROJECT"):
-            bare.list()
+    monkeypatch.delenv("RUNS_PROJECT")
+    monkeypatch.delenv("VERYFRONT_PROJECT_SLUG")
+    with RunsClient(auth_token=caller.token) as bare:  # no project: the token's own
+        assert bare.project_reference is None
+        assert bare.list().data == []
+        assert bare.project_reference == caller.project.id

@@ -44,11 +44,13 @@ from runs.schemas import (
     CancelRunOut,
     CreateRunOut,
     DefinitionListOut,
+    NodeListOut,
     RunEventListOut,
     RunEventOut,
     RunListOut,
     RunOut,
     SignalOut,
+    WhoAmIOut,
 )
 
 USER_AGENT = "runs-python"
@@ -104,12 +106,14 @@ class AsyncRunsClient:
     async def create_task_run(self, target: str, **options: Unpack[TaskRunOptions]) -> CreateRunOut:
         """Start a task run (``task:<id>``, or just the id). Without a ``public_id`` the client
         makes one, so a retried create never starts a second run."""
+        await self._know_project()
         return await self._send(self._calls.create_task_run(target, options))
 
     async def create_workflow_run(
         self, workflow: str, **options: Unpack[WorkflowRunOptions]
     ) -> CreateRunOut:
         """Start a workflow run (``workflow:<id>``, or just the id)."""
+        await self._know_project()
         return await self._send(self._calls.create_workflow_run(workflow, options))
 
     async def get(self, run_id: str) -> RunOut:
@@ -123,6 +127,7 @@ class AsyncRunsClient:
 
     async def list(self, *, cursor: str | None = None, **filters: Unpack[RunFilters]) -> RunListOut:
         """One page of the project's runs, newest first; ``page_info.next`` is the next cursor."""
+        await self._know_project()
         return await self._send(self._calls.list(cursor, filters))
 
     async def iter_runs(self, **filters: Unpack[RunFilters]) -> AsyncIterator[RunOut]:
@@ -151,6 +156,19 @@ class AsyncRunsClient:
 
     async def definitions(self) -> DefinitionListOut:
         return await self._send(self._calls.definitions())
+
+    async def nodes(self, run_id: str) -> NodeListOut:
+        """A workflow run's nodes and their states, in plan order (none for a task run)."""
+        return await self._send(self._calls.nodes(run_id))
+
+    async def whoami(self) -> WhoAmIOut:
+        """The project the token belongs to."""
+        return await self._send(self._calls.whoami())
+
+    async def _know_project(self) -> None:
+        """Without a configured project, the token's own (asked once)."""
+        if self._calls.project_reference is None:
+            self._calls.project_reference = (await self.whoami()).project.id
 
     async def stream(self, run_id: str, *, after: int = 0) -> AsyncIterator[RunEventOut]:
         """The run's events after ``after``, live, until its terminal event. A dropped

@@ -18,10 +18,12 @@ from runs.schemas import (
     CancelRunOut,
     CreateRunOut,
     DefinitionListOut,
+    NodeListOut,
     RunEventListOut,
     RunListOut,
     RunOut,
     SignalOut,
+    WhoAmIOut,
 )
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -168,5 +170,11 @@ class Calls:
         # first request surely never reached the server.
         return Call("POST", run_path(run_id, "/signals"), SignalOut, body=body, idempotent=False)
 
+    def nodes(self, run_id: str) -> Call[NodeListOut]:
+        return Call("GET", run_path(run_id, "/nodes"), NodeListOut)
+
     def definitions(self) -> Call[DefinitionListOut]:
         return Call("GET", "/definitions", DefinitionListOut)
+
+    def whoami(self) -> Call[WhoAmIOut]:
+        return Call("GET", "/whoami", WhoAmIOut)

@@ -1,6 +1,7 @@
 """Where a client's API URL, token and project come from: the arguments, else the
 environment (``RUNS_*``, or the names the Veryfront client reads), else — for the CLI — the
-``.runs/dev.json`` that ``runs dev`` writes, in this folder or the nearest parent."""
+``.runs/dev.json`` that ``runs dev`` writes, in this folder or the nearest parent. Without a
+project, the clients use the token's own (``GET /whoami``)."""
 
 from __future__ import annotations
 

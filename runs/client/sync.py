@@ -43,11 +43,13 @@ from runs.schemas import (
     CancelRunOut,
     CreateRunOut,
     DefinitionListOut,
+    NodeListOut,
     RunEventListOut,
     RunEventOut,
     RunListOut,
     RunOut,
     SignalOut,
+    WhoAmIOut,
 )
 
 USER_AGENT = "runs-python"
@@ -103,12 +105,14 @@ class RunsClient:
     def create_task_run(self, target: str, **options: Unpack[TaskRunOptions]) -> CreateRunOut:
         """Start a task run (``task:<id>``, or just the id). Without a ``public_id`` the client
         makes one, so a retried create never starts a second run."""
+        self._know_project()
         return self._send(self._calls.create_task_run(target, options))
 
     def create_workflow_run(
         self, workflow: str, **options: Unpack[WorkflowRunOptions]
     ) -> CreateRunOut:
         """Start a workflow run (``workflow:<id>``, or just the id)."""
+        self._know_project()
         return self._send(self._calls.create_workflow_run(workflow, options))
 
     def get(self, run_id: str) -> RunOut:
@@ -120,6 +124,7 @@ class RunsClient:
 
     def list(self, *, cursor: str | None = None, **filters: Unpack[RunFilters]) -> RunListOut:
         """One page of the project's runs, newest first; ``page_info.next`` is the next cursor."""
+        self._know_project()
         return self._send(self._calls.list(cursor, filters))
 
     def iter_runs(self, **filters: Unpack[RunFilters]) -> Iterator[RunOut]:
@@ -147,6 +152,19 @@ class RunsClient:
 
     def definitions(self) -> DefinitionListOut:
         return self._send(self._calls.definitions())
+
+    def nodes(self, run_id: str) -> NodeListOut:
+        """A workflow run's nodes and their states, in plan order (none for a task run)."""
+        return self._send(self._calls.nodes(run_id))
+
+    def whoami(self) -> WhoAmIOut:
+        """The project the token belongs to."""
+        return self._send(self._calls.whoami())
+
+    def _know_project(self) -> None:
+        """Without a configured project, the token's own (asked once)."""
+        if self._calls.project_reference is None:
+            self._calls.project_reference = (self.whoami()).project.id
 
     def stream(self, run_id: str, *, after: int = 0) -> Iterator[RunEventOut]:
         """The run's events after ``after``, live, until its terminal event. A dropped
