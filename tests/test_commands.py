@@ -287,9 +287,11 @@ def test_a_missing_executable_fails_as_process_error_and_is_not_retryable() -> N
 
 def test_output_lines_reach_the_context_while_the_command_still_runs() -> None:
     collected = Collected()
+    ctx = context(collected)
     started = time.monotonic()
-    outcome = run(["sh", "-c", "echo first; sleep 1; echo second >&2"], context(collected))
+    outcome = run(["sh", "-c", "echo first; sleep 1; echo second >&2"], ctx)
     ended = time.monotonic()
+    ctx.flush_events()  # as the worker does before it records the outcome
     assert outcome.status is RunStatus.COMPLETED and outcome.exit_code == 0
     arrived = dict(collected.lines)
     assert set(arrived) == {"first", "second"}
