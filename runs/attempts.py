@@ -71,8 +71,7 @@ class AttemptService:
                 lease_until=now + timedelta(seconds=lease_seconds),
                 now=now,
             )
-        # The first start only: a run handed back starts again under attempt 1.
-        if run is not None and run.attempt == 1 and run.started_at == run.attempt_started_at:
+        if run is not None and run.first_start:
             metrics.run_started(run.target, run.created_at, run.started_at)
         return run
 

@@ -59,10 +59,6 @@ def clear_run_fields() -> None:
     _bound.set(_EMPTY)
 
 
-def bound_run_fields() -> Mapping[str, Any]:
-    return _bound.get()
-
-
 class JsonFormatter(logging.Formatter):
     """One JSON object per record: ``time`` (UTC), ``level``, ``logger``, ``process``,
     ``message``, the bound run fields, and ``exc_info``/``stack_info`` when present.

@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from runs.domain.runs import RunStatus
 from runs.persistence.engine import autocommit
 from runs.persistence.status_counts import active_counts
+from runs.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -112,10 +113,9 @@ class AmqpQueueDepth:
         pass
 
 
-def queue_depth_for(broker_url: str) -> QueueDepth:
-    if broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisQueueDepth(broker_url)
-    return AmqpQueueDepth(broker_url)
+def queue_depth_for(settings: Settings) -> QueueDepth:
+    broker_url = settings.effective_broker_url
+    return RedisQueueDepth(broker_url) if settings.redis_broker else AmqpQueueDepth(broker_url)
 
 
 class StorageGauges(Collector):

@@ -113,7 +113,7 @@ class Attempt:
         run = self._run
         opening = (
             started_events(run.target)
-            if run.attempt == 1 and run.started_at == run.attempt_started_at  # not handed back
+            if run.first_start
             else [attempt_started_event(run.target, run.attempt)]
         )
         return patiently(

@@ -36,7 +36,7 @@ class ApiMetrics:
 
     @classmethod
     def build(cls, settings: Settings, engine: sa.Engine) -> ApiMetrics:
-        depth = queue_depth_for(settings.effective_broker_url)
+        depth = queue_depth_for(settings)
         gauges = CollectorRegistry()
         counts = StatusCounts(engine, cache_seconds=settings.metrics_cache_seconds)
         queues = Router(settings.route_table, settings.default_queue).queues()

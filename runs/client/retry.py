@@ -50,6 +50,3 @@ class RetryPolicy:
         """Exponential, capped, with jitter: between half and all of the step."""
         step = min(self.initial_delay * 2.0**retry, self.max_delay)
         return step * (0.5 + random.random() / 2)
-
-
-NO_RETRIES = RetryPolicy(max_retries=0)

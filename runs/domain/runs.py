@@ -247,6 +247,12 @@ class Run:
     def ref(self) -> RunRef:
         return RunRef(self.project_id, self.run_id)
 
+    @property
+    def first_start(self) -> bool:
+        """A claimed run's attempt is its first start: attempt 1, and not a run handed back
+        (which starts again under attempt 1, after it first started)."""
+        return self.attempt == 1 and self.started_at == self.attempt_started_at
+
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
