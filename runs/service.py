@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -21,7 +21,13 @@ from runs.catalog import DefinitionCatalog
 from runs.cursors import decode_cursor, encode_cursor
 from runs.domain import events as ev
 from runs.domain.clock import utcnow
-from runs.domain.errors import InvalidRequest, NotFound, PayloadTooLarge, Unsupported
+from runs.domain.errors import (
+    InvalidRequest,
+    NotFound,
+    PayloadTooLarge,
+    RunsError,
+    Unsupported,
+)
 from runs.domain.events import RunEvent
 from runs.domain.projects import Project
 from runs.domain.runs import (
@@ -97,25 +103,73 @@ class RunService:
 
     def submit(self, project: Project, request: RunRequest) -> tuple[Run, bool]:
         """Accept a run: commit it as pending, then send its job. Returns (run, duplicate)."""
+        (accepted,) = self.submit_many([(project, request)])
+        if isinstance(accepted, Exception):
+            raise accepted
+        return accepted
+
+    def submit_many(
+        self, requests: Sequence[tuple[Project, RunRequest]]
+    ) -> list[tuple[Run, bool] | Exception]:
+        """Accept runs together (what ``submit`` does for each): every request is checked on
+        its own, and a refused one gets its error while the others go on; the accepted ones
+        are committed in one statement, then their jobs are sent. A request whose run id is
+        taken (earlier, or by a request before it in this batch) gets the run that holds it,
+        as a duplicate."""
+        results: list[tuple[Run, bool] | Exception | None] = [None] * len(requests)
+        refs: list[RunRef | None] = [None] * len(requests)
+        new: dict[RunRef, tuple[int, dict[str, Any]]] = {}  # the first request of each id
+        for i, (project, request) in enumerate(requests):
+            try:
+                values = self._accepted_values(project, request)
+            except RunsError as error:
+                results[i] = error
+                continue
+            key = RunRef(project.id, values["run_id"])
+            refs[i] = key
+            new.setdefault(key, (i, values))
+        inserted = self._insert_new([values for _, values in new.values()])
+        for ref, (i, values) in new.items():
+            outcome = inserted.get(ref)
+            if isinstance(outcome, Exception):
+                results[i] = outcome
+            elif outcome:
+                results[i] = (self.dispatch_new(values), False)
+        for i, taken in enumerate(refs):
+            if taken is not None and results[i] is None:  # its id was taken
+                existing = self.load(taken)
+                gone = NotFound(f"run {taken.run_id!r} not found")  # deleted meanwhile
+                results[i] = (existing, True) if existing is not None else gone
+        done = [result for result in results if result is not None]
+        assert len(done) == len(requests)
+        return done
+
+    def _accepted_values(self, project: Project, request: RunRequest) -> dict[str, Any]:
         _check_kind(request.kind)
         if request.owner_kind != "project":
             raise Unsupported("owner.kind must be 'project'", field="owner.kind")
         if request.owner_id not in (project.id, project.slug):
             raise NotFound(f"project {request.owner_id!r} not found", field="owner.id")
-        values = self.new_run_values(project.id, request)
-        ref = RunRef(project.id, values["run_id"])
+        return self.new_run_values(project.id, request)
+
+    def _insert_new(self, rows: list[dict[str, Any]]) -> dict[RunRef, bool | Exception]:
+        """Commit new runs in one statement: each run's ref maps to True when it was
+        inserted (absent when its id was taken). A conflict other than a taken id (a parent
+        that vanished) fails the statement: then each run is inserted on its own, and the
+        one that conflicts maps to its error."""
         try:
             with self._auto.connect() as conn:
-                records.insert_run(conn, values)
+                return dict.fromkeys(records.insert_new_runs(conn, rows), True)
         except IntegrityError:
-            # Ids are unique per project: only a run of this project can hold this one.
-            with self._auto.connect() as conn:
-                existing = records.get_run(conn, ref)
-            if existing is None:  # the conflict was not on the id (for example a vanished parent)
-                raise
-            return existing, True
-        run = self.dispatch_new(values)
-        return run, False
+            pass
+        outcomes: dict[RunRef, bool | Exception] = {}
+        for row in rows:
+            try:
+                with self._auto.connect() as conn:
+                    outcomes |= dict.fromkeys(records.insert_new_runs(conn, [row]), True)
+            except IntegrityError as error:
+                outcomes[RunRef(row["project_id"], row["run_id"])] = error
+        return outcomes
 
     def new_run_values(self, project_id: str, request: RunRequest) -> dict[str, Any]:
         """The row of a new pending run of ``project_id``, checked; not stored yet."""

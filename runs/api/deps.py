@@ -13,6 +13,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from runs.access import AccessService
+from runs.api.intake import CreateIntake
 from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
 from runs.event_feeds import RunFeeds
@@ -38,9 +39,11 @@ class Services:
     feeds: RunFeeds
     # Threads for blocking calls: as many as the database pool has connections.
     threads: anyio.CapacityLimiter = field(init=False)
+    intake: CreateIntake = field(init=False)
 
     def __post_init__(self) -> None:
         self.threads = anyio.CapacityLimiter(self.settings.database_pool_size)
+        self.intake = CreateIntake(self.runs.submit_many, self.blocking)
 
     async def blocking(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking service call in a thread, off the event loop."""

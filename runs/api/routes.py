@@ -2,7 +2,8 @@
 
 Routes are coroutines that hand their one blocking service call to a thread
 (``Services.blocking``): one hop per request, where sync routes and dependencies would each
-take their own; parsing and the response model's check stay on the event loop.
+take their own; parsing and the response model's check stay on the event loop. Creates go
+through the intake, which accepts those that arrive together in one hop and one commit.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ KindFilter = Annotated[str, StringConstraints(max_length=50, pattern=listing(one
     tags=["runs"],
 )
 async def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> CreateRunOut:
-    run, duplicate = await svc.blocking(svc.runs.submit, project, body.to_request())
+    run, duplicate = await svc.intake.submit(project, body.to_request())
     return CreateRunOut(accepted=True, duplicate=duplicate, run=RunOut.from_run(run))
 
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
+from sqlalchemy.dialects import postgresql, sqlite
 
 from runs.domain.events import RunEvent
 from runs.domain.runs import (
@@ -86,6 +86,26 @@ def run_from_row(row: Mapping[Any, Any]) -> Run:
 def insert_run(conn: sa.Connection, values: Mapping[str, Any]) -> None:
     """Insert a new run; raises ``sqlalchemy.exc.IntegrityError`` when the id is taken."""
     conn.execute(runs.insert(), dict(values))  # parameters, not .values(): the SQL is cached
+
+
+# New runs inserted together, skipping those whose id is taken; the statement names the runs
+# it inserted. Built once per dialect, so its SQL is cached.
+_INSERT_NEW = {
+    name: insert(runs)
+    .on_conflict_do_nothing(index_elements=[runs.c.project_id, runs.c.run_id])
+    .returning(runs.c.project_id, runs.c.run_id)
+    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
+}
+
+
+def insert_new_runs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> set[RunRef]:
+    """Insert new runs in one statement; a run whose id its project already holds is skipped.
+    Returns the runs inserted. Raises ``sqlalchemy.exc.IntegrityError`` (and inserts none)
+    on any other conflict, such as a parent run that no longer exists."""
+    if not rows:
+        return set()
+    found = conn.execute(_INSERT_NEW[conn.dialect.name], [dict(row) for row in rows])
+    return {RunRef(project_id, run_id) for project_id, run_id in found}
 
 
 def get_run(conn: sa.Connection, ref: RunRef) -> Run | None:
