@@ -44,7 +44,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "task_default_queue": settings.default_queue,
         # Flower: every target is a task type; workers send a job's received event and its
-        # outcome (workers/celery_app.py: JobRequest). No "task-sent" events from the API and
+        # outcome, in batches (workers/task_events.py). No "task-sent" events from the API and
         # no "task-started" from workers: each would cost a publish per run.
         "worker_send_task_events": True,
         "worker_hijack_root_logger": False,

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     # it stops them and hands their runs back to pending (workers/drain.py).
     worker_drain_seconds: float = Field(default=30.0, ge=0)
     worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
+    # Task events (what Flower shows) wait up to this long to be sent together.
+    worker_event_flush_seconds: float = Field(default=0.1, ge=0)
     # Runs still pending after this long get their job sent again (each worker sweeps).
     pending_redispatch_seconds: float = Field(default=30.0, gt=0)
     sweep_interval_seconds: float = Field(default=10.0, gt=0)

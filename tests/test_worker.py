@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +23,16 @@ from runs.events import RedisEventLog
 from runs.routing import Router
 from runs.schemas import RunOut
 from runs.service import RunService
-from tests.conftest import BROKERS, WORKER_TARGETS, WorkerPool
+from runs.settings import Settings
+from tests.conftest import (
+    BROKERS,
+    WORKER_TARGETS,
+    WorkerPool,
+    base_settings,
+    start_worker,
+    stop_worker,
+    wait_until_consuming,
+)
 from tests.helpers import task_request
 from tests.redis_hygiene import own
 
@@ -260,13 +271,11 @@ def test_a_failure_message_with_invalid_text_is_stored_readable(
     assert terminal.payload["message"] == CLEANED
 
 
-def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
-    live: RunService, project: Project, pool: WorkerPool
-) -> None:
-    """Task events as Flower needs them: the job received (its target as the task name) and its
-    outcome. ``task-started`` is not sent: the run's record says when it started."""
+@contextmanager
+def _task_events(settings: Settings) -> Iterator[list[dict[str, Any]]]:
+    """The task events the workers of ``settings`` send, as Flower receives them."""
     app = Celery("events-probe", set_as_current=False)
-    app.conf.update(celery_config(pool.settings))
+    app.conf.update(celery_config(settings))
     seen: list[dict[str, Any]] = []
     with app.connection_for_read() as conn:
         # Its queue named as this session's, which deletes its binding at the end.
@@ -277,20 +286,68 @@ def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
         listening.start()
         try:
             time.sleep(0.5)  # the receiver's queue is bound to the events exchange by now
-            run, _ = live.submit(project, task_request(project))
-            assert wait_terminal(live, project, run.run_id).status is RunStatus.COMPLETED
+            yield seen
+        finally:
+            receiver.should_stop = True
+            listening.join(timeout=5)
+
+
+def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
+    live: RunService, project: Project, pool: WorkerPool
+) -> None:
+    """Task events as Flower needs them: the job received (its target as the task name) and its
+    outcome. ``task-started`` is not sent: the run's record says when it started."""
+    with _task_events(pool.settings) as seen:
+        run, _ = live.submit(project, task_request(project))
+        assert wait_terminal(live, project, run.run_id).status is RunStatus.COMPLETED
+        received = _await_event(seen, lambda e: run.run_id in str(e.get("args")))
+        assert received["type"] == "task-received" and received["name"] == "task:echo"
+        ended = _await_event(
+            seen, lambda e: e.get("uuid") == received["uuid"] and e["type"] != received["type"]
+        )
+        assert ended["type"] == "task-succeeded"
+        time.sleep(0.2)
+    of_job = [e["type"] for e in seen if e.get("uuid") == received["uuid"]]
+    assert of_job == ["task-received", "task-succeeded"]
+
+
+def test_a_stopping_worker_sends_the_task_events_it_holds(
+    postgres_url: str, redis_url: str, pg_engine: sa.Engine, project: Project, tmp_path: Path
+) -> None:
+    """Task events wait to go in one batch (here up to 5 s); a worker stopped right after
+    its last job still sends that job's outcome."""
+    settings = base_settings(
+        database_url=postgres_url,
+        redis_url=redis_url,
+        default_queue=own("runs-stopping"),
+        definitions=["workers.examples"],
+    )
+    service = RunService(
+        pg_engine,
+        dispatcher=CeleryDispatcher.from_settings(settings),
+        events=RedisEventLog.from_url(redis_url, ttl_seconds=60),
+        router=Router([], settings.default_queue),
+        catalog=DefinitionCatalog(pg_engine, cache_seconds=0),
+        max_input_bytes=65536,
+    )
+    log_path = tmp_path / "worker.log"
+    worker = start_worker(
+        settings, log_path, concurrency=1, extra_env={"RUNS_WORKER_EVENT_FLUSH_SECONDS": "5"}
+    )
+    try:
+        wait_until_consuming(settings, worker, log_path)
+        with _task_events(settings) as seen:
+            run, _ = service.submit(project, task_request(project))
+            wait_terminal(service, project, run.run_id)
+            worker.terminate()  # well before the batch is due
+            assert worker.wait(timeout=15) == 0
             received = _await_event(seen, lambda e: run.run_id in str(e.get("args")))
-            assert received["type"] == "task-received" and received["name"] == "task:echo"
             ended = _await_event(
                 seen, lambda e: e.get("uuid") == received["uuid"] and e["type"] != received["type"]
             )
             assert ended["type"] == "task-succeeded"
-            time.sleep(0.2)
-        finally:
-            receiver.should_stop = True
-            listening.join(timeout=5)
-    of_job = [e["type"] for e in seen if e.get("uuid") == received["uuid"]]
-    assert of_job == ["task-received", "task-succeeded"]
+    finally:
+        stop_worker(worker)
 
 
 def _await_event(

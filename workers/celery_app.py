@@ -11,7 +11,6 @@ import re
 from typing import Any
 
 from celery import Celery, signals
-from celery.worker.request import Request
 
 from runs.catalog import DefinitionCatalog
 from runs.celery_config import celery_config
@@ -33,6 +32,7 @@ from workers.registry import registry as default_registry
 from workers.runtime import get_runtime
 from workers.steps import StepRunner
 from workers.sweeper import Sweeper
+from workers.task_events import CONSUMER, INTERVAL_SETTING, JobRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,9 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
     registry.load(settings.definitions)
     app = Celery("runs")
     app.conf.update(celery_config(settings))
+    # Task events in batches (workers/task_events.py).
+    app.conf.worker_consumer = CONSUMER
+    app.conf[INTERVAL_SETTING] = settings.worker_event_flush_seconds
     for target in registry.targets():
         _register_job(app, settings, registry, target)
 
@@ -88,16 +91,6 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
 
 def _forget_run_fields(**_: Any) -> None:
     clear_run_fields()
-
-
-class JobRequest(Request):  # type: ignore[misc]
-    """A job as the worker's main process handles it, with the task events Flower needs: the
-    job received (its name) and how it ended. No ``task-started``: the run's record says when
-    it started, and the event would cost the main process a publish per run."""
-
-    def send_event(self, type: str, **fields: Any) -> None:
-        if type != "task-started":
-            super().send_event(type, **fields)
 
 
 def _register_job(app: Celery, settings: Settings, registry: Registry, target: str) -> None:
