@@ -6,7 +6,8 @@ task events off and again with them on (``-E``, as runs ships), and as the issue
 yardstick (one INSERT before the send and one UPDATE in the job, raw psycopg); runs use a fresh PostgreSQL
 database, one API process, and task events on as shipped. Runs are created by wrk (a C load
 generator, whose CPU is reported) for a few seconds, then counted until all completed.
-Prints runs/s, jobs/s, their ratio, and the CPU each part spent per run.
+Prints runs/s, jobs/s, their ratio, and the CPU each part spent per run (and per job of
+plain Celery with task events).
 Usage: python benchmarks/throughput.py [--rounds 3] [--seconds 5]
 """
 
@@ -53,9 +54,10 @@ def start_plain_worker(
 
 def plain_celery(
     n: int, logdir: Path, *, events: bool = False, durable: bool = False, concurrency: int = 2
-) -> float:
-    """Jobs/s of ``n`` no-op jobs; ``durable``: each job's row is inserted (committed) before
-    its send and updated by the job, through raw psycopg (the issue's durable yardstick)."""
+) -> tuple[float, dict[str, float]]:
+    """Jobs/s of ``n`` no-op jobs, and the CPU seconds per job of each part (the sender is
+    this script); ``durable``: each job's row is inserted (committed) before its send and
+    updated by the job, through raw psycopg (the issue's durable yardstick)."""
     queue = f"bench-plain-{uuid.uuid4().hex[:6]}"
     counter = f"bench:plain:{queue}"
     log = logdir / "plain-worker.log"
@@ -70,6 +72,9 @@ def plain_celery(
         wait_for(lambda: client.get(counter) == b"1", 60, "plain worker")
         client.set(counter, 0)
         db = prepare_table() if durable else None
+        groups = parts(worker.pid)
+        before = {part: cpu_seconds(pids) for part, pids in groups.items()}
+        sender_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         for job_id in range(n):
             if db is None:
@@ -79,9 +84,17 @@ def plain_celery(
                 app.send_task("durable", args=(job_id,), queue=queue)
         wait_for(lambda: int(client.get(counter) or 0) >= n, 300, "plain jobs")
         rate = n / (time.perf_counter() - started)
+        sender = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = {
+            part: sum(cpu_seconds(pids).get(p, 0) - before[part].get(p, 0) for p in pids) / n
+            for part, pids in groups.items()
+        }
+        cpu["sender (this script)"] = (
+            sender.ru_utime + sender.ru_stime - sender_before.ru_utime - sender_before.ru_stime
+        ) / n
         if db is not None:
             db.close()
-        return rate
+        return rate, cpu
     finally:
         stop(worker)
         client.delete(counter)
@@ -194,13 +207,17 @@ def main() -> None:
     args = parser.parse_args()
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
-    plain, plain_events, durable, ours, peer, cpus = [], [], [], [], [], []
+    plain, plain_events, durable, ours, peer = [], [], [], [], []
+    cpus: list[dict[str, float]] = []
+    plain_cpus: list[dict[str, float]] = []
     for round_ in range(args.rounds):
-        plain.append(plain_celery(args.jobs, logdir, concurrency=args.concurrency))
-        plain_events.append(
-            plain_celery(args.jobs, logdir, events=True, concurrency=args.concurrency)
-        )
-        durable.append(plain_celery(args.jobs, logdir, durable=True, concurrency=args.concurrency))
+        rate, cpu = plain_celery(args.jobs, logdir, concurrency=args.concurrency)
+        plain.append(rate)
+        rate, cpu = plain_celery(args.jobs, logdir, events=True, concurrency=args.concurrency)
+        plain_events.append(rate)
+        plain_cpus.append(cpu)
+        rate, _ = plain_celery(args.jobs, logdir, durable=True, concurrency=args.concurrency)
+        durable.append(rate)
         rate, created, cpu = runs_stack(args.seconds, args.connections, logdir, args.concurrency)
         ours.append(rate)
         cpus.append(cpu)
@@ -233,9 +250,16 @@ def main() -> None:
         f"median Procrastinate: {statistics.median(peer):.0f} jobs/s "
         f"(runs/Procrastinate {statistics.median(ours) / statistics.median(peer):.2f})"
     )
-    print("CPU per run (ms, median of rounds):")
-    for part in sorted(cpus[0], key=lambda p: -cpus[0][p]):
-        print(f"  {part:22} {1000 * statistics.median(c.get(part, 0) for c in cpus):6.2f}")
+    print_cpu("CPU per run (ms, median of rounds):", cpus)
+    print_cpu("CPU per job of plain Celery with task events (ms, median of rounds):", plain_cpus)
+
+
+def print_cpu(title: str, rounds: list[dict[str, float]]) -> None:
+    print(title)
+    for part in sorted(rounds[0], key=lambda p: -rounds[0][p]):
+        print(f"  {part:22} {1000 * statistics.median(c.get(part, 0) for c in rounds):6.2f}")
+    total = statistics.median(sum(c.values()) for c in rounds)
+    print(f"  {'all parts':22} {1000 * total:6.2f}")
 
 
 if __name__ == "__main__":
