@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,3 +141,18 @@ def runs_system(logdir: Path, *, concurrency: int = 2, **env: str) -> Iterator[R
             stop(api)
             stop(worker)
             engine.dispose()
+            forget_project_keys(project.id)
+
+
+def forget_project_keys(project_id: str) -> None:
+    """Delete the Redis keys of a benchmark project's runs (they would stay a day)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=f"runs:{{{project_id}/*", count=1000):
+        batch.append(key)
+        if len(batch) == 1000:
+            client.delete(*batch)
+            batch = []
+    if batch:
+        client.delete(*batch)
+    client.close()
