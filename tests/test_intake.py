@@ -4,6 +4,8 @@ real database (SQLite and PostgreSQL) and the real Redis."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
@@ -12,73 +14,91 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
 from runs.api.intake import CreateIntake
+from runs.catalog import DefinitionCatalog
 from runs.domain.errors import UnknownTarget
 from runs.domain.projects import Project
 from runs.domain.runs import RunRequest, RunStatus
+from runs.events import RedisEventLog
 from runs.persistence.engine import autocommit
 from runs.persistence.tables import projects
 from runs.persistence.tables import runs as runs_table
+from runs.routing import Router
 from runs.service import RunService
 from tests.conftest import RecordingDispatcher
 from tests.helpers import task_request
+from tests.redis_hygiene import QUEUE
 
 
-def _statements(engine: sa.Engine) -> list[str]:
-    """The SQL statements sent through ``engine`` from now on."""
+@contextmanager
+def _statements(engine: sa.Engine) -> Iterator[list[str]]:
+    """The SQL statements sent through ``engine`` meanwhile."""
     seen: list[str] = []
-    for each in {engine, autocommit(engine)}:  # PostgreSQL's autocommit engine is made once
-        sa.event.listen(each, "before_cursor_execute", lambda *a: seen.append(a[2]))
-    return seen
+
+    def record(*args: Any) -> None:
+        seen.append(args[2])
+
+    engines = {engine, autocommit(engine)}  # PostgreSQL's autocommit engine is made once
+    for each in engines:
+        sa.event.listen(each, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        for each in engines:
+            sa.event.remove(each, "before_cursor_execute", record)
 
 
-def _fresh_service(service: RunService, engine: sa.Engine) -> RunService:
-    """``service`` again, built after a listener was added (an option engine made after
-    copies it)."""
-    return RunService(
+def _service(
+    engine: sa.Engine,
+    event_log: RedisEventLog,
+    dispatcher: RecordingDispatcher,
+    kind: type[RunService] = RunService,
+) -> RunService:
+    """A service like the ``service`` fixture's, built now (after a listener was added: an
+    option engine made later copies it)."""
+    return kind(
         engine,
-        dispatcher=service._dispatcher,
-        events=service._events,
-        router=service._router,
-        catalog=service._catalog,
-        max_input_bytes=service._max_input_bytes,
+        dispatcher=dispatcher,
+        events=event_log,
+        router=Router([], QUEUE),
+        catalog=DefinitionCatalog(engine, cache_seconds=0),
+        max_input_bytes=4096,
     )
 
 
 def test_runs_accepted_together_share_one_insert_and_each_gets_its_own_answer(
-    service: RunService, engine: sa.Engine, project: Project, dispatcher: RecordingDispatcher
+    service: RunService,
+    engine: sa.Engine,
+    event_log: RedisEventLog,
+    project: Project,
+    dispatcher: RecordingDispatcher,
 ) -> None:
     taken, _ = service.submit(project, task_request(project, public_id="run_taken-" + project.id))
     dispatcher.sent.clear()
-    statements = _statements(engine)
-    together = _fresh_service(service, engine)
-    twin = "run_twin-" + project.id
-    results = together.submit_many(
-        [
-            (project, task_request(project)),
-            (project, task_request(project, "task:nowhere")),
-            (project, task_request(project, public_id=twin)),
-            (project, task_request(project, public_id=twin)),
-            (project, task_request(project, public_id=taken.run_id)),
-            (project, task_request(project, "task:sleep")),
-        ]
-    )
+    with _statements(engine) as statements:
+        together = _service(engine, event_log, dispatcher)
+        twin = "run_twin-" + project.id
+        results = together.submit_many(
+            [
+                (project, task_request(project)),
+                (project, task_request(project, "task:nowhere")),
+                (project, task_request(project, public_id=twin)),
+                (project, task_request(project, public_id=twin)),
+                (project, task_request(project, public_id=taken.run_id)),
+                (project, task_request(project, "task:sleep")),
+            ]
+        )
     inserts = [s for s in statements if s.lstrip().upper().startswith("INSERT INTO RUNS")]
     assert len(inserts) == 1, inserts
-    first, refused, twin_first, twin_again, again, last = results
+    first, refused, *answers = results
     assert isinstance(refused, UnknownTarget)
-    for result in (first, twin_first, twin_again, again, last):
-        assert isinstance(result, tuple)
-    assert [r[1] for r in (first, twin_first, twin_again, again, last)] == [  # type: ignore[index]
-        False,
-        False,
-        True,
-        True,
-        False,
-    ]
-    assert twin_first[0].run_id == twin_again[0].run_id == twin  # type: ignore[index]
-    assert again[0].run_id == taken.run_id  # type: ignore[index]
+    answers.insert(0, first)
+    assert all(isinstance(answer, tuple) for answer in answers)
+    assert [duplicate for _, duplicate in answers] == [False, False, True, True, False]
+    (one, _), (twin_first, _), (twin_again, _), (again, _), (last, _) = answers
+    assert twin_first.run_id == twin_again.run_id == twin
+    assert again.run_id == taken.run_id
     # Only the new runs' jobs are sent, once each, in the order they came, after the commit.
-    new = [first[0], twin_first[0], last[0]]  # type: ignore[index]
+    new = [one, twin_first, last]
     assert [ref for _, ref, _ in dispatcher.sent] == [run.ref for run in new]
     for run in new:
         assert service.get(project, run.run_id).status is RunStatus.PENDING
@@ -106,18 +126,13 @@ class _ProjectVanishes(RunService):
 def test_a_run_whose_project_vanished_fails_alone_and_the_rest_of_its_batch_is_accepted(
     service: RunService,
     engine: sa.Engine,
+    event_log: RedisEventLog,
     project: Project,
     other_project: Project,
     dispatcher: RecordingDispatcher,
 ) -> None:
-    racing = _ProjectVanishes(
-        engine,
-        dispatcher=dispatcher,
-        events=service._events,
-        router=service._router,
-        catalog=service._catalog,
-        max_input_bytes=service._max_input_bytes,
-    )
+    racing = _service(engine, event_log, dispatcher, _ProjectVanishes)
+    assert isinstance(racing, _ProjectVanishes)
     racing.doomed = other_project.id
     before, orphan, after = racing.submit_many(
         [
