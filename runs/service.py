@@ -154,8 +154,8 @@ class RunService:
 
     def _insert_new(self, rows: list[dict[str, Any]]) -> dict[RunRef, bool | Exception]:
         """Commit new runs in one statement: each run's ref maps to True when it was
-        inserted (absent when its id was taken). A conflict other than a taken id (a parent
-        that vanished) fails the statement: then each run is inserted on its own, and the
+        inserted (absent when its id was taken). A conflict other than a taken id (a project
+        deleted meanwhile) fails the statement: then each run is inserted on its own, and the
         one that conflicts maps to its error."""
         try:
             with self._auto.connect() as conn:

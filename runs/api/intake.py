@@ -30,7 +30,6 @@ class CreateIntake:
         self._blocking = blocking
         self._waiting: list[tuple[Project, RunRequest, asyncio.Future[Accepted]]] = []
         self._draining: asyncio.Task[None] | None = None
-        self.batches = 0  # batches sent so far (tests and benchmarks read it)
 
     async def submit(self, project: Project, request: RunRequest) -> Accepted:
         """Accept one run, with whatever else arrives meanwhile. Returns (run, duplicate)."""
@@ -46,7 +45,6 @@ class CreateIntake:
         try:
             while self._waiting:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
-                self.batches += 1
                 try:
                     results = await self._blocking(
                         self._submit_many, [(project, request) for project, request, _ in batch]

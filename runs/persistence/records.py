@@ -101,7 +101,7 @@ _INSERT_NEW = {
 def insert_new_runs(conn: sa.Connection, rows: Sequence[Mapping[str, Any]]) -> set[RunRef]:
     """Insert new runs in one statement; a run whose id its project already holds is skipped.
     Returns the runs inserted. Raises ``sqlalchemy.exc.IntegrityError`` (and inserts none)
-    on any other conflict, such as a parent run that no longer exists."""
+    on any other conflict, such as a project deleted meanwhile."""
     if not rows:
         return set()
     found = conn.execute(_INSERT_NEW[conn.dialect.name], [dict(row) for row in rows])
