@@ -29,13 +29,13 @@ _EMPTY: Mapping[str, Any] = MappingProxyType({})
 _bound: ContextVar[Mapping[str, Any]] = ContextVar("runs_log_fields", default=_EMPTY)
 
 
-def run_log_fields(run: Run, attempt: int | None = None) -> dict[str, Any]:
-    """The fields of a line about ``run`` (``attempt``: a workflow step's own)."""
+def run_log_fields(run: Run) -> dict[str, Any]:
+    """The fields of a line about ``run`` (a workflow step binds its own attempt after)."""
     return {
         "run_id": run.run_id,
         "project_id": run.project_id,
         "target": run.target,
-        "attempt": run.attempt if attempt is None else attempt,
+        "attempt": run.attempt,
         "queue": run.queue,
     }
 

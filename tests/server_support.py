@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +68,18 @@ def start_server(
                 return server
         except httpx.HTTPError:
             time.sleep(0.1)
+
+
+@contextmanager
+def serving(
+    postgres_url: str, redis_url: str, tmp: Path, repo_root: Path, **env: str
+) -> Iterator[Server]:
+    """``start_server``, stopped when the block ends (whatever the block raised)."""
+    server = start_server(postgres_url, redis_url, tmp, repo_root, **env)
+    try:
+        yield server
+    finally:
+        stop_server(server)
 
 
 def stop_server(server: Server) -> None:

@@ -25,7 +25,7 @@ from runs.client import (
 from tests.api_support import Caller, new_caller
 from tests.client_support import make_client
 from tests.conftest import WorkerPool
-from tests.server_support import Server, start_server, stop_server
+from tests.server_support import Server, serving
 
 pytestmark = pytest.mark.worker
 
@@ -38,16 +38,15 @@ def server(
     repo_root: Path,
     worker_pool: WorkerPool,
 ) -> Iterator[Server]:
-    started = start_server(
+    with serving(
         postgres_url,
         redis_url,
         tmp_path_factory.mktemp("client"),
         repo_root,
         RUNS_DEFAULT_QUEUE=worker_pool.settings.default_queue,
         RUNS_SSE_HEARTBEAT_SECONDS="0.5",
-    )
-    yield started
-    stop_server(started)
+    ) as started:
+        yield started
 
 
 @pytest.fixture

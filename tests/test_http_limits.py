@@ -28,7 +28,7 @@ from runs.access import AccessService
 from runs.embedded import free_port
 from tests.api_support import Caller, new_caller
 from tests.helpers import create_body
-from tests.server_support import Server, start_server, stop_server
+from tests.server_support import Server, serving
 
 pytestmark = pytest.mark.worker  # starts real server processes
 
@@ -49,11 +49,10 @@ LIMITS = {
 def server(
     postgres_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory, repo_root: Path
 ) -> Iterator[Server]:
-    started = start_server(
+    with serving(
         postgres_url, redis_url, tmp_path_factory.mktemp("http"), repo_root, **LIMITS
-    )
-    yield started
-    stop_server(started)
+    ) as started:
+        yield started
 
 
 @pytest.fixture
@@ -303,11 +302,10 @@ def server_without_redis(
     postgres_url: str, tmp_path_factory: pytest.TempPathFactory, repo_root: Path
 ) -> Iterator[Server]:
     dead = f"redis://127.0.0.1:{free_port(0)}/0"
-    started = start_server(
+    with serving(
         postgres_url, dead, tmp_path_factory.mktemp("http-500"), repo_root, **LIMITS
-    )
-    yield started
-    stop_server(started)
+    ) as started:
+        yield started
 
 
 def test_after_a_500_the_connection_closes_cleanly_and_the_next_request_succeeds(

@@ -21,7 +21,7 @@ from runs.domain.definitions import Definition
 from tests.api_support import Caller, new_caller
 from tests.conftest import base_settings
 from tests.helpers import create_body
-from tests.server_support import Server, start_server, stop_server
+from tests.server_support import Server, serving
 from tests.workflow_support import park
 
 PROBLEM = {"$ref": "#/components/schemas/ProblemOut"}
@@ -138,8 +138,7 @@ def test_schemathesis_finds_no_failure_over_every_operation(
     )
     access = AccessService(pg_engine)
     caller = new_caller(access, "fuzz")
-    server = start_server(postgres_url, redis_url, tmp_path, repo_root)
-    try:
+    with serving(postgres_url, redis_url, tmp_path, repo_root) as server:
         run_ids = known_runs(server, caller, pg_engine)
         dictionaries = {
             "projects": [caller.project.id, caller.project.slug],
@@ -168,8 +167,6 @@ def test_schemathesis_finds_no_failure_over_every_operation(
             timeout=600,
             cwd=tmp_path,  # its cache stays out of the repository
         )
-    finally:
-        stop_server(server)
     report = done.stdout + done.stderr
     (tmp_path / "schemathesis.log").write_text(report)
     failures = report[report.find("= FAILURES =") :] if "= FAILURES =" in report else report

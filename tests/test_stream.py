@@ -21,7 +21,7 @@ from runs.access import AccessService
 from tests.api_support import Caller, new_caller
 from tests.conftest import WorkerPool
 from tests.helpers import create_body
-from tests.server_support import Server, start_server, stop_server
+from tests.server_support import Server, serving
 
 pytestmark = pytest.mark.worker
 
@@ -63,16 +63,15 @@ def server(
     repo_root: Path,
     worker_pool: WorkerPool,
 ) -> Iterator[Server]:
-    started = start_server(
+    with serving(
         postgres_url,
         redis_url,
         tmp_path_factory.mktemp("stream"),
         repo_root,
         RUNS_DEFAULT_QUEUE=worker_pool.settings.default_queue,
         RUNS_SSE_HEARTBEAT_SECONDS="0.3",
-    )
-    yield started
-    stop_server(started)
+    ) as started:
+        yield started
 
 
 @pytest.fixture
@@ -215,10 +214,9 @@ def test_heartbeats_arrive_while_nothing_happens(
     postgres_url: str, redis_url: str, tmp_path: Path, repo_root: Path, caller: Caller
 ) -> None:
     # A server whose jobs nothing consumes: the run stays pending, the stream stays quiet.
-    quiet = start_server(
+    with serving(
         postgres_url, redis_url, tmp_path, repo_root, RUNS_SSE_HEARTBEAT_SECONDS="0.2"
-    )
-    try:
+    ) as quiet:
         run_id = start_run(quiet, caller, "task:echo")
         beats = 0
         started = time.monotonic()
@@ -231,26 +229,24 @@ def test_heartbeats_arrive_while_nothing_happens(
                 if beats == 3:
                     break
         assert time.monotonic() - started < 5
-    finally:
-        stop_server(quiet)
 
 
 def test_the_api_stops_on_sigterm_within_its_grace_even_with_a_follower(
     postgres_url: str, redis_url: str, tmp_path: Path, repo_root: Path, caller: Caller
 ) -> None:
-    api = start_server(
+    with serving(
         postgres_url, redis_url, tmp_path, repo_root, RUNS_HTTP_SHUTDOWN_GRACE_SECONDS="1"
-    )
-    run_id = start_run(api, caller, "task:echo")  # never starts: its stream never ends
-    with httpx.stream(
-        "GET", f"{api.url}/runs/{run_id}/stream", headers=caller.headers, timeout=10
-    ) as response:
-        assert response.status_code == 200
-        started = time.monotonic()
-        api.process.send_signal(signal.SIGTERM)
-        # uvicorn ends by re-raising the signal once it has shut down.
-        assert api.process.wait(timeout=15) in (0, -signal.SIGTERM), api.log()
-    assert time.monotonic() - started < 6
+    ) as api:
+        run_id = start_run(api, caller, "task:echo")  # never starts: its stream never ends
+        with httpx.stream(
+            "GET", f"{api.url}/runs/{run_id}/stream", headers=caller.headers, timeout=10
+        ) as response:
+            assert response.status_code == 200
+            started = time.monotonic()
+            api.process.send_signal(signal.SIGTERM)
+            # uvicorn ends by re-raising the signal once it has shut down.
+            assert api.process.wait(timeout=15) in (0, -signal.SIGTERM), api.log()
+        assert time.monotonic() - started < 6
 
 
 def test_requests_in_flight_when_the_api_gets_sigterm_finish(
@@ -261,31 +257,31 @@ def test_requests_in_flight_when_the_api_gets_sigterm_finish(
     caller: Caller,
     worker_pool: WorkerPool,
 ) -> None:
-    api = start_server(
+    with serving(
         postgres_url,
         redis_url,
         tmp_path,
         repo_root,
         RUNS_DEFAULT_QUEUE=worker_pool.settings.default_queue,
         RUNS_HTTP_SHUTDOWN_GRACE_SECONDS="20",
-    )
-    run_id = start_run(api, caller, "task:test/ticker", n=8, interval=0.25)
-    got: list[Frame] = []
-    with httpx.stream(
-        "GET", f"{api.url}/runs/{run_id}/stream", headers=caller.headers, timeout=30
-    ) as response:
-        for f in frames(response):
-            if f.comment:
-                continue
-            got.append(f)
-            if len(got) == 3:  # the run is under way: a deploy stops the API now
-                api.process.send_signal(signal.SIGTERM)
-    # The follower read on to the end of the run, then the API stopped.
-    assert got[-1].event == "RUN_FINISHED", api.log()
-    assert sum(f.event == "PROGRESS_REPORTED" for f in got) == 8
-    assert api.process.wait(timeout=15) in (0, -signal.SIGTERM), api.log()
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{api.url}/healthz", timeout=2)
+    ) as api:
+        run_id = start_run(api, caller, "task:test/ticker", n=8, interval=0.25)
+        got: list[Frame] = []
+        with httpx.stream(
+            "GET", f"{api.url}/runs/{run_id}/stream", headers=caller.headers, timeout=30
+        ) as response:
+            for f in frames(response):
+                if f.comment:
+                    continue
+                got.append(f)
+                if len(got) == 3:  # the run is under way: a deploy stops the API now
+                    api.process.send_signal(signal.SIGTERM)
+        # The follower read on to the end of the run, then the API stopped.
+        assert got[-1].event == "RUN_FINISHED", api.log()
+        assert sum(f.event == "PROGRESS_REPORTED" for f in got) == 8
+        assert api.process.wait(timeout=15) in (0, -signal.SIGTERM), api.log()
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{api.url}/healthz", timeout=2)
 
 
 def test_errors_come_as_problems_before_the_stream_starts(

@@ -23,7 +23,7 @@ from runs.access import AccessService
 from tests.api_support import Caller, new_caller
 from tests.conftest import IN_CI, WorkerPool, unavailable
 from tests.helpers import create_body
-from tests.server_support import Server, start_server, stop_server
+from tests.server_support import Server, serving
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -81,15 +81,14 @@ def server(
     repo_root: Path,
     worker_pool: WorkerPool,
 ) -> Iterator[Server]:
-    started = start_server(
+    with serving(
         postgres_url,
         redis_url,
         tmp_path_factory.mktemp("ui"),
         repo_root,
         RUNS_DEFAULT_QUEUE=worker_pool.settings.default_queue,
-    )
-    yield started
-    stop_server(started)
+    ) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
