@@ -27,6 +27,7 @@ from runs.domain.errors import InvalidRequest
 from runs.domain.events import MAX_EVENT_ID, RUN_ERROR, RUN_FINISHED, RunEvent
 from runs.domain.projects import Project
 from runs.domain.runs import Run
+from runs.event_feeds import Frame
 from runs.schemas import RunEventOut
 
 router = APIRouter(tags=["runs"])
@@ -140,22 +141,30 @@ async def _live(
                 if len(events) < REPLAY_PAGE:
                     break
             while not feed.lagged:  # then the frames of the run's shared reader
-                if feed.queue.empty():
-                    try:
-                        event, data = await asyncio.wait_for(feed.queue.get(), heartbeat)
-                    except TimeoutError:
-                        if feed.lagged:
-                            break
-                        yield b": heartbeat\n\n"
-                        current = await svc.blocking(svc.runs.get, project, run.run_id)
-                        if current.status.is_terminal:
-                            return
-                        continue
-                else:
-                    event, data = feed.queue.get_nowait()
+                got = await _next_frame(feed.queue, heartbeat)
+                if got is None:  # nothing for a heartbeat's time
+                    if feed.lagged:
+                        break
+                    yield b": heartbeat\n\n"
+                    current = await svc.blocking(svc.runs.get, project, run.run_id)
+                    if current.status.is_terminal:
+                        return
+                    continue
+                event, data = got
                 if event.event_id <= position.last:
                     continue  # this follower read it from the stream already
                 yield data
                 _sent(position, event)
                 if position.ended:
                     return
+
+
+async def _next_frame(queue: asyncio.Queue[Frame], seconds: float) -> Frame | None:
+    """The next shared frame, or None after ``seconds`` without one (a frame already waiting
+    is taken without arming a timer)."""
+    if not queue.empty():
+        return queue.get_nowait()
+    try:
+        return await asyncio.wait_for(queue.get(), seconds)
+    except TimeoutError:
+        return None
