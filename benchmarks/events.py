@@ -35,7 +35,9 @@ def main() -> None:
         ref = RunRef(str(uuid.uuid4()), f"run_{uuid.uuid4()}")
         cancelled = threading.Event()
 
-        def publish(events: object, ref: RunRef = ref, flag: threading.Event = cancelled) -> None:
+        def publish(
+            events: object, batch: int, ref: RunRef = ref, flag: threading.Event = cancelled
+        ) -> None:
             if not log.append(ref, events):  # type: ignore[arg-type]
                 flag.set()
 
@@ -49,7 +51,7 @@ def main() -> None:
             publish=publish,
             max_log_bytes=None,
         )
-        log.open(ref, 1, [])
+        log.open(ref, "w1", [])
         started = time.perf_counter()
         for i in range(args.lines):
             ctx.log_line(f"line {i}")

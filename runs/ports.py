@@ -24,16 +24,23 @@ class Dispatcher(Protocol):
 
 
 class EventLog(Protocol):
-    def append(self, ref: RunRef, events: Sequence[NewEvent]) -> list[int]: ...
+    def append(
+        self,
+        ref: RunRef,
+        events: Sequence[NewEvent],
+        *,
+        producer: str = "",
+        sequence: str = "",
+    ) -> list[int]: ...
 
-    def open(self, ref: RunRef, attempt: int, events: Sequence[NewEvent]) -> bool: ...
+    def open(self, ref: RunRef, owner: str, events: Sequence[NewEvent]) -> bool: ...
 
     def close(
         self, ref: RunRef, count: int, *, cancel: bool = False
     ) -> tuple[int, list[RunEvent]]: ...
 
     def close_attempt(
-        self, ref: RunRef, attempt: int, count: int, *, cancel: bool = False
+        self, ref: RunRef, owner: str, count: int, *, cancel: bool = False
     ) -> tuple[int, list[RunEvent]] | None: ...
 
     def publish(self, ref: RunRef, events: Sequence[RunEvent]) -> None: ...

@@ -72,6 +72,17 @@ def _check_kind(kind: RunKind) -> None:
         )
 
 
+def _is_row(run: Run | None, values: dict[str, Any]) -> bool:
+    """Whether ``run`` is the new run ``values`` describe: its INSERT landed, and a retry of
+    the statement (the connection dropped before its answer) found the id taken."""
+    return (
+        run is not None
+        and run.status is RunStatus.PENDING
+        and run.attempt == 0
+        and run.created_at == values["created_at"]
+    )
+
+
 def json_size(value: Any) -> int:
     return len(json.dumps(value, separators=(",", ":")).encode("utf-8"))
 
@@ -129,15 +140,20 @@ class RunService:
             refs[i] = key
             new.setdefault(key, (i, values))
         inserted = self._insert_new([values for _, values in new.values()])
+        holders: dict[RunRef, Run | None] = {}  # the runs that hold the ids found taken
         for ref, (i, values) in new.items():
             outcome = inserted.get(ref)
             if isinstance(outcome, Exception):
                 results[i] = outcome
             elif outcome:
                 results[i] = (self.dispatch_new(values), False)
+            else:
+                holders[ref] = holder = self.load(ref)
+                if _is_row(holder, values):  # a retried INSERT found its own run
+                    results[i] = (self.dispatch_new(values), False)
         for i, taken in enumerate(refs):
             if taken is not None and results[i] is None:  # its id was taken
-                existing = self.load(taken)
+                existing = holders[taken] if taken in holders else self.load(taken)
                 gone = NotFound(f"run {taken.run_id!r} not found")  # deleted meanwhile
                 results[i] = (existing, True) if existing is not None else gone
         done = [result for result in results if result is not None]

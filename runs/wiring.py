@@ -38,7 +38,12 @@ class Wired:
         self.engine.dispose()
 
 
-def wire(settings: Settings, *, pool_size: int, auth_cache_seconds: float) -> Wired:
+def wire(
+    settings: Settings, *, pool_size: int, auth_cache_seconds: float, patience: float = 0.0
+) -> Wired:
+    """``patience``: how long the services of a worker keep trying a state change while
+    storage is unreachable (``runs.transient.patiently``); the API and the sweeper answer at
+    once (0)."""
     engine = create_engine(settings.database_url, pool_size=pool_size)
     events = RedisEventLog.from_url(settings.redis_url, ttl_seconds=settings.stream_ttl_seconds)
     dispatcher = CeleryDispatcher.from_settings(settings)
@@ -58,8 +63,10 @@ def wire(settings: Settings, *, pool_size: int, auth_cache_seconds: float) -> Wi
         dispatcher=dispatcher,
         catalog=catalog,
         runs=runs,
-        attempts=AttemptService(engine, dispatcher=dispatcher, events=events),
-        workflows=WorkflowState(engine, runs=runs, events=events, dispatcher=dispatcher),
+        attempts=AttemptService(engine, dispatcher=dispatcher, events=events, patience=patience),
+        workflows=WorkflowState(
+            engine, runs=runs, events=events, dispatcher=dispatcher, patience=patience
+        ),
         access=AccessService(engine, cache_seconds=auth_cache_seconds),
         schedules=ScheduleService(engine, runs=runs),
     )

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -22,6 +22,9 @@ from runs.persistence import nodes
 from runs.persistence.engine import autocommit
 from runs.ports import Dispatcher, EventLog
 from runs.service import RunService
+from runs.transient import patiently
+
+T = TypeVar("T")
 
 
 def step_event(event_type: str, node_id: str, status: str, attempt: int, **extra: Any) -> NewEvent:
@@ -30,6 +33,11 @@ def step_event(event_type: str, node_id: str, status: str, attempt: int, **extra
 
 
 class WorkflowState:
+    """``patience``: how long each node transition keeps trying while storage is unreachable
+    (``runs.transient.patiently``; the worker's wiring sets it, the API's leaves 0). Every
+    transition is safe to repeat after its answer was lost: the retry finds the node as it
+    wrote it (same status, same ``updated_at``), reports it moved, and appends its event once."""
+
     def __init__(
         self,
         engine: sa.Engine,
@@ -38,6 +46,7 @@ class WorkflowState:
         events: EventLog,
         dispatcher: Dispatcher,
         clock: Callable[[], datetime] = utcnow,
+        patience: float = 0.0,
     ) -> None:
         self._engine = engine
         self._auto = autocommit(engine)
@@ -45,16 +54,28 @@ class WorkflowState:
         self._events = events
         self._dispatcher = dispatcher
         self._clock = clock
+        self._patience = patience
+
+    def _patiently(self, call: Callable[[], T]) -> T:
+        return patiently(call, self._patience)
 
     # -- for the engine -------------------------------------------------------------------
 
     def create(self, ref: RunRef, node_ids: Sequence[str]) -> None:
-        with self._engine.begin() as conn:
-            nodes.insert_nodes(conn, ref, node_ids, self._clock())
+        """Create the run's nodes once (a repeat finds them and changes nothing)."""
+
+        def create_once() -> None:
+            with self._engine.begin() as conn:
+                nodes.insert_nodes(conn, ref, node_ids, self._clock())
+
+        self._patiently(create_once)
 
     def nodes(self, ref: RunRef) -> dict[str, NodeRecord]:
-        with self._auto.connect() as conn:
-            return nodes.get_nodes(conn, ref)
+        def read() -> dict[str, NodeRecord]:
+            with self._auto.connect() as conn:
+                return nodes.get_nodes(conn, ref)
+
+        return self._patiently(read)
 
     # -- node transitions: each a conditional update, and its event once it happened -------
 
@@ -224,17 +245,23 @@ class WorkflowState:
         event: NewEvent | None = None,
     ) -> bool:
         """Conditionally move a node; emit ``event`` only when this call moved it."""
-        with self._auto.connect() as conn:
-            moved = nodes.transition(
-                conn,
-                ref,
-                node_id,
-                from_statuses,
-                {"updated_at": self._clock(), **values},
-                attempt=attempt,
-            )
+        now = self._clock()
+        values = {"updated_at": now, **values}
+
+        def move_once() -> bool:
+            with self._auto.connect() as conn:
+                if nodes.transition(conn, ref, node_id, from_statuses, values, attempt=attempt):
+                    return True
+                # Not moved now; moved by this call's earlier try whose answer was lost?
+                return nodes.moved_as(conn, ref, node_id, values)
+
+        moved = self._patiently(move_once)
         if moved and event is not None:
-            self._events.append(ref, [event])
+            self._patiently(
+                lambda: self._events.append(
+                    ref, [event], producer=f"node:{node_id}", sequence=now.isoformat()
+                )
+            )
         return moved
 
     def claim(
@@ -242,23 +269,30 @@ class WorkflowState:
         ref: RunRef,
         node_id: str,
         *,
-        worker: str,
+        owner: str,
         lease_seconds: float,
         from_status: NodeStatus = NodeStatus.QUEUED,
     ) -> NodeRecord | None:
-        """Take a step for one attempt: queued (its job arrived), pending (the job of the step
-        before goes on with it), or running on a lapsed lease (its worker died)."""
-        now = self._clock()
-        with self._auto.connect() as conn:
-            return nodes.claim_node(
-                conn,
-                ref,
-                node_id,
-                now=now,
-                worker=worker,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                from_status=from_status,
-            )
+        """Take a step for one attempt, its lease held by ``owner`` (a token unique to this
+        claim): queued (its job arrived), pending (the job of the step before goes on with
+        it), or running on a lapsed lease (its worker died). Lost answer: the claim that took
+        effect is found by its owner and answered again."""
+
+        def claim_once() -> NodeRecord | None:
+            now = self._clock()
+            with self._auto.connect() as conn:
+                claimed = nodes.claim_node(
+                    conn,
+                    ref,
+                    node_id,
+                    now=now,
+                    worker=owner,
+                    lease_until=now + timedelta(seconds=lease_seconds),
+                    from_status=from_status,
+                )
+                return claimed or nodes.claimed_by(conn, ref, node_id, owner)
+
+        return self._patiently(claim_once)
 
     def renew(self, ref: RunRef, node_id: str, attempt: int, lease_seconds: float) -> bool:
         with self._auto.connect() as conn:
@@ -268,13 +302,23 @@ class WorkflowState:
 
     def lease_left(self, ref: RunRef, node_id: str) -> float:
         """Seconds until a running node's lease expires (0 when it has)."""
-        with self._auto.connect() as conn:
-            until = nodes.lease_of(conn, ref, node_id)
+
+        def read() -> datetime | None:
+            with self._auto.connect() as conn:
+                return nodes.lease_of(conn, ref, node_id)
+
+        until = self._patiently(read)
         return max(0.0, (until - self._clock()).total_seconds()) if until else 0.0
 
     def set_waiting(self, ref: RunRef, reason: str | None) -> bool:
-        with self._auto.connect() as conn:
-            return nodes.set_run_waiting(conn, ref, reason, self._clock())
+        """running <-> waiting (``None`` resumes); a repeat changes nothing."""
+        now = self._clock()
+
+        def set_once() -> bool:
+            with self._auto.connect() as conn:
+                return nodes.set_run_waiting(conn, ref, reason, now)
+
+        return self._patiently(set_once)
 
     def dispatch(
         self,
@@ -287,18 +331,22 @@ class WorkflowState:
             run.target, run.ref, run.queue, node_id=node_id, countdown=countdown
         )
 
-    def redispatch_stale(self, *, older_than_seconds: float, limit: int = 200) -> int:
+    def redispatch_stale(
+        self, *, older_than_seconds: float, lapsed: bool = True, limit: int = 200
+    ) -> int:
         """Re-send the jobs of nodes queued too long (a job lost between the node's move to
-        ``queued`` and its send) and of running nodes whose worker's lease ran out (the job
-        then takes the node over). A duplicate is dropped by the conditional node claim."""
+        ``queued`` and its send) and, with ``lapsed``, of running nodes whose worker's lease
+        ran out (the job then takes the node over). A duplicate is dropped by the conditional
+        node claim."""
         now = self._clock()
         before = now - timedelta(seconds=older_than_seconds)
+        lapsed_before = now if lapsed else None
         with self._auto.connect() as conn:
-            stale = nodes.stale_nodes(conn, before, now, limit)
+            stale = nodes.stale_nodes(conn, before, lapsed_before, limit)
         sent = 0
         for ref, node_id, target, queue in stale:
             with self._auto.connect() as conn:
-                if not nodes.touch_stale(conn, ref, node_id, before, now):
+                if not nodes.touch_stale(conn, ref, node_id, before, lapsed_before, now):
                     continue
             self._dispatcher.dispatch(target, ref, queue, node_id=node_id)
             sent += 1

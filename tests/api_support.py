@@ -102,3 +102,13 @@ def count_runs(engine: sa.Engine, project: Project) -> int:
     with engine.connect() as conn:
         query = sa.select(sa.func.count()).where(runs_table.c.project_id == project.id)
         return int(conn.execute(query).scalar_one())
+
+
+def corrupt_event_stream(redis_url: str, project_id: str, run_id: str) -> None:
+    """Make a live run's event stream a plain string: reading it fails with an error the
+    server does not expect (Redis answers WRONGTYPE), which is a 500."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.set(f"runs:{{{project_id}/{run_id}}}:events", "not a stream", ex=3600)
+    finally:
+        client.close()

@@ -233,7 +233,7 @@ class Collected:
     lines: list[tuple[str, float]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def publish(self, events: Sequence[NewEvent]) -> None:
+    def publish(self, events: Sequence[NewEvent], batch: int) -> None:
         now = time.monotonic()
         with self.lock:
             self.events.extend(events)

@@ -145,7 +145,7 @@ def wait_holding(
         with engine.connect() as conn:
             owners = [o for o in conn.execute(query).scalars() if o]
         for owner in owners:
-            pid = int(owner.rsplit(":", 1)[1])
+            pid = int(owner.split(":")[1])  # host:pid:claim
             with contextlib.suppress(OSError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 if int(stat.rsplit(") ", 1)[1].split()[1]) == worker.pid:

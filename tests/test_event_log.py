@@ -32,7 +32,7 @@ def new_ref() -> RunRef:
 
 def test_a_batch_keeps_every_event_whole_and_in_order(event_log: RedisEventLog) -> None:
     ref = new_ref()
-    assert event_log.open(ref, 1, [NewEvent("RUN_STARTED", {"type": "RUN_STARTED"})])
+    assert event_log.open(ref, "w1", [NewEvent("RUN_STARTED", {"type": "RUN_STARTED"})])
     events = [NewEvent(f"CUSTOM_{i}", payload) for i, payload in enumerate(AWKWARD)]
     ids = event_log.append(ref, events)
     assert ids == list(range(2, 2 + len(events)))
@@ -45,7 +45,7 @@ def test_a_batch_keeps_every_event_whole_and_in_order(event_log: RedisEventLog) 
 
 def test_a_large_batch_takes_consecutive_ids(event_log: RedisEventLog) -> None:
     ref = new_ref()
-    assert event_log.open(ref, 1, [])
+    assert event_log.open(ref, "w1", [])
     first = event_log.append(ref, [NewEvent("LINE", {"i": i}) for i in range(1000)])
     second = event_log.append(ref, [NewEvent("LINE", {"i": 1000})])
     assert first == list(range(1, 1001)) and second == [1001]
@@ -57,7 +57,7 @@ def test_an_event_type_with_a_newline_is_refused_and_appends_nothing(
     event_log: RedisEventLog,
 ) -> None:
     ref = new_ref()
-    assert event_log.open(ref, 1, [])
+    assert event_log.open(ref, "w1", [])
     with pytest.raises(ValueError, match="newline"):
         event_log.append(ref, [NewEvent("OK", {}), NewEvent("BAD\nTYPE", {})])
     assert event_log.read(ref, after=0, limit=10) == []

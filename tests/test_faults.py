@@ -29,7 +29,6 @@ import sqlalchemy as sa
 from runs.access import AccessService
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunKind, RunRequest, RunStatus
-from runs.embedded import free_port, redis_server_binary
 from runs.events import RedisEventLog
 from runs.settings import Settings
 from tests.conftest import (
@@ -42,6 +41,7 @@ from tests.conftest import (
     wait_until_consuming,
 )
 from tests.durable_support import Live, live_services
+from tests.private_servers import PrivateRedis
 from tests.redis_hygiene import own
 
 pytestmark = pytest.mark.worker
@@ -127,64 +127,6 @@ def worker_processes(settings: Settings, directory: Path) -> Iterator[Workers]:
         yield workers
     finally:
         workers.stop_all()
-
-
-class PrivateRedis:
-    """A ``redis-server`` of this test alone, without persistence: a restart comes back empty."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port(0)
-        self.process: subprocess.Popen[bytes] | None = None
-        directory.mkdir(parents=True, exist_ok=True)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--dir",
-                str(self.directory),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=(self.directory / "redis.log").open("ab"),
-            stderr=subprocess.STDOUT,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=1)
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                assert self.process.poll() is None, "private redis-server exited"
-                try:
-                    client.ping()
-                    return
-                except redis.ConnectionError:
-                    assert time.monotonic() < deadline, "private redis-server did not answer"
-                    time.sleep(0.05)
-        finally:
-            client.close()
-
-    def crash(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-
-    def keys(self) -> int:
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        try:
-            return int(client.dbsize())
-        finally:
-            client.close()
 
 
 @pytest.fixture

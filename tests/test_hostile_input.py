@@ -24,7 +24,15 @@ from runs.domain.runs import RunRef
 from runs.events import RedisEventLog
 from runs.persistence import records
 from runs.persistence.engine import create_engine
-from tests.api_support import Api, Caller, assert_problem, count_runs, new_caller, open_api
+from tests.api_support import (
+    Api,
+    Caller,
+    assert_problem,
+    corrupt_event_stream,
+    count_runs,
+    new_caller,
+    open_api,
+)
 from tests.conftest import base_settings
 from tests.helpers import create_body
 from tests.redis_hygiene import QUEUE
@@ -244,7 +252,7 @@ def test_a_page_size_out_of_range_is_a_400_naming_it(
 
 @pytest.fixture
 def api_without_redis(postgres_url: str) -> Iterator[TestClient]:
-    """The app with its Redis (event log and broker) unreachable: a live run's events fail."""
+    """The app with its Redis (event log and broker) unreachable."""
     settings = base_settings(
         database_url=postgres_url, redis_url="redis://127.0.0.1:1/0", auth_cache_seconds=0
     )
@@ -252,14 +260,29 @@ def api_without_redis(postgres_url: str) -> Iterator[TestClient]:
         yield client
 
 
-def test_a_500_is_problem_json_with_a_request_id_logged_once_and_closes_the_connection(
-    api_without_redis: TestClient, pg_engine: sa.Engine, caplog: pytest.LogCaptureFixture
+def test_storage_out_of_reach_is_a_503_with_retry_after_not_a_500(
+    api_without_redis: TestClient, pg_engine: sa.Engine
 ) -> None:
     client = api_without_redis
-    caller = new_caller(AccessService(pg_engine), "boom")
+    caller = new_caller(AccessService(pg_engine), "away")
     created = client.post("/runs", json=create_body(caller.project), headers=caller.headers)
     assert created.status_code == 202  # the run stays pending; the sweeper sends it later
     run_id = created.json()["run"]["run_id"]
+    response = client.get(f"/runs/{run_id}/events", headers=caller.headers)  # a live stream
+    problem = assert_problem(response, 503, "try again")
+    assert int(response.headers["retry-after"]) >= 1
+    assert "request_id" not in problem
+
+
+def test_a_500_is_problem_json_with_a_request_id_logged_once_and_closes_the_connection(
+    api: Api, pg_engine: sa.Engine, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = api.client
+    caller = new_caller(AccessService(pg_engine), "boom")
+    created = client.post("/runs", json=create_body(caller.project), headers=caller.headers)
+    assert created.status_code == 202
+    run_id = created.json()["run"]["run_id"]
+    corrupt_event_stream(redis_url, caller.project.id, run_id)
     caplog.clear()
     with caplog.at_level(logging.ERROR):
         response = client.get(f"/runs/{run_id}/events", headers=caller.headers)

@@ -25,8 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from runs.access import AccessService
-from runs.embedded import free_port
-from tests.api_support import Caller, new_caller
+from tests.api_support import Caller, corrupt_event_stream, new_caller
 from tests.helpers import create_body
 from tests.server_support import Server, serving
 
@@ -297,34 +296,24 @@ def test_an_oversized_body_sent_in_full_before_reading_still_gets_its_413(
         assert "exceeds" in json.loads(refused.value.read())["detail"]
 
 
-@pytest.fixture(scope="module")
-def server_without_redis(
-    postgres_url: str, tmp_path_factory: pytest.TempPathFactory, repo_root: Path
-) -> Iterator[Server]:
-    dead = f"redis://127.0.0.1:{free_port(0)}/0"
-    with serving(
-        postgres_url, dead, tmp_path_factory.mktemp("http-500"), repo_root, **LIMITS
-    ) as started:
-        yield started
-
-
 def test_after_a_500_the_connection_closes_cleanly_and_the_next_request_succeeds(
-    server_without_redis: Server, caller: Caller
+    server: Server, caller: Caller, redis_url: str
 ) -> None:
-    """A live run's events need Redis, which this server cannot reach: a 500. The client's
+    """A live run's event stream that Redis cannot read (a corrupt key): a 500. The client's
     kept-alive connection must not be reset under its next request."""
-    with httpx.Client(base_url=server_without_redis.url, headers=caller.headers) as client:
+    with httpx.Client(base_url=server.url, headers=caller.headers) as client:
         created = client.post("/runs", json=create_body(caller.project))
         assert created.status_code == 202, created.text
         run_id = created.json()["run"]["run_id"]
+        corrupt_event_stream(redis_url, caller.project.id, run_id)
         failed = client.get(f"/runs/{run_id}/events")
         assert failed.status_code == 500
         assert failed.headers["connection"] == "close"
         problem = failed.json()
-        assert problem["request_id"] in server_without_redis.log()
+        assert problem["request_id"] in server.log()
         assert client.get(f"/runs/{run_id}").status_code == 200
     raw = exchange(
-        server_without_redis.port,
+        server.port,
         get(f"/runs/{run_id}/events", b"Authorization: Bearer " + caller.token.encode() + b"\r\n"),
     )
     assert raw.status == 500 and raw.ended == "closed"

@@ -23,7 +23,7 @@ from runs.domain.projects import Project
 from runs.domain.runs import RunKind, RunRequest, RunStatus
 from runs.events import RedisEventLog
 from runs.json_logs import RUN_FIELDS, JsonFormatter, bind_run_fields, reset_run_fields
-from tests.api_support import new_caller
+from tests.api_support import corrupt_event_stream, new_caller
 from tests.conftest import base_settings, stop_worker
 from tests.durable_support import Live, live_services
 from tests.helpers import create_body, task_request
@@ -75,11 +75,9 @@ def test_an_exception_is_kept_inside_its_line() -> None:
 
 
 def test_the_line_of_a_500_names_the_request_its_project_and_its_run(
-    postgres_url: str, pg_engine: sa.Engine
+    postgres_url: str, redis_url: str, pg_engine: sa.Engine
 ) -> None:
-    settings = base_settings(
-        database_url=postgres_url, redis_url="redis://127.0.0.1:1/0", auth_cache_seconds=0
-    )
+    settings = base_settings(database_url=postgres_url, redis_url=redis_url, auth_cache_seconds=0)
     caller = new_caller(AccessService(pg_engine), "json")
     handler = JsonLines()
     errors = logging.getLogger("runs.api.errors")
@@ -88,6 +86,7 @@ def test_the_line_of_a_500_names_the_request_its_project_and_its_run(
         with TestClient(create_app(settings)) as client:
             created = client.post("/runs", json=create_body(caller.project), headers=caller.headers)
             run_id = created.json()["run"]["run_id"]
+            corrupt_event_stream(redis_url, caller.project.id, run_id)
             response = client.get(f"/runs/{run_id}/events", headers=caller.headers)
     finally:
         errors.removeHandler(handler)

@@ -30,7 +30,7 @@ def lines(event_log: RedisEventLog, ref: RunRef) -> list[str]:
 def test_events_put_from_several_threads_arrive_each_in_its_order(
     event_log: RedisEventLog, ref: RunRef
 ) -> None:
-    outbox = EventOutbox(lambda events: event_log.append(ref, events) and None)
+    outbox = EventOutbox(lambda events, batch: event_log.append(ref, events) and None)
 
     def put(name: str) -> None:
         for i in range(3 * BATCH):
@@ -51,7 +51,7 @@ def test_events_put_from_several_threads_arrive_each_in_its_order(
 def test_the_flusher_sends_waiting_events_without_being_asked(
     event_log: RedisEventLog, ref: RunRef
 ) -> None:
-    outbox = EventOutbox(lambda events: event_log.append(ref, events) and None)
+    outbox = EventOutbox(lambda events, batch: event_log.append(ref, events) and None)
     outbox.put([log_event("soon")])
     deadline = time.monotonic() + 2
     while lines(event_log, ref) != ["soon"]:
@@ -64,7 +64,7 @@ def test_a_batch_that_could_not_be_sent_is_kept_and_sent_first_next_time(
 ) -> None:
     failures = [ConnectionError("Redis away")]
 
-    def send(events: Sequence[NewEvent]) -> None:
+    def send(events: Sequence[NewEvent], batch: int) -> None:
         if failures:
             raise failures.pop()
         event_log.append(ref, events)

@@ -116,7 +116,7 @@ def claimed_run(
 ) -> Run:
     """A new task run, taken by a worker for attempt 1, that has emitted its opening events."""
     run, _ = runs.submit(project, task_request(project))
-    claimed = worker.claim(run.ref, worker="w1", lease_seconds=lease_seconds)
+    claimed = worker.claim(run.ref, owner="w1", lease_seconds=lease_seconds)
     assert claimed is not None and claimed.attempt == 1
     assert worker.emit(run.ref, started_events(run.target))
     return claimed
@@ -244,10 +244,10 @@ def test_a_job_arriving_before_the_retry_backoff_is_over_does_not_start_the_next
     assert worker.retry(claimed, failed("boom"), 45)
 
     early = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 30))
-    assert early.claim(claimed.ref, worker="w2", lease_seconds=60) is None
+    assert early.claim(claimed.ref, owner="w2", lease_seconds=60) is None
     assert load(runs, claimed.ref).status is RunStatus.PENDING
     due = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 50))
-    second = due.claim(claimed.ref, worker="w2", lease_seconds=60)
+    second = due.claim(claimed.ref, owner="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
 
 
@@ -555,7 +555,7 @@ def test_expire_stale_fails_pending_runs_older_than_the_ttl_and_leaves_the_rest_
     assert [e.event_type for e in sql_events(engine, old.ref)] == [RUN_ERROR]
     assert event_types(runs, project, old.run_id)[-1] == RUN_ERROR
     assert event_log.read(old.ref, after=0, limit=100)[-1].event_type == RUN_ERROR
-    assert attempts.claim(old.ref, worker="late", lease_seconds=60) is None
+    assert attempts.claim(old.ref, owner="late", lease_seconds=60) is None
 
     assert load(runs, young.ref) == young_before
     assert load(runs, running.ref) == running_before
@@ -580,7 +580,7 @@ def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
     def read_then_claim(conn: sa.Connection, available_before: datetime, limit: int) -> list[Run]:
         stale = read(conn, available_before, limit)
         seen.extend(r.run_id for r in stale)
-        claims.append(worker.claim(run.ref, worker="w2", lease_seconds=600))
+        claims.append(worker.claim(run.ref, owner="w2", lease_seconds=600))
         return stale
 
     monkeypatch.setattr(recovery, "expirable", read_then_claim)
@@ -616,10 +616,12 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
     )
 
     second_worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(swept_at, 1))
-    second = second_worker.claim(claimed.ref, worker="w2", lease_seconds=60)
+    second = second_worker.claim(claimed.ref, owner="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
-    assert second_worker.open_attempt(second, [attempt_started_event(second.target, 2)])
-    assert second_worker.finish(second, Outcome(RunStatus.COMPLETED, output={"ok": True}))
+    assert second_worker.open_attempt(second, [attempt_started_event(second.target, 2)], owner="w2")
+    assert second_worker.finish(
+        second, Outcome(RunStatus.COMPLETED, output={"ok": True}), owner="w2"
+    )
 
     done = load(runs, claimed.ref)
     assert done.status is RunStatus.COMPLETED and done.output == {"ok": True}
@@ -648,12 +650,14 @@ def test_a_reclaimed_attempt_reporting_late_leaves_the_stream_of_the_next_attemp
         max_attempts=lambda run: 2, backoff=lambda n: 0.0, limit=NO_LIMIT
     )
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 121))
-    second = worker.claim(first.ref, worker="w2", lease_seconds=60)
+    second = worker.claim(first.ref, owner="w2", lease_seconds=60)
     assert second is not None and second.attempt == 2
-    assert worker.open_attempt(second, [attempt_started_event(second.target, 2)])
+    assert worker.open_attempt(second, [attempt_started_event(second.target, 2)], owner="w2")
 
     # The hung attempt 1 wakes up and reports: it no longer owns the run, so nothing changes.
-    assert not attempts.finish(first, Outcome(RunStatus.COMPLETED, output={"stale": True}))
+    assert not attempts.finish(
+        first, Outcome(RunStatus.COMPLETED, output={"stale": True}), owner="w1"
+    )
 
     assert worker.emit(first.ref, [log_event("attempt 2 still working")])
 
@@ -686,7 +690,7 @@ def test_claiming_attempt_two_does_not_reopen_the_stream_of_a_run_being_cancelle
     )
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 1))
     racing = ClaimDuringCancel(
-        event_log, lambda: worker.claim(claimed.ref, worker="w2", lease_seconds=60)
+        event_log, lambda: worker.claim(claimed.ref, owner="w2", lease_seconds=60)
     )
     canceller = runs_at(engine, racing, RecordingDispatcher(sent=[]), later(t0, 2))
 
@@ -696,8 +700,10 @@ def test_claiming_attempt_two_does_not_reopen_the_stream_of_a_run_being_cancelle
     assert len(racing.claimed) == 1
     second = racing.claimed[0]
     assert second is not None and second.attempt == 2
-    assert not worker.open_attempt(second, [attempt_started_event(second.target, 2)])
-    assert not worker.finish(second, Outcome(RunStatus.COMPLETED, output={"late": True}))
+    assert not worker.open_attempt(second, [attempt_started_event(second.target, 2)], owner="w2")
+    assert not worker.finish(
+        second, Outcome(RunStatus.COMPLETED, output={"late": True}), owner="w2"
+    )
     stopper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 3))
     assert stopper.record_stop(second)
     final = load(runs, claimed.ref)

@@ -157,8 +157,10 @@ def end_through_every_path(store: sa.Engine, log: RedisEventLog, project: Projec
         return service.submit(project, task_request(project))[0]
 
     def started(lease_seconds: float = 30) -> Any:
-        claimed = attempts.claim(submitted().ref, worker="w", lease_seconds=lease_seconds)
-        assert claimed is not None and attempts.open_attempt(claimed, ev.started_events("echo"))
+        claimed = attempts.claim(submitted().ref, owner="w", lease_seconds=lease_seconds)
+        assert claimed is not None and attempts.open_attempt(
+            claimed, ev.started_events("echo"), owner="w"
+        )
         assert attempts.emit(claimed.ref, [ev.log_event("working")])
         return claimed
 
@@ -166,8 +168,8 @@ def end_through_every_path(store: sa.Engine, log: RedisEventLog, project: Projec
     expired = submitted()
     assert attempt_service(store, log, ahead=120).expire_stale(ttl_seconds=60) == 1
     completed, failed = started(), started()
-    assert attempts.finish(completed, Outcome(RunStatus.COMPLETED, output={"ok": True}))
-    assert attempts.finish(failed, Outcome(RunStatus.FAILED, error=RunError("boom")))
+    assert attempts.finish(completed, Outcome(RunStatus.COMPLETED, output={"ok": True}), owner="w")
+    assert attempts.finish(failed, Outcome(RunStatus.FAILED, error=RunError("boom")), owner="w")
     cancelled_pending = submitted()
     assert service.cancel(project, cancelled_pending.run_id)[0]
     cancelled_running = started()
@@ -179,7 +181,7 @@ def end_through_every_path(store: sa.Engine, log: RedisEventLog, project: Projec
     assert later.reclaim_expired(max_attempts=lambda run: 1, backoff=lambda n: 0.0) == 1
     # A cancel that lost to the run's own end, after its keys had expired already.
     stale = started()
-    assert attempts.finish(stale, Outcome(RunStatus.COMPLETED))
+    assert attempts.finish(stale, Outcome(RunStatus.COMPLETED), owner="w")
     log.forget([stale.ref])
     assert not service.cancel_run(stale)[0]
     refs = [expired, completed, failed, cancelled_pending, cancelled_running, lost, stale]

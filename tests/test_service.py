@@ -117,8 +117,8 @@ def test_a_claim_is_taken_once(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    first = attempts.claim(run.ref, worker="w1", lease_seconds=30)
-    second = attempts.claim(run.ref, worker="w2", lease_seconds=30)
+    first = attempts.claim(run.ref, owner="w1", lease_seconds=30)
+    second = attempts.claim(run.ref, owner="w2", lease_seconds=30)
     assert first is not None and first.attempt == 1 and first.started_at is not None
     assert second is None
 
@@ -130,7 +130,7 @@ def test_cancelling_a_pending_run_means_it_never_starts(
     cancelled, after = service.cancel(project, run.run_id)
     assert cancelled and after.status is RunStatus.CANCELLED and after.completed_at is not None
     assert after.error == RunError("Run cancelled", code=ErrorCode.CANCELLED)
-    assert attempts.claim(run.ref, worker="w", lease_seconds=30) is None
+    assert attempts.claim(run.ref, owner="w", lease_seconds=30) is None
     page = service.events(project, run.run_id, after=0, limit=10)
     assert [e.event_type for e in page.items] == ["RUN_ERROR"]
 
@@ -139,12 +139,14 @@ def test_a_late_result_cannot_overwrite_a_cancelled_run(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = attempts.claim(run.ref, worker="w", lease_seconds=30)
+    claimed = attempts.claim(run.ref, owner="w", lease_seconds=30)
     assert claimed is not None
     assert attempts.emit(run.ref, started_events(run.target))
     cancelled, _ = service.cancel(project, run.run_id)
     assert cancelled
-    assert not attempts.finish(claimed, Outcome(RunStatus.COMPLETED, output={"late": True}))
+    assert not attempts.finish(
+        claimed, Outcome(RunStatus.COMPLETED, output={"late": True}), owner="w"
+    )
     final = service.get(project, run.run_id)
     assert final.status is RunStatus.CANCELLED and final.output is None
     types = [e.event_type for e in service.events(project, run.run_id, after=0, limit=20).items]
@@ -155,13 +157,17 @@ def test_terminal_is_final_cancel_after_completion_changes_nothing(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = attempts.claim(run.ref, worker="w", lease_seconds=30)
+    claimed = attempts.claim(run.ref, owner="w", lease_seconds=30)
     assert claimed is not None
-    assert attempts.finish(claimed, Outcome(RunStatus.COMPLETED, output={"ok": 1}, exit_code=0))
+    assert attempts.finish(
+        claimed, Outcome(RunStatus.COMPLETED, output={"ok": 1}, exit_code=0), owner="w"
+    )
     before = service.get(project, run.run_id)
     cancelled, after = service.cancel(project, run.run_id)
     assert not cancelled and after == before
-    assert not attempts.finish(claimed, Outcome(RunStatus.FAILED, error=RunError("again")))
+    assert not attempts.finish(
+        claimed, Outcome(RunStatus.FAILED, error=RunError("again")), owner="w"
+    )
     assert service.get(project, run.run_id) == before
 
 
@@ -169,10 +175,10 @@ def test_finished_events_are_read_from_sql_when_the_stream_is_gone(
     service: RunService, attempts: AttemptService, project: Project, event_log: RedisEventLog
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    claimed = attempts.claim(run.ref, worker="w", lease_seconds=30)
+    claimed = attempts.claim(run.ref, owner="w", lease_seconds=30)
     assert claimed is not None
     attempts.emit(run.ref, started_events(run.target))
-    attempts.finish(claimed, Outcome(RunStatus.COMPLETED, output=None, exit_code=0))
+    attempts.finish(claimed, Outcome(RunStatus.COMPLETED, output=None, exit_code=0), owner="w")
     event_log.client.delete(f"runs:{{{run.ref.key}}}:events", f"runs:{{{run.ref.key}}}:meta")
     page = service.events(project, run.run_id, after=0, limit=10)
     assert [e.event_id for e in page.items] == [1, 2, 3, 4]
@@ -183,7 +189,7 @@ def test_event_pages_are_exclusive_and_ordered(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
     run, _ = service.submit(project, task_request(project))
-    assert attempts.claim(run.ref, worker="w", lease_seconds=30) is not None
+    assert attempts.claim(run.ref, owner="w", lease_seconds=30) is not None
     attempts.emit(run.ref, started_events(run.target))
     from runs.domain.events import log_event
 
@@ -211,7 +217,7 @@ def test_finishing_a_workflow_run_ends_its_nodes_in_the_same_transaction(
             config=None,
         ),
     )
-    claimed = attempts.claim(run.ref, worker="w", lease_seconds=60)
+    claimed = attempts.claim(run.ref, owner="w", lease_seconds=60)
     assert claimed is not None
     now = utcnow()
     with engine.begin() as conn:
@@ -221,7 +227,7 @@ def test_finishing_a_workflow_run_ends_its_nodes_in_the_same_transaction(
                 conn, run.ref, node_id, [NodeStatus.PENDING], {"status": status, "updated_at": now}
             )
     failed = Outcome(RunStatus.FAILED, error=RunError("boom", code="x"))
-    assert attempts.finish(claimed, failed)
+    assert attempts.finish(claimed, failed, owner="w")
     with engine.connect() as conn:
         statuses = {k: n.status.value for k, n in nodes.get_nodes(conn, run.ref).items()}
     assert statuses == {"done": "completed", "busy": "cancelled", "later": "skipped"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from runs.events import RedisEventLog
 from runs.persistence import nodes
 from runs.routing import Router
 from runs.service import RunService
+from runs.wiring import Wired, wire
 from runs.workflow_state import WorkflowState
 from tests.conftest import (
     RecordingDispatcher,
@@ -31,6 +33,8 @@ from tests.conftest import (
 )
 from tests.helpers import task_request
 from tests.redis_hygiene import QUEUE, own
+from workers.registry import Registry
+from workers.sweeper import Sweeper
 
 
 def service_at(
@@ -101,7 +105,7 @@ def test_a_recent_or_started_run_is_not_sent_again(
     fresh, _ = now_service.submit(project, task_request(project))
     started, _ = now_service.submit(project, task_request(project))
     now_worker = attempts_ahead(engine, event_log, recorder, 0)
-    assert now_worker.claim(started.ref, worker="w", lease_seconds=30) is not None
+    assert now_worker.claim(started.ref, owner="w", lease_seconds=30) is not None
     recorder.sent.clear()
     now_worker.redispatch_stale(older_than_seconds=60, limit=100_000)
     later = RecordingDispatcher(sent=[])
@@ -155,7 +159,7 @@ def test_a_workflow_step_left_queued_is_sent_again_once(
     runs = service_at(engine, event_log, recorder, 0)
     run, _ = runs.submit(project, task_request(project))
     worker = attempts_ahead(engine, event_log, recorder, 0)
-    assert worker.claim(run.ref, worker="w", lease_seconds=30) is not None
+    assert worker.claim(run.ref, owner="w", lease_seconds=30) is not None
     now = utcnow()
     with engine.begin() as conn:
         nodes.insert_nodes(conn, run.ref, ["a", "b"], now)
@@ -173,7 +177,7 @@ def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
     runs = service_at(engine, event_log, recorder, 0)
     run, _ = runs.submit(project, task_request(project))
     worker = attempts_ahead(engine, event_log, recorder, 0)
-    assert worker.claim(run.ref, worker="w", lease_seconds=30) is not None
+    assert worker.claim(run.ref, owner="w", lease_seconds=30) is not None
     now = utcnow()
     with engine.begin() as conn:
         nodes.insert_nodes(conn, run.ref, ["dead", "alive"], now)
@@ -192,3 +196,58 @@ def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
             )
     sent = [s for s in sweep_nodes_twice_later(engine, event_log) if s[0] == run.ref]
     assert sent == [(run.ref, "dead")]
+
+
+class _Unreachable:
+    """The services of a sweeper whose database does not answer."""
+
+    def database_round_trip(self) -> float:
+        raise sa.exc.OperationalError("SELECT 1", None, ConnectionError("database restarting"))
+
+
+def test_after_a_sweep_that_could_not_reach_the_database_no_lease_is_reclaimed_for_one_lease(
+    engine: sa.Engine, event_log: RedisEventLog, project: Project
+) -> None:
+    """A lease that lapsed while nobody could reach the database says nothing of its worker:
+    the sweeper gives live workers one lease to renew before it reclaims anything."""
+    lease = 2.0
+    settings = base_settings(database_url=str(engine.url), worker_lease_seconds=lease)
+    recorder = RecordingDispatcher(sent=[])
+    run, _ = service_at(engine, event_log, recorder, 0).submit(project, task_request(project))
+    assert attempts_ahead(engine, event_log, recorder, 0).claim(
+        run.ref, owner="w", lease_seconds=30
+    )
+    wired = wire(settings, pool_size=1, auth_cache_seconds=0)
+    try:
+        # The sweeper looks from 120 s ahead: this run's lease has lapsed by then.
+        ahead = replace(wired, attempts=attempts_ahead(engine, event_log, recorder, 120))
+        sweeper = Sweeper(settings, Registry())
+        sweeper.sweep_once(replace(wired, attempts=_Unreachable()))  # type: ignore[arg-type]
+        assert not sweeper.steady()
+        sweeper.sweep_once(ahead)
+        loaded = service_at(engine, event_log, recorder, 0).load(run.ref)
+        assert loaded is not None and loaded.status is RunStatus.RUNNING
+        time.sleep(lease + 0.1)
+        assert sweeper.steady()
+        sweeper.sweep_once(ahead)
+        loaded = service_at(engine, event_log, recorder, 0).load(run.ref)
+        assert loaded is not None and loaded.status is not RunStatus.RUNNING
+    finally:
+        wired.close()
+
+
+class _Stalled:
+    def database_round_trip(self) -> float:
+        return 30.0  # a statement that hung while the database was stopped
+
+
+def test_a_round_trip_to_the_database_longer_than_the_renewal_interval_pauses_reclaims() -> None:
+    settings = base_settings(worker_lease_seconds=60)
+    sweeper = Sweeper(settings, Registry())
+    assert sweeper.steady()
+    sweeper._probe(replace(_wired_stub(), attempts=_Stalled()))  # type: ignore[arg-type]
+    assert not sweeper.steady()
+
+
+def _wired_stub() -> Wired:
+    return Wired(*([None] * 9))  # type: ignore[arg-type]

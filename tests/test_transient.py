@@ -6,7 +6,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from workers.execute import patiently
+from runs.transient import patiently
 
 
 def test_storage_briefly_away_is_waited_out() -> None:

@@ -39,7 +39,8 @@ class _CaptureHandler(logging.Handler):
 
 
 class TaskContext:
-    """The run as its task sees it. ``emit`` and log lines stream out while the task runs."""
+    """The run as its task sees it. ``emit`` and log lines stream out while the task runs:
+    ``publish(events, number)`` sends a numbered batch of them (``workers.outbox``)."""
 
     def __init__(
         self,
@@ -50,7 +51,7 @@ class TaskContext:
         attempt: int,
         config: Any,
         input: Any,
-        publish: Callable[[Sequence[NewEvent]], None],
+        publish: Callable[[Sequence[NewEvent], int], None],
         cancel_event: threading.Event | None = None,
         results: dict[str, Any] | None = None,
         start_child: Callable[..., str] | None = None,

@@ -46,7 +46,10 @@ class WorkflowEngine:
         self._attempts = runtime.attempts
         self._state = runtime.workflows
         self.continuation: NodeRecord | None = None
+        self.continuation_owner = ""  # the token its claim holds the lease with
         self._may_continue = False
+        # This job's token for the run-level calls it makes (claim, opening event, finish).
+        self._owner = runtime.new_owner()
         # What the last planning pass saw, for the job that goes on with ``continuation``.
         self.planned_run: Run | None = None
         self.planned_nodes: dict[str, NodeRecord] = {}
@@ -79,7 +82,7 @@ class WorkflowEngine:
             definition = self._rt.registry.resolve_workflow(run.target)
         except LookupError as exc:
             claimed = (
-                self._attempts.claim(ref, worker=self._rt.worker_id, lease_seconds=1)
+                self._attempts.claim(ref, owner=self._owner, lease_seconds=1)
                 if run.status is RunStatus.PENDING
                 else run
             )
@@ -98,13 +101,13 @@ class WorkflowEngine:
     def _start(self, run: Run, definition: WorkflowDefinition) -> Run | None:
         claimed = self._attempts.claim(
             run.ref,
-            worker=self._rt.worker_id,
+            owner=self._owner,
             lease_seconds=self._rt.settings.worker_lease_seconds,
         )
-        if claimed is None:
+        if claimed is None or claimed.status is not RunStatus.RUNNING:
             return None
         started = NewEvent(RUN_STARTED, {"type": RUN_STARTED, "status": "running"})
-        if not self._attempts.emit(run.ref, [started]):
+        if not self._attempts.emit(run.ref, [started], producer=self._owner, sequence="started"):
             return None  # cancelled in the meantime
         if definition.input_model is not None:
             try:
@@ -173,13 +176,15 @@ class WorkflowEngine:
         state, ref = self._state, run.ref
         if isinstance(action, Start):
             if self._may_continue and self.continuation is None:
+                owner = self._rt.new_owner()
                 self.continuation = state.claim(
                     ref,
                     action.node_id,
-                    worker=self._rt.worker_id,
+                    owner=owner,
                     lease_seconds=self._rt.settings.worker_lease_seconds,
                     from_status=NodeStatus.PENDING,
                 )
+                self.continuation_owner = owner
                 return self.continuation is not None
             if state.queue(ref, action.node_id):
                 state.dispatch(run, node_id=action.node_id)
@@ -260,7 +265,7 @@ class WorkflowEngine:
             logs=_joined_logs(nodes),
             exit_code=1 if failed else 0,
         )
-        self._attempts.finish(run, outcome, stop_work=True)
+        self._attempts.finish(run, outcome, owner=self._owner, stop_work=True)
 
 
 def _failure(message: str, code: ErrorCode) -> FinishRun:

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
-from typing import TypeVar
+from collections.abc import Sequence
 
+from runs.domain.clock import utcnow
 from runs.domain.events import NewEvent, attempt_started_event, started_events
 from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunRef, RunStatus
 from runs.json_logs import bind_run_fields, run_log_fields
 from runs.service import json_size
-from runs.transient import TRANSIENT_ERRORS
+from runs.transient import patiently
 from workers.adapters import run_definition
 from workers.context import TaskContext, failed_outcome
 from workers.guard import AttemptGuard, Interrupter, StopReason
@@ -25,26 +24,32 @@ from workers.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 
 def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
-    """Execute one attempt of the run ``ref``; returns what happened, for the worker's log."""
+    """Execute one attempt of the run ``ref``; returns what happened, for the worker's log.
+
+    Every call that changes the run is made on behalf of ``owner``, a token unique to this
+    claim, and retried while storage is unreachable: a retry after a lost answer completes the
+    same change (``runs.attempts``)."""
+    owner = runtime.new_owner()
     run = runtime.attempts.claim(
-        ref, worker=runtime.worker_id, lease_seconds=runtime.settings.worker_lease_seconds
+        ref, owner=owner, lease_seconds=runtime.settings.worker_lease_seconds
     )
     if run is None:
         return "skipped: not pending"  # a duplicate message, or a run already running or ended
     bind_run_fields(**run_log_fields(run))  # until the job ends (workers/celery_app.py)
+    if run.status is RunStatus.CANCELLED:  # claimed, then cancelled before the claim's answer
+        runtime.attempts.record_stop(run)
+        return "skipped: cancelled before it started"
     definition = runtime.registry.find(run.target)
     policy = policy_for(runtime.settings, definition, run)
     if definition is None:
         message = f"no definition for target {run.target!r} in this worker"
-        return _end(runtime, run, _failure(message, ErrorCode.UNKNOWN_TARGET))
+        return _end(runtime, run, owner, _failure(message, ErrorCode.UNKNOWN_TARGET))
     if policy.waited_too_long(run):
         message = f"the run waited more than {policy.queue_ttl_seconds:g} s for a worker"
-        return _end(runtime, run, _failure(message, ErrorCode.EXPIRED))
-    return Attempt(runtime, run, definition, policy).run()
+        return _end(runtime, run, owner, _failure(message, ErrorCode.EXPIRED))
+    return Attempt(runtime, run, owner, definition, policy).run()
 
 
 class Attempt:
@@ -52,11 +57,13 @@ class Attempt:
         self,
         runtime: WorkerRuntime,
         run: Run,
+        owner: str,
         definition: TaskDefinition,
         policy: AttemptPolicy,
     ) -> None:
         self._rt = runtime
         self._run = run
+        self._owner = owner
         self._definition = definition
         self._policy = policy
         self._flag = threading.Event()
@@ -108,21 +115,23 @@ class Attempt:
             return self._record_patiently(self._settle(outcome, guard.reason))
 
     def _open(self) -> bool:
-        """Emit the attempt's opening events. Redis may be briefly away: keep trying (the
-        guard renews the lease meanwhile) rather than leave the claimed run to the sweeper."""
+        """Emit the attempt's opening events. Redis may be briefly away: the service keeps
+        trying (the guard renews the lease meanwhile) rather than leave the claimed run to the
+        sweeper."""
         run = self._run
         opening = (
             started_events(run.target)
             if run.first_start
             else [attempt_started_event(run.target, run.attempt)]
         )
-        return patiently(
-            lambda: self._rt.attempts.open_attempt(run, opening),
-            self._rt.settings.finish_retry_seconds,
-        )
+        return self._rt.attempts.open_attempt(run, opening, owner=self._owner)
 
-    def _publish(self, events: Sequence[NewEvent]) -> None:
-        if not self._rt.attempts.emit(self._run.ref, events):
+    def _publish(self, events: Sequence[NewEvent], batch: int) -> None:
+        # The outbox sends a batch again under the same number when its answer was lost.
+        appended = self._rt.attempts.emit(
+            self._run.ref, events, producer=self._owner, sequence=str(batch)
+        )
+        if not appended:
             self._flag.set()  # the stream is closed: the run was cancelled
 
     def _settle(self, outcome: Outcome, reason: StopReason | None) -> Outcome:
@@ -156,63 +165,45 @@ class Attempt:
         elif reason is StopReason.DRAIN:
             self._hand_back()
 
+    def _flush(self) -> None:
+        """Send the attempt's events still waiting, retrying while Redis is unreachable."""
+        patiently(self._ctx.flush_events, self._rt.settings.finish_retry_seconds)
+
     def _hand_back(self) -> str:
         """The worker is shutting down and the attempt did not end within its drain time: the
         run goes back to pending for another worker, this attempt not counted."""
-
-        def hand_back() -> str:
-            self._ctx.flush_events()
-            if self._rt.attempts.hand_back(self._run):
-                return "handed back: the worker is shutting down"
-            return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
-
-        return patiently(hand_back, self._rt.settings.finish_retry_seconds)
+        self._flush()
+        if self._rt.attempts.hand_back(self._run):
+            return "handed back: the worker is shutting down"
+        return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
 
     def _record_patiently(self, outcome: Outcome) -> str:
-        """Record the outcome, retrying while Redis or SQL is unreachable (the guard keeps the
-        lease meanwhile). Past ``finish_retry_seconds`` the sweeper takes over."""
-
-        def record() -> str:
-            self._ctx.flush_events()  # the attempt's events come before its final ones
-            return self._record(outcome)
-
-        return patiently(record, self._rt.settings.finish_retry_seconds)
+        """Record the outcome. Each call retries while Redis or SQL is unreachable (the guard
+        keeps the lease meanwhile); past ``finish_retry_seconds`` the sweeper takes over."""
+        self._flush()  # the attempt's events come before its final ones
+        return self._record(outcome)
 
     def _record(self, outcome: Outcome) -> str:
         run = self._run
+        ended_at = utcnow()  # what a retried write of this outcome finds, if it landed
         retry = (
             outcome.status is RunStatus.FAILED
             and outcome.retryable
             and run.attempt < self._policy.max_attempts
         )
+        attempts = self._rt.attempts
         if retry:
-            if self._rt.attempts.retry(run, outcome, backoff_delay(self._rt.settings, run.attempt)):
+            delay = backoff_delay(self._rt.settings, run.attempt)
+            if attempts.retry(run, outcome, delay, ended_at=ended_at):
                 return f"retrying: attempt {run.attempt} failed"
-        elif self._rt.attempts.finish(run, outcome):
+        elif attempts.finish(run, outcome, owner=self._owner, ended_at=ended_at):
             return outcome.status.value
-        self._rt.attempts.record_stop(run)
+        attempts.record_stop(run)
         return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
 
 
-def patiently(call: Callable[[], T], seconds: float) -> T:
-    """``call()``, tried again with growing pauses for up to ``seconds`` while storage is
-    unreachable (``TRANSIENT_ERRORS``); any other error is raised at once."""
-    deadline = time.monotonic() + seconds
-    delay = 0.2
-    while True:
-        try:
-            return call()
-        except TRANSIENT_ERRORS:
-            if time.monotonic() + delay > deadline:
-                raise
-            log.warning("storage unreachable; trying again in %.1f s", delay, exc_info=True)
-            time.sleep(delay)
-            delay = min(delay * 2, 5.0)
-
-
-def _end(runtime: WorkerRuntime, run: Run, outcome: Outcome) -> str:
-    seconds = runtime.settings.finish_retry_seconds
-    if patiently(lambda: runtime.attempts.finish(run, outcome), seconds):
+def _end(runtime: WorkerRuntime, run: Run, owner: str, outcome: Outcome) -> str:
+    if runtime.attempts.finish(run, outcome, owner=owner):
         return f"failed: {outcome.error.code if outcome.error else ''}"
     return "dropped: cancelled"
 

@@ -23,11 +23,15 @@ WAIT_SECONDS = 0.002  # how long the flusher lets events gather before it sends 
 
 
 class EventOutbox:
-    def __init__(self, send: Callable[[Sequence[NewEvent]], None]) -> None:
+    """``send(events, number)`` sends one batch; the same number means the same batch."""
+
+    def __init__(self, send: Callable[[Sequence[NewEvent], int], None]) -> None:
         self._send = send
         self._pending: list[NewEvent] = []
         self._lock = threading.Lock()
         self._sending = threading.Lock()  # one batch of this outbox at a time, in order
+        self._unsent: list[NewEvent] = []  # the batch being sent (kept while it fails)
+        self._number = 0
 
     def put(self, events: Sequence[NewEvent]) -> None:
         with self._lock:
@@ -40,18 +44,18 @@ class EventOutbox:
             _flusher().wake(self)
 
     def flush(self) -> None:
-        """Send whatever waits, now (returns once it is sent)."""
+        """Send whatever waits, now (returns once it is sent; raises when a send fails, and
+        the next flush sends that batch again first)."""
         with self._sending:
-            with self._lock:
-                batch, self._pending = self._pending, []
-            if not batch:
-                return
-            try:
-                self._send(batch)
-            except Exception:
-                with self._lock:  # keep them, first, for the next flush
-                    self._pending[:0] = batch
-                raise
+            while True:
+                if not self._unsent:
+                    with self._lock:
+                        self._unsent, self._pending = self._pending, []
+                    if not self._unsent:
+                        return
+                    self._number += 1
+                self._send(self._unsent, self._number)
+                self._unsent = []
 
 
 class _Flusher:

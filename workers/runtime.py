@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import uuid
 from dataclasses import dataclass
 
 from runs.access import AccessService
@@ -29,6 +30,12 @@ class WorkerRuntime:
     monitor: CancelMonitor
     worker_id: str
 
+    def new_owner(self) -> str:
+        """A token unique to one claim (of a run or of a step): the lease is held by it, and
+        every call made for that attempt names it, so that a retry of a call whose answer was
+        lost is known as the same attempt's."""
+        return f"{self.worker_id}:{uuid.uuid4().hex[:12]}"
+
 
 _runtime: tuple[int, WorkerRuntime] | None = None
 
@@ -43,7 +50,9 @@ def get_runtime(settings: Settings, registry: Registry) -> WorkerRuntime:
 
 
 def _build(settings: Settings, registry: Registry, pid: int) -> WorkerRuntime:
-    wired = wire(settings, pool_size=2, auth_cache_seconds=60)
+    wired = wire(
+        settings, pool_size=2, auth_cache_seconds=60, patience=settings.finish_retry_seconds
+    )
     return WorkerRuntime(
         settings=settings,
         registry=registry,

@@ -6,11 +6,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from runs.domain.clock import utcnow
-from runs.domain.events import STEP_STARTED
+from runs.domain.events import STEP_STARTED, NewEvent
 from runs.domain.runs import (
     ErrorCode,
     Lease,
@@ -24,6 +25,7 @@ from runs.domain.runs import (
 )
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.json_logs import bind_run_fields, run_log_fields
+from runs.transient import patiently
 from runs.workflow_state import step_event
 from workers.adapters import run_definition
 from workers.context import TaskContext, failed_outcome
@@ -70,7 +72,11 @@ class StepRunner:
             if claimed is None:
                 return outcome
             ended = self._run_step(
-                ref, claimed.node_id, engine.planned_run, engine.planned_nodes, claimed
+                ref,
+                claimed.node_id,
+                engine.planned_run,
+                engine.planned_nodes,
+                (claimed, engine.continuation_owner),
             )
         return ended
 
@@ -83,12 +89,13 @@ class StepRunner:
         node_id: str,
         run: Run | None,
         known: dict[str, NodeRecord] | None,
-        claimed: NodeRecord | None,
+        claimed: tuple[NodeRecord, str] | None,
     ) -> str | None:
         """Claim and run one step; ``None`` once its outcome is recorded (re-plan next).
 
         Given the run and its nodes as the planner just saw them, and the step the planner
-        claimed for this job, it goes on from the step before it in the same job."""
+        claimed for this job (with the token its claim holds the lease with), it goes on from
+        the step before it in the same job."""
         self._nodes_after = None
         if run is None:
             run = self._runs.load(ref)
@@ -101,12 +108,12 @@ class StepRunner:
         assert isinstance(step, Step)
         lease = self._rt.settings.worker_lease_seconds
         claim = self._state.claim
-        worker = self._rt.worker_id
-        node = claimed or claim(ref, node_id, worker=worker, lease_seconds=lease)
+        node, owner = claimed if claimed is not None else (None, self._rt.new_owner())
+        node = node or claim(ref, node_id, owner=owner, lease_seconds=lease)
         if node is None:
             # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
             node = claim(
-                ref, node_id, worker=worker, lease_seconds=lease, from_status=NodeStatus.RUNNING
+                ref, node_id, owner=owner, lease_seconds=lease, from_status=NodeStatus.RUNNING
             )
             if node is None:
                 left = self._state.lease_left(ref, node_id)
@@ -126,10 +133,15 @@ class StepRunner:
                 self._record(run, definition, step, node, lost, retry_allowed=False)
                 return None
         bind_run_fields(attempt=node.attempt)  # the step's attempt
-        self._attempts.emit(ref, [step_event(STEP_STARTED, node_id, "running", node.attempt)])
+        self._attempts.emit(
+            ref,
+            [step_event(STEP_STARTED, node_id, "running", node.attempt)],
+            producer=owner,
+            sequence="started",
+        )
         nodes = known if known is not None else self._state.nodes(ref)
         wctx = context_for(run.run_id, run.input, nodes)
-        outcome = self._execute(run, definition, step, node, wctx)
+        outcome = self._execute(run, definition, step, node, owner, wctx)
         if outcome is None:
             return "handed back: the worker is shutting down"
         done = self._record(run, definition, step, node, outcome)
@@ -142,6 +154,7 @@ class StepRunner:
         workflow: WorkflowDefinition,
         step: Step,
         node: NodeRecord,
+        owner: str,
         wctx: WorkflowContext,
     ) -> Outcome | None:
         """The step's outcome; None when it was handed back (the worker is shutting down)."""
@@ -164,6 +177,11 @@ class StepRunner:
             settings.max_timeout_seconds,
         )
         flag = threading.Event()
+
+        def publish(events: Sequence[NewEvent], batch: int) -> None:
+            if not self._attempts.emit(run.ref, events, producer=owner, sequence=str(batch)):
+                flag.set()
+
         ctx = TaskContext(
             run_id=run.run_id,
             project_id=run.project_id,
@@ -171,7 +189,7 @@ class StepRunner:
             attempt=node.attempt,
             config=config,
             input=run.input,
-            publish=lambda events: None if self._attempts.emit(run.ref, events) else flag.set(),
+            publish=publish,
             cancel_event=flag,
             results=dict(wctx.results),
             start_child=lambda target, cfg, name: self._start_child(run, target, cfg, name),
@@ -215,7 +233,8 @@ class StepRunner:
                 max_result_bytes=settings.max_output_bytes,
             )
             guard.returned()
-        ctx.flush_events()  # the step's events come before its STEP_FINISHED
+        # The step's events come before its STEP_FINISHED (Redis may be briefly away).
+        patiently(ctx.flush_events, settings.finish_retry_seconds)
         if guard.reason is StopReason.TIMEOUT and outcome.status is not RunStatus.COMPLETED:
             return timed_out()
         if guard.reason is StopReason.DRAIN and outcome.status is not RunStatus.COMPLETED:

@@ -15,10 +15,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runs.api.responses import JSONResponse
 from runs.domain import errors
+from runs.transient import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 
 PROBLEM_JSON = "application/problem+json"
+
+# What a 503 for unreachable storage asks a client to wait before it tries again.
+RETRY_AFTER_SECONDS = 1
 
 STATUS_BY_ERROR: dict[type[errors.RunsError], int] = {
     errors.InvalidRequest: 400,
@@ -104,6 +108,21 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_domain_error(request: Request, exc: errors.RunsError) -> JSONResponse:
         status = STATUS_BY_ERROR.get(type(exc), 400)
         return problem(status, exc.title, exc.detail, instance=request.url.path, field=exc.field)
+
+    async def on_storage_unreachable(request: Request, exc: Exception) -> JSONResponse:
+        # The database or Redis is down or restarting: a create was not committed (nothing
+        # was half-written; its job is sent only after the commit). Clients retry a 503.
+        log.warning("storage unreachable on %s %s: %s", request.method, request.url.path, exc)
+        return problem(
+            503,
+            "Service unavailable",
+            "the server cannot reach its database or Redis right now; try again in a moment",
+            instance=request.url.path,
+            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+        )
+
+    for transient in TRANSIENT_ERRORS:
+        app.add_exception_handler(transient, on_storage_unreachable)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

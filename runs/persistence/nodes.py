@@ -182,6 +182,37 @@ def claim_node(
     return _record(row) if row is not None else None
 
 
+def claimed_by(conn: sa.Connection, ref: RunRef, node_id: str, owner: str) -> NodeRecord | None:
+    """The node as the claim held by ``owner`` left it, when that claim took effect (a
+    retry of a claim whose answer was lost finds it here)."""
+    row = (
+        conn.execute(
+            workflow_nodes.select().where(
+                of_run(workflow_nodes, ref),
+                workflow_nodes.c.node_id == node_id,
+                workflow_nodes.c.status == NodeStatus.RUNNING.value,
+                workflow_nodes.c.lease_owner == owner,
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return _record(row) if row is not None else None
+
+
+def moved_as(conn: sa.Connection, ref: RunRef, node_id: str, values: Mapping[str, Any]) -> bool:
+    """Whether the node holds the ``status`` and ``updated_at`` of ``values``: a transition
+    that wrote them took effect (a retry whose first answer was lost asks this)."""
+    row = conn.execute(
+        sa.select(workflow_nodes.c.status, workflow_nodes.c.updated_at).where(
+            of_run(workflow_nodes, ref), workflow_nodes.c.node_id == node_id
+        )
+    ).first()
+    status = values["status"]
+    wanted = status.value if isinstance(status, NodeStatus) else status
+    return row is not None and row.status == wanted and row.updated_at == values["updated_at"]
+
+
 def renew_node_lease(
     conn: sa.Connection, ref: RunRef, node_id: str, attempt: int, lease_until: datetime
 ) -> bool:
@@ -206,23 +237,26 @@ def lease_of(conn: sa.Connection, ref: RunRef, node_id: str) -> datetime | None:
     ).scalar_one_or_none()
 
 
-def _stale(before: datetime, now: datetime) -> Any:
-    """Queued since before ``before``, or running on a lease that ran out (its worker died),
-    and not re-sent since ``before``."""
+def _stale(before: datetime, lapsed_before: datetime | None) -> Any:
+    """Queued since before ``before``, or (with ``lapsed_before``) running on a lease that ran
+    out before it (its worker died), and not re-sent since ``before``."""
+    queued = workflow_nodes.c.status == NodeStatus.QUEUED.value
+    if lapsed_before is None:
+        return sa.and_(workflow_nodes.c.updated_at < before, queued)
     return sa.and_(
         workflow_nodes.c.updated_at < before,
         sa.or_(
-            workflow_nodes.c.status == NodeStatus.QUEUED.value,
+            queued,
             sa.and_(
                 workflow_nodes.c.status == NodeStatus.RUNNING.value,
-                workflow_nodes.c.lease_expires_at < now,
+                workflow_nodes.c.lease_expires_at < lapsed_before,
             ),
         ),
     )
 
 
 def stale_nodes(
-    conn: sa.Connection, before: datetime, now: datetime, limit: int
+    conn: sa.Connection, before: datetime, lapsed_before: datetime | None, limit: int
 ) -> list[tuple[RunRef, str, str, str]]:
     """(run, node_id, target, queue) of stale nodes (see ``_stale``) in live runs."""
     rows = conn.execute(
@@ -241,7 +275,7 @@ def stale_nodes(
             ),
         )
         .where(
-            _stale(before, now),
+            _stale(before, lapsed_before),
             is_one_of(runs.c.status, [RunStatus.RUNNING.value, RunStatus.WAITING.value]),
         )
         .order_by(workflow_nodes.c.updated_at)
@@ -251,7 +285,12 @@ def stale_nodes(
 
 
 def touch_stale(
-    conn: sa.Connection, ref: RunRef, node_id: str, before: datetime, now: datetime
+    conn: sa.Connection,
+    ref: RunRef,
+    node_id: str,
+    before: datetime,
+    lapsed_before: datetime | None,
+    now: datetime,
 ) -> bool:
     """Take the right to re-send a stale node's job; one sweeper wins."""
     result = conn.execute(
@@ -259,7 +298,7 @@ def touch_stale(
         .where(
             of_run(workflow_nodes, ref),
             workflow_nodes.c.node_id == node_id,
-            _stale(before, now),
+            _stale(before, lapsed_before),
         )
         .values(updated_at=now)
     )

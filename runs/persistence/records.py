@@ -198,11 +198,66 @@ _FINISH = (
 )
 
 
+def claimed_by(conn: sa.Connection, ref: RunRef, owner: str) -> Run | None:
+    """The run as the claim held by ``owner`` left it, when that claim took effect (a retry
+    of a claim whose answer was lost finds it here): running, or cancelled while the attempt
+    still holds its lease. ``None`` otherwise."""
+    row = (
+        conn.execute(
+            sa.select(*_CLAIMED_COLUMNS).where(
+                of_run(runs, ref),
+                runs.c.lease_owner == owner,
+                runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.CANCELLED.value]),
+            )
+        )
+        .mappings()
+        .first()
+    )
+    return run_from_row(row) if row is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class RunMarks:
+    """What a run's last state change wrote: enough to tell whether a change whose answer was
+    lost took effect (the caller compares the times it wrote)."""
+
+    status: RunStatus
+    attempt: int
+    updated_at: datetime | None
+    completed_at: datetime | None
+    available_at: datetime | None
+    attempts: tuple[AttemptRecord, ...]
+
+
+def marks_of(conn: sa.Connection, ref: RunRef) -> RunMarks | None:
+    row = conn.execute(
+        sa.select(
+            runs.c.status,
+            runs.c.attempt,
+            runs.c.updated_at,
+            runs.c.completed_at,
+            runs.c.available_at,
+            runs.c.attempts,
+        ).where(of_run(runs, ref))
+    ).first()
+    if row is None:
+        return None
+    return RunMarks(
+        status=RunStatus(row.status),
+        attempt=row.attempt,
+        updated_at=row.updated_at,
+        completed_at=row.completed_at,
+        available_at=row.available_at,
+        attempts=tuple(AttemptRecord.from_json(a) for a in row.attempts or ()),
+    )
+
+
 def claim_run(
     conn: sa.Connection, ref: RunRef, *, worker: str, lease_until: datetime, now: datetime
 ) -> Run | None:
-    """pending -> running, one attempt more. ``None`` when the run is not pending (or not
-    due yet: a retry still in its backoff). The run returned holds what an attempt needs
+    """pending -> running, one attempt more, its lease held by ``worker`` (a token unique to
+    the claim). ``None`` when the run is not pending (or not due yet: a retry still in its
+    backoff). The run returned holds what an attempt needs
     (``_CLAIMED_COLUMNS``); its other fields keep their defaults."""
     row = (
         conn.execute(
