@@ -17,11 +17,12 @@ $(NODE_DEPS): tests/contract/package-lock.json
 
 install: $(STAMP)
 
-# The API's port: `make dev PORT=8123`.
+# The API's port: `make dev PORT=8123`; Flower beside the rest: `make dev FLOWER=1`.
 PORT ?= 8000
+FLOWER ?=
 
 dev: $(STAMP)
-	$(VENV)/bin/runs dev --port $(PORT)
+	$(VENV)/bin/runs dev --port $(PORT)$(if $(FLOWER), --flower)
 
 test: $(STAMP) $(NODE_DEPS)
 	$(VENV)/bin/pytest

@@ -261,7 +261,7 @@ class AttemptService:
         handed = self._patiently(hand_back_once)
         if handed:
             event = ev.attempt_handed_back_event(run.target, run.attempt)
-            self._send_next(run, event, now, countdown=None)
+            self._send_next(run, event, now, countdown=None, attempt=run.attempt)
         return handed
 
     def record_stop(self, run: Run) -> bool:
@@ -307,14 +307,14 @@ class AttemptService:
         if queued:
             metrics.attempt_retried(run.target)
             event = ev.attempt_failed_event(run.target, run.attempt, error.message, retrying=True)
-            self._send_next(run, event, now, countdown=delay or None)
+            self._send_next(run, event, now, countdown=delay or None, attempt=run.attempt + 1)
         return queued
 
     def _send_next(
-        self, run: Run, event: NewEvent, now: datetime, *, countdown: float | None
+        self, run: Run, event: NewEvent, now: datetime, *, countdown: float | None, attempt: int
     ) -> None:
         """After a run went back to pending: its event (once, however often this is tried)
-        and its next job; a failure leaves the job to the sweeper."""
+        and the job of its next attempt; a failure leaves the job to the sweeper."""
         try:
             self._patiently(
                 lambda: self._events.append(
@@ -324,7 +324,9 @@ class AttemptService:
                     sequence=f"{event.event_type}:{now.isoformat()}",
                 )
             )
-            self._dispatcher.dispatch(run.target, run.ref, run.queue, countdown=countdown)
+            self._dispatcher.dispatch(
+                run.target, run.ref, run.queue, countdown=countdown, attempt=attempt
+            )
         except Exception:
             log.warning("could not send the next attempt of %s; the sweeper will", run.ref)
 
@@ -346,12 +348,12 @@ class AttemptService:
         with self._auto.connect() as conn:
             stale = recovery.stale_pending(conn, before, limit)
         sent = 0
-        for ref, target, queue in stale:
+        for ref, target, queue, attempt in stale:
             with self._auto.connect() as conn:
                 if not recovery.touch_pending(conn, ref, before, now):
                     continue
             try:
-                self._dispatcher.dispatch(target, ref, queue)
+                self._dispatcher.dispatch(target, ref, queue, attempt=attempt + 1)
             except Exception:
                 log.warning("re-dispatch of %s failed; next sweep tries again", ref)
                 continue

@@ -7,6 +7,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from runs import client_cli
 from runs.access import AccessService
 from runs.catalog import DefinitionCatalog
-from runs.cli_tables import id_table
+from runs.cli_tables import Col, id_table
 from runs.dev_database import admin_settings
 from runs.domain.errors import RunsError
 from runs.logs import configure_logging
@@ -216,10 +217,8 @@ def projects_list() -> None:
     """List projects."""
     access = _access()
     projects = access.list_projects()
-    table = id_table("id", [p.id for p in projects], "slug", "name", "created")
-    for project in projects:
-        table.add_row(project.id, project.slug, project.name, project.created_at.isoformat())
-    console.print(table)
+    rows = [(p.id, p.slug, p.name, _when(p.created_at)) for p in projects]
+    console.print(id_table(console, "id", [Col("slug", keep=2), "name", "created"], rows))
 
 
 @tokens_app.command("create")
@@ -238,11 +237,11 @@ def tokens_list(project: str) -> None:
     access = _access()
     with _errors():
         tokens = access.list_tokens(project)
-    table = id_table("id", [t.id for t in tokens], "name", "created", "revoked")
-    for token in tokens:
-        revoked = token.revoked_at.isoformat() if token.revoked_at else ""
-        table.add_row(token.id, token.name, token.created_at.isoformat(), revoked)
-    console.print(table)
+    rows = [
+        (t.id, t.name, _when(t.created_at), _when(t.revoked_at) if t.revoked_at else "")
+        for t in tokens
+    ]
+    console.print(id_table(console, "id", ["name", "created", Col("revoked", keep=1)], rows))
 
 
 @tokens_app.command("revoke")
@@ -261,10 +260,13 @@ def definitions_list() -> None:
         create_engine(_admin_settings().database_url, pool_size=1), cache_seconds=0
     )
     items = catalog.list()
-    table = id_table("target", [i.target for i in items], "name", "description")
-    for item in items:
-        table.add_row(item.target, item.name or "", item.description or "")
-    console.print(table)
+    rows = [(i.target, i.name or "", i.description or "") for i in items]
+    console.print(id_table(console, "target", ["name", Col("description", keep=1)], rows))
+
+
+def _when(moment: datetime) -> str:
+    """A time in a table: to the minute, in UTC, saying so."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @contextlib.contextmanager
@@ -272,7 +274,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except RunsError as exc:
-        console.print(f"[red]{exc.title}:[/red] {exc.detail}", highlight=False)
+        console.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from exc
 
 

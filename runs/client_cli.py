@@ -17,15 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import httpx
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.spinner import Spinner
-from rich.table import Table
 from rich.text import Text
 
-from runs.cli_tables import id_table
-from runs.client import RunsClient, RunsError, WaitTimeout
+from runs.cli_tables import Col, fields_table, id_table
+from runs.client import RetryPolicy, RunsClient, RunsError, TransportError, WaitTimeout
 from runs.client.calls import TERMINAL_STATUSES
 from runs.client.config import resolve_config
 from runs.schemas import RunEventOut, RunOut
@@ -68,23 +68,40 @@ def register(app: typer.Typer) -> None:
         app.command(name=command.__name__, rich_help_panel="Runs, over the HTTP API")(command)
 
 
+# A command gives up on a server that does not answer within about a second: a person waits.
+RETRY = RetryPolicy(max_retries=3, initial_delay=0.15, max_delay=0.6)
+
+
 @contextmanager
 def _client(api_url: str | None, token: str | None, project: str | None) -> Iterator[RunsClient]:
     """A client from the flags, the environment or dev.json; errors become one line and
     exit code 2, Ctrl-C exit code 130."""
+    url = api_url
     try:
         config = resolve_config(api_url, token, project, dev_info=True)
+        url = config.api_url
         with RunsClient(
             api_url=config.api_url,
             auth_token=config.auth_token,
             project_reference=config.project_reference,
+            retry=RETRY,
         ) as client:
             yield client
     except WaitTimeout as exc:
         errors.print(f"[yellow]timed out:[/yellow] {exc}", highlight=False)
         raise typer.Exit(TIMED_OUT) from exc
+    except TransportError as exc:
+        if isinstance(exc.__cause__, httpx.ConnectError):
+            message = (
+                f"nothing answers at {url}: start the server there (`runs dev` in the "
+                "project folder, or `runs api`), or point --api-url / RUNS_API_URL at one"
+            )
+        else:
+            message = str(exc)
+        errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        raise typer.Exit(USAGE_OR_API_ERROR) from exc
     except RunsError as exc:
-        errors.print(f"[red]error:[/red] {exc}", highlight=False)
+        errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(USAGE_OR_API_ERROR) from exc
     except KeyboardInterrupt:
         raise typer.Exit(INTERRUPTED) from None
@@ -129,12 +146,18 @@ def run(
     timeout: Annotated[
         float | None, typer.Option("--timeout", help="seconds to wait or follow (exit 124)")
     ] = None,
+    quiet: Annotated[
+        bool,
+        typer.Option("--quiet", "-q", help="print the run's id alone (also when piped)"),
+    ] = False,
     as_json: AsJson = False,
     api_url: ApiUrl = None,
     token: Token = None,
     project: Project = None,
 ) -> None:
-    """Start a run; with --wait or --follow, exit with its outcome."""
+    """Start a run and print its id; with --wait or --follow, exit with its outcome.
+
+    Piped or with -q, the id is printed alone: ``R=$(runs run task:sleep); runs cancel $R``."""
     if wait and follow:
         raise typer.BadParameter("choose one of --wait and --follow", param_hint="--wait")
     config_value = _json_value(config, "--config")
@@ -164,6 +187,8 @@ def run(
         else:
             if as_json:
                 _print_json(created.model_dump(mode="json"))
+            elif quiet or not console.is_terminal:
+                print(started.run_id)
             else:
                 note = " (duplicate: it existed already)" if created.duplicate else ""
                 console.print(f"{started.run_id} {started.status}{note}", highlight=False)
@@ -244,13 +269,23 @@ def ls(
     if as_json:
         _print_json([r.model_dump(mode="json") for r in found])
         return
-    table = id_table("run", [r.run_id for r in found], "target", "status", "age", "took")
-    table.columns[2].no_wrap = True
-    for item in found:
-        took = f"{item.duration_ms / 1000:.2f} s" if item.duration_ms is not None else ""
-        age = _short_duration(_elapsed(item))
-        table.add_row(item.run_id, item.target or "", _status(item.status), age, took)
-    console.print(table)
+    rows = [
+        (
+            item.run_id,
+            item.target or "",
+            _status(item.status),
+            _short_duration(_elapsed(item)),
+            f"{item.duration_ms / 1000:.2f} s" if item.duration_ms is not None else "",
+        )
+        for item in found
+    ]
+    columns: list[Col | str] = [
+        Col("target", keep=2, least=9),
+        Col("status", keep=3, least=9),
+        "age",
+        "took",
+    ]
+    console.print(id_table(console, "run", columns, rows))
 
 
 def cancel(
@@ -319,15 +354,13 @@ def _status(status: str) -> Text:
 
 
 def _show_run(item: RunOut) -> None:
-    table = Table(show_header=False, box=None)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
+    fields: list[tuple[str, Any]] = []
     for key, value in item.model_dump(mode="json").items():
         if value is None or value == []:
             continue
         shown: Any = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        table.add_row(key, _status(value) if key == "status" else shown)
-    console.print(table)
+        fields.append((key, _status(value) if key == "status" else shown))
+    console.print(fields_table(fields))
 
 
 def _print_event(event: RunEventOut, *, as_json: bool) -> None:

@@ -1,5 +1,8 @@
 """``runs dev``: the whole system on embedded defaults (SQLite, a bundled Redis, the API, a
-worker and a scheduler), supervised from one process."""
+worker and a scheduler), supervised from one process.
+
+The children's output reaches the terminal through this process (``OutputRelay``), so that the
+"runs dev is up" block comes last: once every child is ready and has gone quiet."""
 
 from __future__ import annotations
 
@@ -11,9 +14,11 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -34,6 +39,7 @@ class DevInfo:
     project_id: str
     project_slug: str
     token: str
+    redis_url: str  # the bundled Redis: the admin commands send their runs' jobs there
 
     def as_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)
@@ -60,7 +66,13 @@ def demo_credentials(settings: Settings, info_file: Path, api_url: str) -> DevIn
             _, token = access.create_token(DEMO_SLUG, name="runs dev")
     finally:
         engine.dispose()
-    return DevInfo(api_url=api_url, project_id=project.id, project_slug=project.slug, token=token)
+    return DevInfo(
+        api_url=api_url,
+        project_id=project.id,
+        project_slug=project.slug,
+        token=token,
+        redis_url=settings.redis_url,
+    )
 
 
 def write_private(path: Path, text: str) -> None:
@@ -127,6 +139,39 @@ def wait_for_api(url: str, processes: list[subprocess.Popen[bytes]]) -> None:
     raise RuntimeError(f"the API did not become ready at {url} within 30 s")
 
 
+class OutputRelay:
+    """Copies the output of children to this process's stdout, line by line, and notes when
+    the last line came."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.last_line = time.monotonic()
+        self.ready = threading.Event()  # a child wrote the line ``start``'s ``ready`` names
+
+    def start(
+        self, argv: list[str], env: dict[str, str], *, ready: bytes | None = None
+    ) -> subprocess.Popen[bytes]:
+        child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert child.stdout is not None
+        threading.Thread(target=self._copy, args=(child.stdout, ready), daemon=True).start()
+        return child
+
+    def _copy(self, stream: IO[bytes], ready: bytes | None) -> None:
+        for line in iter(stream.readline, b""):
+            with self._lock:
+                sys.stdout.buffer.write(line)
+                sys.stdout.buffer.flush()
+                self.last_line = time.monotonic()
+            if ready is not None and ready in line:
+                self.ready.set()
+
+    def wait_quiet(self, seconds: float = 0.5, at_most: float = 10.0) -> None:
+        """Until no child has written for ``seconds`` (at most ``at_most`` seconds)."""
+        deadline = time.monotonic() + at_most
+        while time.monotonic() - self.last_line < seconds and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
 def _check_alive(processes: list[subprocess.Popen[bytes]]) -> None:
     for process in processes:
         if process.poll() is not None:
@@ -161,12 +206,13 @@ def run_dev(
         "RUNS_BROKER_URL": redis_url,
     }
     children: list[subprocess.Popen[bytes]] = [redis_process]
+    relay = OutputRelay()
     try:
         migrate.upgrade(settings.database_url)
         # The demo project exists before the worker syncs the schedules written in code.
         info = demo_credentials(settings, data_dir / "dev.json", api_url)
         queues = ",".join(dict.fromkeys([settings.default_queue, *settings.routes.values()]))
-        worker = subprocess.Popen(
+        worker = relay.start(
             [
                 sys.executable,
                 "-m",
@@ -179,19 +225,21 @@ def run_dev(
                 "--hostname",
                 "dev@%h",
             ],
-            env=env,
+            env,
+            ready=b" ready.",  # Celery's line once the worker consumes its queues
         )
         # dev.json before the API starts: whoever sees /healthz answer can read it already.
         write_private(data_dir / "dev.json", info.as_json() + "\n")
-        api = subprocess.Popen(
-            [sys.executable, "-m", "runs.cli", "api", "--host", host, "--port", str(port)],
-            env=env,
+        api = relay.start(
+            [sys.executable, "-m", "runs.cli", "api", "--host", host, "--port", str(port)], env
         )
-        scheduler = subprocess.Popen([sys.executable, "-m", "runs.cli", "scheduler"], env=env)
+        scheduler = relay.start([sys.executable, "-m", "runs.cli", "scheduler"], env)
         children += [worker, api, scheduler]
-        flower_line = _start_flower(settings, env, host, children) if flower else ""
+        flower_line = _start_flower(settings, env, host, children, relay) if flower else ""
         targets = wait_for_targets(settings, children)
         wait_for_api(api_url, children)
+        relay.ready.wait(timeout=60)
+        relay.wait_quiet()  # the children's start-up lines first, then the block
         _print_banner(info, targets, data_dir / "dev.json", flower_line)
         return _supervise(children)
     except KeyboardInterrupt:
@@ -201,7 +249,11 @@ def run_dev(
 
 
 def _start_flower(
-    settings: Settings, env: dict[str, str], host: str, children: list[subprocess.Popen[bytes]]
+    settings: Settings,
+    env: dict[str, str],
+    host: str,
+    children: list[subprocess.Popen[bytes]],
+    relay: OutputRelay,
 ) -> str:
     """Start ``runs flower`` as another child; its banner line. Basic auth is
     RUNS_FLOWER_BASIC_AUTH, else a user ``dev`` with a new password."""
@@ -209,7 +261,7 @@ def _start_flower(
     auth = secret.get_secret_value() if secret else f"dev:{secrets.token_urlsafe(12)}"
     flower_port = free_port(5555, host)
     children.append(
-        subprocess.Popen(
+        relay.start(
             [
                 sys.executable,
                 "-m",
@@ -220,7 +272,7 @@ def _start_flower(
                 "--port",
                 str(flower_port),
             ],
-            env={**env, "RUNS_FLOWER_BASIC_AUTH": auth},
+            {**env, "RUNS_FLOWER_BASIC_AUTH": auth},
         )
     )
     user, _, password = auth.split(",")[0].partition(":")
@@ -232,6 +284,7 @@ def _print_banner(
 ) -> None:
     print(
         "\nruns dev is up\n"
+        f"  web view:     {info.api_url}/ui   (sign in with the token below)\n"
         f"  API:          {info.api_url}   (OpenAPI at {info.api_url}/docs)\n"
         f"  project id:   {info.project_id}\n"
         f"  project slug: {info.project_slug}\n"

@@ -18,9 +18,11 @@ class Dispatcher(Protocol):
         *,
         node_id: str | None = None,
         countdown: float | None = None,
+        attempt: int | None = None,
     ) -> None:
         """Send the job that executes the run ``ref`` (one node of it, when given), optionally
-        after ``countdown`` seconds; raises when the broker cannot take it."""
+        after ``countdown`` seconds; ``attempt`` names the attempt of a task run it starts.
+        Raises when the broker cannot take it."""
 
 
 class EventLog(Protocol):

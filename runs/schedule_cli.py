@@ -7,13 +7,13 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from runs.cli_tables import id_table
+from runs.cli_tables import Col, fields_table, id_table
 from runs.dev_database import admin_settings
 from runs.domain.errors import InvalidRequest, RunsError
 from runs.domain.schedules import Schedule
@@ -39,13 +39,13 @@ def _services() -> Iterator[tuple[Settings, Wired]]:
     try:
         settings = admin_settings()
     except RunsError as exc:
-        console.print(f"[red]{exc.title}:[/red] {exc.detail}", highlight=False)
+        console.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     wired = wire(settings, pool_size=1, auth_cache_seconds=0)
     try:
         yield settings, wired
     except RunsError as exc:
-        console.print(f"[red]{exc.title}:[/red] {exc.detail}", highlight=False)
+        console.print(f"[red]error:[/red] {exc.detail}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from exc
     finally:
         wired.close()
@@ -56,11 +56,11 @@ def _show(settings: Settings, schedule: Schedule, as_json: bool) -> None:
     if as_json:
         print(out.model_dump_json(indent=2))
         return
-    table = Table("field", "value", show_header=False)
-    for name, value in out.model_dump().items():
-        shown = value if isinstance(value, str) else "" if value is None else json.dumps(value)
-        table.add_row(name, shown)
-    console.print(table)
+    fields = [
+        (name, value if isinstance(value, str) else "" if value is None else json.dumps(value))
+        for name, value in out.model_dump().items()
+    ]
+    console.print(fields_table(fields))
 
 
 def _json_option(value: str | None, name: str) -> Any:
@@ -129,23 +129,42 @@ def list_(
         if as_json:
             print(json.dumps([o.model_dump() for o in outs], indent=2))
             return
-        table = id_table(
-            "id", [o.id for o in outs], "name", "status", "target", "when", "next run", "runs"
-        )
-        for o in outs:
-            when = o.schedule or (
-                f"every {o.interval_seconds} s" if o.interval_seconds else o.run_at
-            )
-            table.add_row(
+        rows = [
+            (
                 o.id,
                 o.name,
                 o.status,
                 f"{o.target.kind}:{o.target.id}",
-                f"{when} ({o.timezone})",
-                o.next_run_at or "",
+                _timing(o),
+                _next_run(o.next_run_at),
                 str(o.run_count),
             )
-        console.print(table)
+            for o in outs
+        ]
+        columns: list[Col | str] = [
+            Col("name", keep=3),
+            Col("status", keep=4, least=8),
+            Col("target", keep=2),
+            Col("when", keep=1),
+            Col("next run (UTC)", keep=1, least=16),
+            "runs",
+        ]
+        console.print(id_table(console, "id", columns, rows))
+
+
+def _timing(schedule: ScheduleOut) -> str:
+    """When a schedule fires: its cron and time zone, its interval, or its one time."""
+    if schedule.schedule:
+        return f"{schedule.schedule} ({schedule.timezone})"
+    if schedule.interval_seconds:
+        return f"every {schedule.interval_seconds} s"
+    return schedule.run_at or ""
+
+
+def _next_run(moment: str | None) -> str:
+    return (
+        datetime.fromisoformat(moment).astimezone(UTC).strftime("%Y-%m-%d %H:%M") if moment else ""
+    )
 
 
 @schedules_app.command("get")

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from runs.domain.errors import InvalidRequest
 from runs.domain.schedules import Schedule
-from runs.schemas import PageInfo, RequestModel, timestamp
+from runs.schemas import PageInfo, RequestModel, WholeNumber, timestamp
 
 ScheduleStatusWire = Literal["active", "paused", "completed"]
 ConcurrencyPolicyWire = Literal["Allow", "Forbid", "Replace"]
@@ -32,16 +32,16 @@ class _ScheduleFields(RequestModel):
     timezone: str | None = Field(default=None, min_length=1, max_length=64)
     schedule: str | None = Field(default=None, min_length=1, max_length=200)
     cron: str | None = Field(default=None, min_length=1, max_length=200)
-    interval_seconds: int | None = Field(default=None, ge=1, le=YEAR_SECONDS)
+    interval_seconds: WholeNumber | None = Field(default=None, ge=1, le=YEAR_SECONDS)
     run_at: str | None = Field(default=None, min_length=1, max_length=64)
     input: Any = None
     config: dict[str, Any] | None = None
-    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
-    backoff_limit: int | None = Field(default=None, ge=0, le=100)
+    timeout_seconds: WholeNumber | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    backoff_limit: WholeNumber | None = Field(default=None, ge=0, le=100)
     concurrency_policy: ConcurrencyPolicyWire | None = None
-    max_runs: int | None = Field(default=None, ge=1)
+    max_runs: WholeNumber | None = Field(default=None, ge=1)
     catchup: CatchupWire | None = None
-    catchup_window_seconds: int | None = Field(default=None, ge=1, le=YEAR_SECONDS)
+    catchup_window_seconds: WholeNumber | None = Field(default=None, ge=1, le=YEAR_SECONDS)
 
     def to_fields(self) -> dict[str, Any]:
         """The fields the request set, by their stored names (``cron`` read as

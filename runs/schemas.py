@@ -8,9 +8,16 @@ and omit ``error.code``/``error.detail`` rather than sending null (contract §14
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, overload
+from typing import Annotated, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_serializer,
+)
 from pydantic_core import PydanticCustomError
 
 from runs.domain.definitions import Definition
@@ -64,6 +71,17 @@ def _document_text(schema: dict[str, Any]) -> None:
                 branch["pattern"] = NO_NUL
 
 
+def _whole_number(value: Any) -> Any:
+    """JSON Schema's ``integer`` holds 3.0 as well as 3: the strict models take it as 3."""
+    if type(value) is float and value.is_integer() and abs(value) <= 2**63:
+        return int(value)
+    return value
+
+
+# An integer field of a request: a JSON integer, or a number with a zero fraction (6225.0).
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
 # Fields whose rule the service checks with a message of its own document it through
 # ``json_schema_extra`` (an enum or a pattern), so that OpenAPI says what is accepted.
 class RequestModel(BaseModel):
@@ -92,8 +110,8 @@ class RunRequestIn(RequestModel):
     config: dict[str, Any] | None = None
     input: Any = None
     start_mode: str | None = Field(default=None, max_length=64)
-    timeout_seconds: int | None = Field(default=None, ge=1, le=7 * 24 * 3600)
-    backoff_limit: int | None = Field(default=None, ge=0, le=100)
+    timeout_seconds: WholeNumber | None = Field(default=None, ge=1, le=7 * 24 * 3600)
+    backoff_limit: WholeNumber | None = Field(default=None, ge=0, le=100)
 
 
 class CreateRunIn(RequestModel):

@@ -258,7 +258,7 @@ class RunService:
         metrics.run_created(values["target"], values["kind"])
         try:
             ref = RunRef(values["project_id"], values["run_id"])
-            self._dispatcher.dispatch(values["target"], ref, values["queue"])
+            self._dispatcher.dispatch(values["target"], ref, values["queue"], attempt=1)
         except Exception:
             log.exception("dispatch of %s failed; the run stays pending", values["run_id"])
         return records.run_from_row(values | {"lease_owner": None, "lease_expires_at": None})

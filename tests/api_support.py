@@ -104,11 +104,15 @@ def count_runs(engine: sa.Engine, project: Project) -> int:
         return int(conn.execute(query).scalar_one())
 
 
-def corrupt_event_stream(redis_url: str, project_id: str, run_id: str) -> None:
-    """Make a live run's event stream a plain string: reading it fails with an error the
-    server does not expect (Redis answers WRONGTYPE), which is a 500."""
+@contextmanager
+def corrupt_event_stream(redis_url: str, project_id: str, run_id: str) -> Iterator[None]:
+    """A live run's event stream made a plain string while the block runs: reading it fails
+    with an error the server does not expect (Redis answers WRONGTYPE), which is a 500."""
     client = redis.Redis.from_url(redis_url)
+    key = f"runs:{{{project_id}/{run_id}}}:events"
     try:
-        client.set(f"runs:{{{project_id}/{run_id}}}:events", "not a stream", ex=3600)
+        client.set(key, "not a stream", ex=3600)
+        yield
     finally:
+        client.delete(key)
         client.close()

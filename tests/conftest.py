@@ -238,6 +238,7 @@ class RecordingDispatcher:
         *,
         node_id: str | None = None,
         countdown: float | None = None,
+        attempt: int | None = None,
     ) -> None:
         if self.fail:
             raise ConnectionError("broker unreachable")

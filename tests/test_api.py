@@ -819,3 +819,16 @@ def test_a_forged_cursor_is_400_not_500(api: Api, caller: Caller, decoded: list[
     client = TestClient(api.client.app, raise_server_exceptions=False)
     url = f"/projects/{caller.project.slug}/runs?cursor={_forged_cursor(decoded)}"
     assert_problem(client.get(url, headers=caller.headers), 400, "cursor")
+
+
+def test_a_run_request_takes_whole_numbers_written_with_a_fraction_as_integers(
+    api: Api, caller: Caller
+) -> None:
+    payload = create_body(caller.project, backoff_limit=0.0, timeout_seconds=6225.0)
+    created = api.client.post("/runs", json=payload, headers=caller.headers)
+    assert created.status_code == 202, created.text
+    run = created.json()["run"]
+    assert (run["backoff_limit"], run["timeout_seconds"]) == (0, 6225)
+    half = create_body(caller.project, backoff_limit=0.5)
+    refused = api.client.post("/runs", json=half, headers=caller.headers)
+    assert_problem(refused, 400, "backoff_limit")

@@ -241,3 +241,24 @@ def test_a_wrong_method_names_every_method_of_the_path(api: Api, caller: Caller)
     response = api.client.put(url(caller, "/sched_x"), headers=caller.headers)
     assert_problem(response, 405)
     assert response.headers["allow"] == "DELETE, GET, PATCH"
+
+
+def test_whole_numbers_written_with_a_fraction_are_integers_as_json_schema_says(
+    api: Api, caller: Caller
+) -> None:
+    """JSON Schema's ``integer`` holds 491.0; a fraction that is not zero is refused."""
+    created = create(
+        api,
+        caller,
+        catchup_window_seconds=491.0,
+        timeout_seconds=6225.0,
+        backoff_limit=0.0,
+        max_runs=3.0,
+    )
+    assert created.status_code == 201, created.text
+    body = created.json()
+    assert (body["catchup_window_seconds"], body["timeout_seconds"]) == (491, 6225)
+    assert (body["backoff_limit"], body["max_runs"]) == (0, 3)
+    refused = create(api, caller, timeout_seconds=60.5)
+    assert refused.status_code == 400
+    assert "timeout_seconds" in refused.json()["detail"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -193,3 +194,84 @@ def test_errors_are_one_line_and_exit_2(dev: Dev, tmp_path: Path) -> None:
     # The environment comes before dev.json, a flag before the environment.
     assert dev.runs("ls", RUNS_API_TOKEN="rt_wrong").returncode == 2
     assert dev.runs("ls", "--token", dev.info["token"], RUNS_API_TOKEN="rt_wrong").returncode == 0
+
+
+RUN_ID = r"^run_[0-9a-f-]{36}$"
+
+
+def test_run_prints_the_bare_id_when_piped_so_that_a_script_can_use_it(dev: Dev) -> None:
+    started = dev.runs("run", "task:sleep", "--config", '{"seconds": 30}')
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    assert re.fullmatch(RUN_ID, run_id), started.stdout
+    cancelled = dev.runs("cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    quiet = dev.runs("run", "task:echo", "-q")
+    assert re.fullmatch(RUN_ID, quiet.stdout.strip()), quiet.stdout
+
+
+def lines_of(done: subprocess.CompletedProcess[str]) -> list[str]:
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if line.strip()]
+
+
+def test_tables_fit_80_columns_keep_ids_whole_and_rows_on_one_line(dev: Dev) -> None:
+    echo = dev.runs("run", "task:echo", "--wait", "--json")
+    run_id = json.loads(echo.stdout)["run_id"]
+    listed = lines_of(dev.runs("ls", "--limit", "5", COLUMNS="80"))
+    assert all(len(line) <= 80 for line in listed), listed
+    row = next(line for line in listed if run_id in line)
+    assert "task:echo" in row and "completed" in row, listed
+    slug = dev.info["project_slug"]
+    schedule = dev.runs(
+        "schedules", "create", slug, "--name", "nightly report for the finance team",
+        "--target", "task:echo", "--cron", "0 3 * * *", "--timezone", "Europe/Berlin",
+        "--json",
+    )  # fmt: skip
+    assert schedule.returncode == 0, schedule.stdout + schedule.stderr
+    schedule_id = json.loads(schedule.stdout)["id"]
+    for width in ("80", "60"):
+        table = lines_of(dev.runs("schedules", "list", slug, COLUMNS=width))
+        assert all(len(line) <= int(width) for line in table), table
+        row = next(line for line in table if schedule_id in line)
+        assert "active" in row, table  # the columns kept are readable, not 3 characters wide
+    wide = lines_of(dev.runs("schedules", "list", slug, COLUMNS="200"))
+    assert any("nightly report for the finance team" in line for line in wide), wide
+
+
+def test_a_schedule_triggered_from_the_cli_starts_at_once(dev: Dev) -> None:
+    slug = dev.info["project_slug"]
+    created = dev.runs(
+        "schedules", "create", slug, "--name", "now", "--target", "task:echo",
+        "--interval", "86400", "--json",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stdout + created.stderr
+    schedule_id = json.loads(created.stdout)["id"]
+    triggered = dev.runs("schedules", "trigger", slug, schedule_id, "--json")
+    assert triggered.returncode == 0, triggered.stdout + triggered.stderr
+    run_id = json.loads(triggered.stdout)["run_id"]
+    started = time.monotonic()
+    wait_status(dev, run_id, "completed")  # its job was sent: no sweeper needed (30 s)
+    assert time.monotonic() - started < 10
+
+
+def test_with_no_server_the_cli_says_nothing_answers_there_and_how_to_start_one(
+    dev: Dev,
+) -> None:
+    url = f"http://127.0.0.1:{free_port(0)}"
+    started = time.monotonic()
+    done = dev.runs("run", "task:echo", "--api-url", url)
+    assert done.returncode == 2
+    assert time.monotonic() - started < 5
+    assert f"nothing answers at {url}" in done.stderr and "runs dev" in done.stderr
+    assert "ConnectError" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_admin_commands_outside_a_project_folder_say_so_in_one_plain_line(
+    dev: Dev, tmp_path: Path
+) -> None:
+    done = dev.runs("projects", "list", cwd=tmp_path)
+    assert done.returncode != 0
+    text = (done.stdout + done.stderr).strip()
+    assert text.startswith("error: no database here"), text
+    assert "Invalid request" not in text and len(text.splitlines()) <= 2

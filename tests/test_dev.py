@@ -58,11 +58,16 @@ def test_runs_dev_starts_everything_runs_a_demo_task_and_stops_on_ctrl_c(
         assert info_file.exists(), "/healthz answered before dev.json was written"
         info = json.loads(info_file.read_text())
         assert info_file.stat().st_mode & 0o777 == 0o600, "the token file is the owner's only"
-        assert set(info) == {"api_url", "project_id", "project_slug", "token"}
+        assert set(info) == {"api_url", "project_id", "project_slug", "token", "redis_url"}
         assert f"the API will listen on http://127.0.0.1:{port}" in log_path.read_text()
         while info["token"] not in log_path.read_text():  # the banner follows readiness
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.1)
+        # The block comes last, after the children's start-up lines, with the web view's address.
+        text = log_path.read_text()
+        block = text.index("runs dev is up")
+        assert 0 <= text.index(" ready.") < block and text.index("[tasks]") < block, text
+        assert f"web view:     http://127.0.0.1:{port}/ui" in text[block:]
         client = httpx.Client(
             base_url=info["api_url"], headers={"Authorization": f"Bearer {info['token']}"}
         )
@@ -143,13 +148,20 @@ def test_a_port_in_use_is_one_line_naming_it_and_how_to_choose_another(
     assert list(tmp_path.iterdir()) == [], "nothing started, nothing written"
 
 
-@pytest.mark.parametrize(("args", "port"), [((), "8000"), (("PORT=8123",), "8123")])
-def test_make_dev_passes_its_port_to_runs_dev(
-    repo_root: Path, args: tuple[str, ...], port: str
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ((), "runs dev --port 8000"),
+        (("PORT=8123",), "runs dev --port 8123"),
+        (("FLOWER=1",), "runs dev --port 8000 --flower"),
+    ],
+)
+def test_make_dev_passes_its_port_and_flower_to_runs_dev(
+    repo_root: Path, args: tuple[str, ...], expected: str
 ) -> None:
     # Not the variables of a make that runs this suite (`make test`): they would turn on its
     # "Entering directory" lines and pass its flags on.
-    inherited = ("PORT", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
+    inherited = ("PORT", "FLOWER", "MAKEFLAGS", "MAKELEVEL", "MFLAGS", "MAKEOVERRIDES")
     env = {k: v for k, v in os.environ.items() if k not in inherited}
     dry_run = subprocess.run(
         ["make", "--no-print-directory", "--dry-run", "dev", *args],
@@ -159,4 +171,4 @@ def test_make_dev_passes_its_port_to_runs_dev(
         text=True,
         check=True,
     )
-    assert dry_run.stdout.splitlines()[-1].endswith(f"runs dev --port {port}")
+    assert dry_run.stdout.splitlines()[-1].endswith(expected)

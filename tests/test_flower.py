@@ -26,6 +26,7 @@ from runs.events import RedisEventLog
 from tests.conftest import WorkerPool, stop_worker
 from tests.durable_support import Live, live_services
 from tests.helpers import task_request
+from workers.task_events import _returned, outcome_event
 
 pytestmark = pytest.mark.worker
 
@@ -159,6 +160,60 @@ def test_flower_shows_each_target_as_a_task_type_that_succeeded(
     }
 
 
+def flower_task(url: str, task_id: str, states: set[str], timeout: float = 20) -> dict[str, Any]:
+    """Flower's view of the job ``task_id`` once its state is one of ``states``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        response = httpx.get(f"{url}/api/task/info/{task_id}", auth=(USER, PASSWORD), timeout=10)
+        if response.status_code == 200 and response.json().get("state") in states:
+            return dict(response.json())
+        assert time.monotonic() < deadline, f"{task_id}: {response.status_code} {response.text}"
+        time.sleep(0.2)
+
+
+def test_flower_shows_how_each_run_ended_under_an_id_that_names_the_run_and_its_attempt(
+    flower_url: str, live: Live, project: Project
+) -> None:
+    """Completed, failed, timed out, cancelled and retried runs, as Flower's API tells them:
+    the Celery task id of an attempt's job is ``<run_id>@<attempt>``."""
+    deadline = time.monotonic() + 60
+    while True:  # Flower sees the events sent after its receiver connected
+        warm_up, _ = live.runs.submit(project, task_request(project))
+        live.wait_terminal(project, warm_up.run_id)
+        if succeeded(jobs_of_run(flower_url, "task:echo", warm_up.run_id, timeout=3)):
+            break
+        assert time.monotonic() < deadline, "Flower saw no run's job within 60 s"
+
+    def submit(target: str, **changes: Any) -> str:
+        return live.runs.submit(project, task_request(project, target, **changes))[0].run_id
+
+    completed = submit("task:echo")
+    failed = submit("task:fail", config={"message": "boom"})
+    timed_out = submit("task:sleep", config={"seconds": 30}, timeout_seconds=1)
+    cancelled = submit("task:sleep", config={"seconds": 30})
+    retried = submit("task:fail", config={"message": "again"}, backoff_limit=1)
+
+    live.wait_running(project, cancelled)
+    assert flower_task(flower_url, f"{cancelled}@1", {"STARTED"})["name"] == "task:sleep"
+    live.runs.cancel(project, cancelled)
+    for run_id in (completed, failed, timed_out, cancelled, retried):
+        live.wait_terminal(project, run_id, timeout=60)
+
+    assert flower_task(flower_url, f"{completed}@1", {"SUCCESS"})["args"]
+    failure = flower_task(flower_url, f"{failed}@1", {"FAILURE"})
+    assert "boom" in failure["exception"]
+    assert "timeout" in flower_task(flower_url, f"{timed_out}@1", {"FAILURE"})["exception"]
+    flower_task(flower_url, f"{cancelled}@1", {"REVOKED"})
+    assert "again" in flower_task(flower_url, f"{retried}@1", {"RETRY"})["exception"]
+    assert "again" in flower_task(flower_url, f"{retried}@2", {"FAILURE"})["exception"]
+
+    dashboard = httpx.get(
+        f"{flower_url}/", params={"json": 1}, auth=(USER, PASSWORD), timeout=10
+    ).json()["data"]
+    assert sum(worker.get("task-failed", 0) for worker in dashboard) >= 3
+    assert sum(worker.get("task-retried", 0) for worker in dashboard) >= 1
+
+
 def test_runs_dev_with_flower_prints_where_flower_is_and_flower_shows_the_runs(
     tmp_path: Path, repo_root: Path
 ) -> None:
@@ -209,3 +264,27 @@ def test_runs_dev_with_flower_prints_where_flower_is_and_flower_shows_the_runs(
             process.kill()
             raise
     assert code == 0, log_path.read_text()
+
+
+@pytest.mark.parametrize(
+    ("result", "event", "fields"),
+    [
+        ("completed", "task-succeeded", {}),
+        ("failed: timeout: the attempt timed out after 1 s", "task-failed",
+         {"exception": "timeout: the attempt timed out after 1 s", "traceback": ""}),
+        ("cancelled: before it started", "task-revoked",
+         {"terminated": False, "signum": None, "expired": False}),
+        ("dropped: the run was no longer this attempt's", "task-revoked",
+         {"terminated": False, "signum": None, "expired": False}),
+        ("retrying: boom", "task-retried", {"exception": "boom", "traceback": ""}),
+        ("handed back: the worker is shutting down", "task-retried",
+         {"exception": "the worker is shutting down", "traceback": ""}),
+        ("skipped: not pending", "task-skipped", {"reason": "not pending"}),
+        ("advanced", "task-succeeded", {}),
+    ],
+)  # fmt: skip
+def test_a_jobs_result_becomes_the_task_event_that_tells_how_its_run_ended(
+    result: str, event: str, fields: dict[str, Any]
+) -> None:
+    assert outcome_event(result) == (event, fields)
+    assert outcome_event(_returned(repr(result))) == (event, fields)  # as Celery hands it over

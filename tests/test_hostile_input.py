@@ -8,6 +8,7 @@ left the connection to be reset.
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections.abc import Iterator
@@ -282,9 +283,11 @@ def test_a_500_is_problem_json_with_a_request_id_logged_once_and_closes_the_conn
     created = client.post("/runs", json=create_body(caller.project), headers=caller.headers)
     assert created.status_code == 202
     run_id = created.json()["run"]["run_id"]
-    corrupt_event_stream(redis_url, caller.project.id, run_id)
     caplog.clear()
-    with caplog.at_level(logging.ERROR):
+    with (
+        corrupt_event_stream(redis_url, caller.project.id, run_id),
+        caplog.at_level(logging.ERROR),
+    ):
         response = client.get(f"/runs/{run_id}/events", headers=caller.headers)
     problem = assert_problem(response, 500, "request id")
     request_id = problem["request_id"]
@@ -293,3 +296,25 @@ def test_a_500_is_problem_json_with_a_request_id_logged_once_and_closes_the_conn
     logged = [r for r in caplog.records if request_id in r.getMessage()]
     assert len(logged) == 1 and logged[0].exc_info is not None
     assert len([r for r in caplog.records if r.exc_info is not None]) == 1
+
+
+def test_a_body_sent_without_the_json_content_type_is_told_to_send_that_header(
+    api: Api, caller: Caller
+) -> None:
+    body = json.dumps({"name": "n", "target": {"kind": "task", "id": "echo"}, "cron": "0 3 * * *"})
+    url = f"/projects/{caller.project.slug}/schedules"
+    for sent in ("text/plain", "application/x-www-form-urlencoded"):
+        headers = {**caller.headers, "Content-Type": sent}
+        response = api.client.post(url, content=body.encode(), headers=headers)
+        assert_problem(response, 400, "Content-Type: application/json", sent)
+    listed = api.client.get(url, headers=caller.headers).json()["schedules"]
+    assert listed == []
+
+
+def test_a_filter_of_named_values_lists_the_values_it_takes(api: Api, caller: Caller) -> None:
+    response = api.client.get(
+        f"/projects/{caller.project.slug}/runs?status=bogus", headers=caller.headers
+    )
+    problem = assert_problem(response, 400, "status")
+    assert "cancelled, completed, failed, pending, running, waiting" in problem["detail"]
+    assert "(?:" not in problem["detail"]

@@ -305,15 +305,13 @@ def test_after_a_500_the_connection_closes_cleanly_and_the_next_request_succeeds
         created = client.post("/runs", json=create_body(caller.project))
         assert created.status_code == 202, created.text
         run_id = created.json()["run"]["run_id"]
-        corrupt_event_stream(redis_url, caller.project.id, run_id)
-        failed = client.get(f"/runs/{run_id}/events")
-        assert failed.status_code == 500
-        assert failed.headers["connection"] == "close"
-        problem = failed.json()
-        assert problem["request_id"] in server.log()
-        assert client.get(f"/runs/{run_id}").status_code == 200
-    raw = exchange(
-        server.port,
-        get(f"/runs/{run_id}/events", b"Authorization: Bearer " + caller.token.encode() + b"\r\n"),
-    )
+        with corrupt_event_stream(redis_url, caller.project.id, run_id):
+            failed = client.get(f"/runs/{run_id}/events")
+            assert failed.status_code == 500
+            assert failed.headers["connection"] == "close"
+            problem = failed.json()
+            assert problem["request_id"] in server.log()
+            assert client.get(f"/runs/{run_id}").status_code == 200
+            authorization = b"Authorization: Bearer " + caller.token.encode() + b"\r\n"
+            raw = exchange(server.port, get(f"/runs/{run_id}/events", authorization))
     assert raw.status == 500 and raw.ended == "closed"

@@ -86,8 +86,8 @@ def test_the_line_of_a_500_names_the_request_its_project_and_its_run(
         with TestClient(create_app(settings)) as client:
             created = client.post("/runs", json=create_body(caller.project), headers=caller.headers)
             run_id = created.json()["run"]["run_id"]
-            corrupt_event_stream(redis_url, caller.project.id, run_id)
-            response = client.get(f"/runs/{run_id}/events", headers=caller.headers)
+            with corrupt_event_stream(redis_url, caller.project.id, run_id):
+                response = client.get(f"/runs/{run_id}/events", headers=caller.headers)
     finally:
         errors.removeHandler(handler)
     assert response.status_code == 500

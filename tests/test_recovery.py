@@ -74,8 +74,9 @@ class TimedDispatcher(RecordingDispatcher):
         *,
         node_id: str | None = None,
         countdown: float | None = None,
+        attempt: int | None = None,
     ) -> None:
-        super().dispatch(target, ref, queue, node_id=node_id, countdown=countdown)
+        super().dispatch(target, ref, queue, node_id=node_id, countdown=countdown, attempt=attempt)
         self.countdowns.append((ref, countdown))
 
 

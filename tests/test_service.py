@@ -28,7 +28,7 @@ def test_submit_commits_the_run_before_its_job_is_sent(
 ) -> None:
     seen_from_another_connection: list[str | None] = []
 
-    def dispatch(target: str, run_id: str, queue: str) -> None:
+    def dispatch(target: str, run_id: str, queue: str, **_: object) -> None:
         with engine.connect() as conn:
             found = records.get_run(conn, run_id)
         seen_from_another_connection.append(found.status.value if found else None)

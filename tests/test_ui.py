@@ -20,10 +20,18 @@ import pytest
 import sqlalchemy as sa
 
 from runs.access import AccessService
+from runs.catalog import DefinitionCatalog
+from runs.events import RedisEventLog
+from runs.routing import Router
+from runs.schedules import ScheduleService
+from runs.service import RunService
+from runs.source_schedules import sync_source_schedules
 from tests.api_support import Caller, new_caller
-from tests.conftest import IN_CI, WorkerPool, unavailable
+from tests.conftest import IN_CI, REDIS_URL, RecordingDispatcher, WorkerPool, unavailable
 from tests.helpers import create_body
+from tests.redis_hygiene import QUEUE
 from tests.server_support import Server, serving
+from workers.registry import Registry
 
 try:
     from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -381,3 +389,85 @@ def test_another_projects_run_is_not_found_on_its_page(
     page.goto(server.url + "/ui")
     page.wait_for_selector("text=No runs.")
     assert page.query_selector(f'tr[data-run-id="{theirs}"]') is None
+
+
+# -- what a newcomer trips over ---------------------------------------------------------------
+
+
+def test_times_name_their_zone_and_a_schedule_written_in_code_is_listed_once(
+    browser: Browser,
+    server: Server,
+    caller: Caller,
+    pg_engine: sa.Engine,
+    screenshots: list[Path],
+) -> None:
+    registry = Registry()
+    registry.schedule("coded", cron="0 4 * * *", target="task:echo")
+    schedules = ScheduleService(pg_engine, runs=_run_service(pg_engine))
+    sync_source_schedules(schedules, caller.project, registry.schedules())
+    coded = schedules.source_schedules(caller.project)[0]
+    context = browser.new_context(
+        viewport={"width": 1280, "height": 860}, timezone_id="Europe/Berlin"
+    )
+    try:
+        page = context.new_page()
+        sign_in(page, server, caller, "/ui/schedules")
+        row = f'tr[data-schedule-id="{coded.id}"]'
+        page.wait_for_selector(row)
+        expect(page.locator(row)).to_have_count(1)  # in "Defined in code" only
+        assert page.locator(f"#source-schedules {row}").count() == 1
+        shown = page.inner_text(f"{row} time")
+        assert shown.endswith(("GMT+1", "GMT+2", "CET", "CEST")), shown
+        assert "(UTC)" in str(page.get_attribute(f"{row} time", "title"))
+        save(page, screenshots, "schedules-zones")
+    finally:
+        context.close()
+
+
+def test_at_420_pixels_sign_out_stays_on_screen(
+    browser: Browser, server: Server, caller: Caller, screenshots: list[Path]
+) -> None:
+    context = browser.new_context(viewport={"width": 420, "height": 800})
+    try:
+        page = context.new_page()
+        sign_in(page, server, caller)
+        box = page.locator("#sign-out").bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 420, box
+        save(page, screenshots, "narrow")
+        page.click("#sign-out")
+        page.wait_for_selector("#sign-in")
+    finally:
+        context.close()
+
+
+def test_events_show_their_fields_and_group_nodes_no_attempt(
+    page: Page, server: Server, caller: Caller, screenshots: list[Path]
+) -> None:
+    run_id = start_workflow(server, caller, "fan-out")
+    deadline = time.monotonic() + 60
+    while get_run(server, caller, run_id)["status"] != "completed":
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    sign_in(page, server, caller, f"/ui/runs/{run_id}")
+    page.wait_for_selector('#events li[data-event-type="RUN_FINISHED"]')
+    finished = page.inner_text('#events li[data-event-type="STEP_FINISHED"] .payload')
+    assert "stepName" in finished and "{" not in finished, finished
+    assert '"type"' not in page.inner_text("#events")
+    nodes = httpx.get(f"{server.url}/runs/{run_id}/nodes", headers=caller.headers).json()["data"]
+    never_ran = [n["node_id"] for n in nodes if n["attempt"] == 0]
+    assert never_ran, nodes  # the fan-out's groups
+    for node_id in never_ran:
+        attempt = page.inner_text(f'tr[data-node-id="{node_id}"] td.num')
+        assert attempt == "", (node_id, attempt)
+    save(page, screenshots, "run-fields")
+
+
+def _run_service(engine: sa.Engine) -> RunService:
+    return RunService(
+        engine,
+        dispatcher=RecordingDispatcher(sent=[]),
+        events=RedisEventLog.from_url(REDIS_URL, ttl_seconds=60),
+        router=Router([], QUEUE),
+        catalog=DefinitionCatalog(engine, cache_seconds=0),
+        max_input_bytes=4096,
+    )

@@ -295,20 +295,18 @@ def _task_events(settings: Settings) -> Iterator[list[dict[str, Any]]]:
 def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
     live: RunService, project: Project, pool: WorkerPool
 ) -> None:
-    """Task events as Flower needs them: the job received (its target as the task name) and its
-    outcome. ``task-started`` is not sent: the run's record says when it started."""
+    """Task events as Flower needs them: the job received (its target as the task name, its id
+    the run's id and attempt), started, and its outcome."""
     with _task_events(pool.settings) as seen:
         run, _ = live.submit(project, task_request(project))
         assert wait_terminal(live, project, run.run_id).status is RunStatus.COMPLETED
         received = _await_event(seen, lambda e: run.run_id in str(e.get("args")))
         assert received["type"] == "task-received" and received["name"] == "task:echo"
-        ended = _await_event(
-            seen, lambda e: e.get("uuid") == received["uuid"] and e["type"] != received["type"]
-        )
-        assert ended["type"] == "task-succeeded"
+        assert received["uuid"] == f"{run.run_id}@1"
+        _await_event(seen, lambda e: e.get("uuid") == received["uuid"] and e["type"] == ENDED)
         time.sleep(0.2)
     of_job = [e["type"] for e in seen if e.get("uuid") == received["uuid"]]
-    assert of_job == ["task-received", "task-succeeded"]
+    assert of_job == ["task-received", "task-started", ENDED]
 
 
 def test_a_stopping_worker_sends_the_task_events_it_holds(
@@ -342,12 +340,12 @@ def test_a_stopping_worker_sends_the_task_events_it_holds(
             worker.terminate()  # well before the batch is due
             assert worker.wait(timeout=15) == 0
             received = _await_event(seen, lambda e: run.run_id in str(e.get("args")))
-            ended = _await_event(
-                seen, lambda e: e.get("uuid") == received["uuid"] and e["type"] != received["type"]
-            )
-            assert ended["type"] == "task-succeeded"
+            _await_event(seen, lambda e: e.get("uuid") == received["uuid"] and e["type"] == ENDED)
     finally:
         stop_worker(worker)
+
+
+ENDED = "task-succeeded"
 
 
 def _await_event(

@@ -33,6 +33,7 @@ from workers.planner import (
     plan,
 )
 from workers.runtime import WorkerRuntime
+from workers.task_events import DROPPED, SKIPPED, ended
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class WorkflowEngine:
         loaded = run is None
         run = run if run is not None else self._runs.load(ref)
         if run is None or run.kind is not RunKind.WORKFLOW or run.status.is_terminal:
-            return "skipped: not an active workflow run"
+            return f"{SKIPPED}: not an active workflow run"
         try:
             definition = self._rt.registry.resolve_workflow(run.target)
         except LookupError as exc:
@@ -86,13 +87,13 @@ class WorkflowEngine:
                 if run.status is RunStatus.PENDING
                 else run
             )
-            if claimed is not None:
-                self._finish(claimed, _failure(str(exc), ErrorCode.UNKNOWN_TARGET), {})
-            return "failed: unknown target"
+            if claimed is None:
+                return f"{SKIPPED}: not pending"
+            return self._finish(claimed, _failure(str(exc), ErrorCode.UNKNOWN_TARGET), {})
         if run.status is RunStatus.PENDING:
             started = self._start(run, definition)
             if started is None:
-                return "skipped: not pending"
+                return f"{SKIPPED}: not pending"
             run = started
         if loaded:  # a job of its own, not a step's: its lines name the run (until it ends)
             bind_run_fields(**run_log_fields(run))
@@ -154,8 +155,7 @@ class WorkflowEngine:
             moved, only_started = False, True
             for action in actions:
                 if isinstance(action, FinishRun):
-                    self._finish(run, action, nodes, definition)
-                    return action.status
+                    return self._finish(run, action, nodes, definition)
                 applied = self._apply(run, action)
                 moved = applied or moved
                 if isinstance(action, Start) and applied:
@@ -239,7 +239,8 @@ class WorkflowEngine:
         action: FinishRun,
         nodes: dict[str, NodeRecord],
         definition: WorkflowDefinition | None = None,
-    ) -> None:
+    ) -> str:
+        """End the run as the plan decided; what the job returns (``workers.task_events``)."""
         output, error = action.output, action.error
         if (
             action.status == "completed"
@@ -265,7 +266,9 @@ class WorkflowEngine:
             logs=_joined_logs(nodes),
             exit_code=1 if failed else 0,
         )
-        self._attempts.finish(run, outcome, owner=self._owner, stop_work=True)
+        if self._attempts.finish(run, outcome, owner=self._owner, stop_work=True):
+            return ended(outcome)
+        return f"{DROPPED}: the run ended another way meanwhile"
 
 
 def _failure(message: str, code: ErrorCode) -> FinishRun:

@@ -21,6 +21,7 @@ from workers.policy import AttemptPolicy, backoff_delay, policy_for
 from workers.project_runs import project_runs
 from workers.registry import TaskDefinition
 from workers.runtime import WorkerRuntime
+from workers.task_events import CANCELLED, DROPPED, HANDED_BACK, RETRYING, SKIPPED, ended
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,11 @@ def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
         ref, owner=owner, lease_seconds=runtime.settings.worker_lease_seconds
     )
     if run is None:
-        return "skipped: not pending"  # a duplicate message, or a run already running or ended
+        return f"{SKIPPED}: not pending"  # a duplicate message, or a run already running or ended
     bind_run_fields(**run_log_fields(run))  # until the job ends (workers/celery_app.py)
     if run.status is RunStatus.CANCELLED:  # claimed, then cancelled before the claim's answer
         runtime.attempts.record_stop(run)
-        return "skipped: cancelled before it started"
+        return f"{CANCELLED}: before it started"
     definition = runtime.registry.find(run.target)
     policy = policy_for(runtime.settings, definition, run)
     if definition is None:
@@ -96,7 +97,7 @@ class Attempt:
             if not self._open():
                 guard.returned()
                 self._rt.attempts.record_stop(self._run)
-                return "skipped: cancelled before it started"
+                return f"{CANCELLED}: before it started"
             try:
                 outcome = run_definition(
                     self._definition,
@@ -174,8 +175,8 @@ class Attempt:
         run goes back to pending for another worker, this attempt not counted."""
         self._flush()
         if self._rt.attempts.hand_back(self._run):
-            return "handed back: the worker is shutting down"
-        return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
+            return f"{HANDED_BACK}: the worker is shutting down"
+        return f"{DROPPED}: the run was no longer this attempt's (cancelled or reclaimed)"
 
     def _record_patiently(self, outcome: Outcome) -> str:
         """Record the outcome. Each call retries while Redis or SQL is unreachable (the guard
@@ -195,17 +196,17 @@ class Attempt:
         if retry:
             delay = backoff_delay(self._rt.settings, run.attempt)
             if attempts.retry(run, outcome, delay, ended_at=ended_at):
-                return f"retrying: attempt {run.attempt} failed"
+                return f"{RETRYING}: {ended(outcome).partition(': ')[2]}"
         elif attempts.finish(run, outcome, owner=self._owner, ended_at=ended_at):
-            return outcome.status.value
+            return ended(outcome)
         attempts.record_stop(run)
-        return "dropped: the run was no longer this attempt's (cancelled or reclaimed)"
+        return f"{DROPPED}: the run was no longer this attempt's (cancelled or reclaimed)"
 
 
 def _end(runtime: WorkerRuntime, run: Run, owner: str, outcome: Outcome) -> str:
     if runtime.attempts.finish(run, outcome, owner=owner):
-        return f"failed: {outcome.error.code if outcome.error else ''}"
-    return "dropped: cancelled"
+        return ended(outcome)
+    return f"{DROPPED}: cancelled"
 
 
 def _failure(message: str, code: ErrorCode) -> Outcome:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -77,19 +78,49 @@ def _field_of(loc: tuple[Any, ...]) -> str:
     return ".".join(parts) or "body"
 
 
-def _validation_detail(exc: RequestValidationError) -> tuple[str, list[dict[str, Any]]]:
+def _validation_detail(
+    exc: RequestValidationError, content_type: str
+) -> tuple[str, list[dict[str, Any]]]:
     problems = []
     for err in exc.errors():
         if err.get("type") == "json_invalid":
             ctx = err.get("ctx") or {}
             return f"the body is not valid JSON: {ctx.get('error', 'parse error')}", []
-        field = _field_of(tuple(err.get("loc", ())))
+        loc = tuple(err.get("loc", ()))
+        if loc == ("body",) and not _is_json(content_type):
+            sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+            return (
+                f"send the body as JSON with the header Content-Type: application/json "
+                f"(this request has {sent})",
+                [],
+            )
+        field = _field_of(loc)
         message = err.get("msg", "invalid")
         if err.get("type") == "missing":
             message = "is required"
+        elif err.get("type") == "string_pattern_mismatch":
+            message = _pattern_message((err.get("ctx") or {}).get("pattern", "")) or message
         problems.append({"field": field, "message": message})
     detail = "; ".join(f"{p['field']}: {p['message']}" for p in problems) or "invalid request"
     return detail, problems
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+# A filter of named values: "^(?:a|b)(?:,(?:a|b))*$" (runs.api.params.listing).
+_CHOICES = re.compile(r"^\^\(\?:([A-Za-z_|]+)\)\(\?:,")
+
+
+def _pattern_message(pattern: str) -> str | None:
+    """What a pattern of named values allows, said in words."""
+    found = _CHOICES.match(pattern)
+    if found is None:
+        return None
+    choices = ", ".join(found.group(1).split("|"))
+    return f"must be one of {choices} (several: comma-separated, or the parameter repeated)"
 
 
 def _unreadable_body(cause: BaseException | None) -> str | None:
@@ -126,7 +157,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        detail, problems = _validation_detail(exc)
+        detail, problems = _validation_detail(exc, request.headers.get("content-type", ""))
         return problem(
             400, "Invalid request", detail, instance=request.url.path, errors=problems or None
         )

@@ -12,6 +12,7 @@ its followers in this process, no thread); a finished run replays from SQL.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated
@@ -65,7 +66,12 @@ async def stream_events(
         int, Query(ge=0, le=MAX_EVENT_ID, description="exclusive; Last-Event-ID wins")
     ] = 0,
     last_event_id: Annotated[
-        str | None, Header(max_length=20, description="resume after this event id")
+        str | None,
+        Header(
+            max_length=20,
+            description="resume after this event id (an integer; empty: not given)",
+            json_schema_extra={"pattern": LAST_EVENT_ID.pattern},
+        ),
     ] = None,
 ) -> StreamingResponse:
     after = _resume_point(last_event_id, after_event_id)
@@ -77,13 +83,19 @@ async def stream_events(
     )
 
 
+# What Last-Event-ID may hold: an event id of at most 15 digits (below MAX_EVENT_ID), or
+# nothing (the header absent).
+LAST_EVENT_ID = re.compile(r"^([0-9]{1,15})?$")
+
+
 def _resume_point(last_event_id: str | None, after_event_id: int) -> int:
-    if last_event_id is None or not last_event_id.strip():
+    value = (last_event_id or "").strip()
+    if not value:
         return after_event_id
-    value = last_event_id.strip()
-    if not value.isdigit() or int(value) > MAX_EVENT_ID:
+    if not LAST_EVENT_ID.fullmatch(value):
         raise InvalidRequest(
-            f"Last-Event-ID must be an event id (0 to {MAX_EVENT_ID}), not {value!r}",
+            f"Last-Event-ID must be an event id (a whole number of at most 15 digits), "
+            f"not {value!r}",
             field="Last-Event-ID",
         )
     return int(value)

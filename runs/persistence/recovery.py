@@ -130,11 +130,11 @@ def fail_lost(
 
 def stale_pending(
     conn: sa.Connection, before: datetime, limit: int
-) -> list[tuple[RunRef, str, str]]:
-    """(run, target, queue) of runs runnable, and neither sent nor changed, since before
-    ``before`` (``updated_at`` marks the last send)."""
+) -> list[tuple[RunRef, str, str, int]]:
+    """(run, target, queue, attempt) of runs runnable, and neither sent nor changed, since
+    before ``before`` (``updated_at`` marks the last send)."""
     rows = conn.execute(
-        sa.select(runs.c.project_id, runs.c.run_id, runs.c.target, runs.c.queue)
+        sa.select(runs.c.project_id, runs.c.run_id, runs.c.target, runs.c.queue, runs.c.attempt)
         .where(
             runs.c.status == RunStatus.PENDING.value,
             runs.c.available_at < before,
@@ -143,7 +143,7 @@ def stale_pending(
         .order_by(runs.c.available_at)
         .limit(limit)
     )
-    return [(RunRef(r.project_id, r.run_id), r.target, r.queue) for r in rows]
+    return [(RunRef(r.project_id, r.run_id), r.target, r.queue, r.attempt) for r in rows]
 
 
 def touch_pending(conn: sa.Connection, ref: RunRef, before: datetime, now: datetime) -> bool:

@@ -56,11 +56,21 @@ function pad(n) {
   return String(n).padStart(2, "0");
 }
 
+// Times are shown in the browser's time zone, named after each time ("CET", "GMT+1",
+// "UTC"); the tooltip holds the time as the API sent it, in UTC.
+const ZONE_NAME = new Intl.DateTimeFormat("en-US", { timeZoneName: "short" });
+
+function zoneOf(d) {
+  const part = ZONE_NAME.formatToParts(d).find((p) => p.type === "timeZoneName");
+  return part ? part.value : "local time";
+}
+
 function fmtTime(iso) {
   if (!iso) return "";
   const d = new Date(iso);
   const day = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}`;
-  return `${day} ${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  const clock = `${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  return `${day} ${clock} ${zoneOf(d)}`;
 }
 
 function fmtDuration(ms) {
@@ -76,7 +86,7 @@ function json(value) {
 
 function time(iso) {
   if (!iso) return "";
-  return h("time", { datetime: iso, title: iso }, fmtTime(iso));
+  return h("time", { datetime: iso, title: `${iso} (UTC)` }, fmtTime(iso));
 }
 
 function runLink(runId) {
@@ -738,30 +748,57 @@ function nodeRow(run, node, page) {
     { "data-node-id": node.node_id },
     h("td", { class: "mono" }, node.node_id),
     h("td", {}, statusBadge(node.status)),
-    h("td", { class: "num" }, String(node.attempt)),
+    // Steps run in attempts; groups, branches and waits never do (their attempt stays 0).
+    h("td", { class: "num" }, node.attempt ? String(node.attempt) : ""),
     h("td", {}, time(node.started_at)),
     h("td", {}, time(node.completed_at)),
     cell,
   );
 }
 
+// An event's payload as its fields, without the "type" that repeats the event's type.
+function eventFields(payload) {
+  if (payload === null || typeof payload !== "object" || Array.isArray(payload))
+    return [["value", payload]];
+  return Object.entries(payload).filter(([key]) => key !== "type");
+}
+
+function fieldText(value) {
+  return typeof value === "string" ? value : JSON.stringify(value);
+}
+
 function eventItem(event) {
-  const payload = json(event.payload);
-  const compact = JSON.stringify(event.payload);
+  const fields = eventFields(event.payload);
+  const line = fields.map(([key, value]) => `${key}: ${fieldText(value)}`).join("  ·  ");
+  const shown =
+    line.length > 160
+      ? h(
+          "details",
+          { class: "payload" },
+          h("summary", {}, `${line.slice(0, 120)}…`),
+          h(
+            "dl",
+            { class: "fields" },
+            fields.flatMap(([key, value]) => [
+              h("dt", {}, key),
+              h("dd", {}, typeof value === "string" ? value : h("pre", {}, json(value))),
+            ]),
+          ),
+        )
+      : h(
+          "span",
+          { class: "payload fields" },
+          fields.map(([key, value]) =>
+            h("span", { class: "field" }, h("span", { class: "key" }, key), ` ${fieldText(value)}`),
+          ),
+        );
   return h(
     "li",
     { "data-event-id": event.event_id, "data-event-type": event.event_type },
     h("span", { class: "event-id num" }, `#${event.event_id}`),
     time(event.created_at),
     h("span", { class: "event-type" }, event.event_type),
-    compact.length > 160
-      ? h(
-          "details",
-          { class: "payload" },
-          h("summary", {}, `${compact.slice(0, 120)}…`),
-          h("pre", {}, payload),
-        )
-      : h("code", { class: "payload" }, compact),
+    shown,
   );
 }
 
@@ -850,7 +887,9 @@ async function schedulesPage() {
     const q = new URLSearchParams({ limit: String(PAGE_SIZE) });
     if (next) q.set("cursor", next);
     const page = await api(projectPath(`schedules?${q}`));
-    manual.append(...page.schedules.map(scheduleRow));
+    // The page holds every schedule; those written in code have a table of their own.
+    const written = new Set(page.source_schedules.map((s) => s.id));
+    manual.append(...page.schedules.filter((s) => !written.has(s.id)).map(scheduleRow));
     if (!next) source.append(...page.source_schedules.map(scheduleRow));
     next = page.page_info.next;
     more.hidden = next === null;
