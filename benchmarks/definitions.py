@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from workers.context import TaskContext
-from workers.dsl import parallel, step
-from workers.registry import workflow
+from workers.definitions.dsl import parallel, step
+from workers.definitions.registry import workflow
+from workers.execution.context import TaskContext
 
 
 def _noop(ctx: TaskContext) -> None:

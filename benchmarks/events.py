@@ -1,7 +1,7 @@
 """Event append throughput of one worker process: a task that logs lines as fast as it can.
 
 The attempt's context is the one workers give tasks, over the real Redis event log; events
-leave in batches (workers/outbox.py). Prints events per second from the first line to the
+leave in batches (workers/execution/outbox.py). Prints events per second from the first line to the
 last one appended, and checks every line arrived in order.
 Usage: python benchmarks/events.py [--lines 200000]
 """
@@ -20,8 +20,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.stack import REDIS_URL  # noqa: E402
 from runs.domain.runs import RunRef  # noqa: E402
-from runs.events import RedisEventLog  # noqa: E402
-from workers.context import TaskContext  # noqa: E402
+from runs.streams.event_log import RedisEventLog  # noqa: E402
+from workers.execution.context import TaskContext  # noqa: E402
 
 
 def main() -> None:

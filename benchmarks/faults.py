@@ -53,12 +53,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stack import start, stop, wait_for  # noqa: E402
-from runs.access import AccessService  # noqa: E402
+from runs.cli.embedded import free_port  # noqa: E402
 from runs.client import RetryPolicy, RunsError, create_runs_client  # noqa: E402
-from runs.embedded import free_port  # noqa: E402
 from runs.persistence import migrate  # noqa: E402
 from runs.persistence.engine import create_engine  # noqa: E402
-from tests.private_servers import PrivatePostgres, PrivateRedis  # noqa: E402
+from runs.services.access import AccessService  # noqa: E402
+from tests.support.private_servers import PrivatePostgres, PrivateRedis  # noqa: E402
 
 LEASE_SECONDS = 10
 BACKOFF_LIMIT = 2
@@ -335,7 +335,7 @@ def run_scenario(
         "RUNS_DATABASE_URL": url,
         "RUNS_REDIS_URL": events.url,
         "RUNS_BROKER_URL": broker.url,
-        "RUNS_DEFINITIONS": '["workers.examples", "tests.durability_definitions"]',
+        "RUNS_DEFINITIONS": '["workers.examples", "tests.support.durability_definitions"]',
         "RUNS_WORKER_LEASE_SECONDS": str(LEASE_SECONDS),
         "RUNS_SWEEP_INTERVAL_SECONDS": "1",
         "RUNS_PENDING_REDISPATCH_SECONDS": "5",

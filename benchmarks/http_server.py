@@ -49,11 +49,11 @@ SERVERS = {
 
 def fresh_database() -> tuple[str, str, str]:
     """A migrated database with a project, a token and one run: (url, token, run id)."""
-    from runs.access import AccessService
-    from runs.catalog import DefinitionCatalog
     from runs.domain.definitions import Definition
     from runs.persistence import migrate
     from runs.persistence.engine import create_engine
+    from runs.services.access import AccessService
+    from runs.services.catalog import DefinitionCatalog
 
     admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"bench_http_{uuid.uuid4().hex[:8]}"

@@ -96,9 +96,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--seconds", type=int, default=5)
     args = parser.parse_args()
-    from runs.access import AccessService
-    from runs.embedded import free_port
+    from runs.cli.embedded import free_port
     from runs.persistence.engine import create_engine
+    from runs.services.access import AccessService
 
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)

@@ -48,12 +48,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.stack import REDIS_URL, fresh_database, start, wait_for  # noqa: E402
-from runs.access import AccessService  # noqa: E402
-from runs.catalog import DefinitionCatalog  # noqa: E402
 from runs.domain.definitions import Definition  # noqa: E402
 from runs.domain.projects import Project  # noqa: E402
 from runs.domain.schedules import new_schedule_id  # noqa: E402
 from runs.persistence import tables  # noqa: E402
+from runs.services.access import AccessService  # noqa: E402
+from runs.services.catalog import DefinitionCatalog  # noqa: E402
 from runs.settings import Settings  # noqa: E402
 from runs.wiring import Wired, wire  # noqa: E402
 

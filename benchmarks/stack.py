@@ -93,9 +93,9 @@ class RunsSystem:
 @contextmanager
 def runs_system(logdir: Path, *, concurrency: int = 2, **env: str) -> Iterator[RunsSystem]:
     """The whole system, warmed up by one completed run."""
-    from runs.access import AccessService
-    from runs.embedded import free_port
+    from runs.cli.embedded import free_port
     from runs.persistence.engine import create_engine
+    from runs.services.access import AccessService
 
     with fresh_database("runs_bench") as url:
         engine = create_engine(url)

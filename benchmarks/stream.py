@@ -219,13 +219,13 @@ def main() -> None:
     if soft < wanted:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
 
-    from runs.access import AccessService
-    from runs.catalog import DefinitionCatalog
+    from runs.cli.embedded import free_port
     from runs.domain.definitions import Definition
     from runs.domain.runs import RunRef
-    from runs.embedded import free_port
-    from runs.events import RedisEventLog
     from runs.persistence.engine import create_engine
+    from runs.services.access import AccessService
+    from runs.services.catalog import DefinitionCatalog
+    from runs.streams.event_log import RedisEventLog
 
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)

@@ -57,16 +57,16 @@ def plain_chain(rounds: int, logdir: Path) -> list[float]:
 
 
 def workflows(rounds: int, logdir: Path) -> tuple[list[float], list[float]]:
-    from runs.access import AccessService
-    from runs.catalog import DefinitionCatalog
-    from runs.dispatch import CeleryDispatcher
     from runs.domain.runs import RunKind, RunRequest
-    from runs.events import RedisEventLog
+    from runs.messaging.dispatch import CeleryDispatcher
+    from runs.messaging.routing import Router
     from runs.persistence import migrate
     from runs.persistence.engine import create_engine
-    from runs.routing import Router
-    from runs.service import RunService
+    from runs.services.access import AccessService
+    from runs.services.catalog import DefinitionCatalog
+    from runs.services.runs import RunService
     from runs.settings import Settings
+    from runs.streams.event_log import RedisEventLog
 
     admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     name = f"runs_wbench_{uuid.uuid4().hex[:8]}"

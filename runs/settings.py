@@ -157,7 +157,7 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     logging_config: Path | None = None
     # "json": one JSON object per line; a line about a run carries its run_id, project_id,
-    # target, attempt and queue (runs/json_logs.py). Used when RUNS_LOGGING_CONFIG is unset.
+    # target, attempt and queue (runs/observability/json_logs.py). Used when RUNS_LOGGING_CONFIG is unset.
     log_format: Literal["text", "json"] = "text"
 
     # Flower (`runs flower`): HTTP basic auth as "user:password" (several: comma-separated).

@@ -7,17 +7,17 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
-from runs.access import AccessService
-from runs.attempts import AttemptService
-from runs.catalog import DefinitionCatalog
-from runs.dispatch import CeleryDispatcher
-from runs.events import RedisEventLog
+from runs.messaging.dispatch import CeleryDispatcher
+from runs.messaging.routing import Router
 from runs.persistence.engine import create_engine
-from runs.routing import Router
-from runs.schedules import ScheduleService
-from runs.service import RunService
+from runs.scheduling.catalogue import ScheduleService
+from runs.services.access import AccessService
+from runs.services.attempts import AttemptService
+from runs.services.catalog import DefinitionCatalog
+from runs.services.runs import RunService
+from runs.services.workflows import WorkflowState
 from runs.settings import Settings
-from runs.workflow_state import WorkflowState
+from runs.streams.event_log import RedisEventLog
 
 
 @dataclass
@@ -42,7 +42,7 @@ def wire(
     settings: Settings, *, pool_size: int, auth_cache_seconds: float, patience: float = 0.0
 ) -> Wired:
     """``patience``: how long the services of a worker keep trying a state change while
-    storage is unreachable (``runs.transient.patiently``); the API and the sweeper answer at
+    storage is unreachable (``runs.services.transient.patiently``); the API and the sweeper answer at
     once (0)."""
     engine = create_engine(settings.database_url, pool_size=pool_size)
     events = RedisEventLog.from_url(settings.redis_url, ttl_seconds=settings.stream_ttl_seconds)

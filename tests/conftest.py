@@ -22,20 +22,20 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from runs.access import AccessService
-from runs.attempts import AttemptService
-from runs.catalog import DefinitionCatalog
 from runs.domain.definitions import Definition
 from runs.domain.projects import Project
 from runs.domain.runs import RunRef
-from runs.events import RedisEventLog
+from runs.messaging.routing import Router
 from runs.persistence import migrate
 from runs.persistence.engine import create_engine
-from runs.routing import Router
-from runs.service import RunService
+from runs.services.access import AccessService
+from runs.services.attempts import AttemptService
+from runs.services.catalog import DefinitionCatalog
+from runs.services.runs import RunService
 from runs.settings import Settings
-from tests import redis_hygiene
-from tests.redis_hygiene import QUEUE, SESSION, SLOW_QUEUE, own
+from runs.streams.event_log import RedisEventLog
+from tests.support import redis_hygiene
+from tests.support.redis_hygiene import QUEUE, SESSION, SLOW_QUEUE, own
 
 POSTGRES_URL = os.environ.get("RUNS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("RUNS_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -421,7 +421,7 @@ def _worker_pool(
         redis_url=redis_url,
         broker_url=broker_url,
         default_queue=own("runs-test"),
-        definitions=["workers.examples", "tests.definitions"],
+        definitions=["workers.examples", "tests.support.definitions"],
     )
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     process = start_worker(settings, log_path)
@@ -457,7 +457,11 @@ def durable_settings(postgres_url: str, redis_url: str, **overrides: Any) -> Set
         "database_url": postgres_url,
         "redis_url": redis_url,
         "default_queue": own("runs-durable"),
-        "definitions": ["workers.examples", "tests.definitions", "tests.durability_definitions"],
+        "definitions": [
+            "workers.examples",
+            "tests.support.definitions",
+            "tests.support.durability_definitions",
+        ],
     }
     values.update(overrides)
     return base_settings(**values)

@@ -1,7 +1,6 @@
 """Worker side of runs: definitions registry, Celery app, job execution and adapters."""
 
-from workers.adapters import NonRetryableError, TaskFailed
-from workers.dsl import (
+from workers.definitions.dsl import (
     Retry,
     branch,
     parallel,
@@ -11,7 +10,8 @@ from workers.dsl import (
     wait_for_event,
     when,
 )
-from workers.registry import command, registry, schedule, task, workflow
+from workers.definitions.registry import command, registry, schedule, task, workflow
+from workers.execution.adapters import NonRetryableError, TaskFailed
 
 __all__ = [
     "NonRetryableError",

@@ -12,27 +12,27 @@ from typing import Any
 
 from celery import Celery, signals
 
-from runs.catalog import DefinitionCatalog
-from runs.celery_config import celery_config
 from runs.domain.errors import RunsError
 from runs.domain.runs import RunRef
-from runs.json_logs import clear_run_fields, set_run_fields
-from runs.logs import configure_logging
+from runs.messaging.celery_config import celery_config
+from runs.observability.json_logs import clear_run_fields, set_run_fields
+from runs.observability.logs import configure_logging
 from runs.persistence.engine import create_engine
+from runs.scheduling.code_schedules import sync_source_schedules
+from runs.services.catalog import DefinitionCatalog
 from runs.settings import Settings
-from runs.source_schedules import sync_source_schedules
 from runs.wiring import wire
+from workers.definitions.registry import Registry
+from workers.definitions.registry import registry as default_registry
 from workers.drain import Drain, listen_for_drain
-from workers.engine import WorkflowEngine
-from workers.execute import execute
-from workers.guard import mark_pool_process
+from workers.execution.guard import mark_pool_process
+from workers.execution.runtime import get_runtime
+from workers.execution.task_runs import execute
+from workers.flower_events import CONSUMER, INTERVAL_SETTING, JobRequest
 from workers.metrics import install_metrics
-from workers.registry import Registry
-from workers.registry import registry as default_registry
-from workers.runtime import get_runtime
-from workers.steps import StepRunner
 from workers.sweeper import Sweeper
-from workers.task_events import CONSUMER, INTERVAL_SETTING, JobRequest
+from workers.workflows.engine import WorkflowEngine
+from workers.workflows.steps import StepRunner
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
     registry.load(settings.definitions)
     app = Celery("runs")
     app.conf.update(celery_config(settings))
-    # Task events in batches (workers/task_events.py).
+    # Task events in batches (workers/flower_events.py).
     app.conf.worker_consumer = CONSUMER
     app.conf[INTERVAL_SETTING] = settings.worker_event_flush_seconds
     for target in registry.targets():
@@ -83,7 +83,7 @@ def create_celery(settings: Settings, registry: Registry | None = None) -> Celer
         # stands for Celery's own logging setup (also in each pool process).
         signals.celeryd_init.connect(on_setup_logging, weak=False)
         signals.setup_logging.connect(on_setup_logging, weak=False)
-    # A job binds the fields of its run for its log lines (runs/json_logs.py); they hold
+    # A job binds the fields of its run for its log lines (runs/observability/json_logs.py); they hold
     # until Celery has logged the job's outcome, then the next job starts without them.
     signals.task_postrun.connect(_forget_run_fields, weak=False)
     return app

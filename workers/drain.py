@@ -1,6 +1,6 @@
 """A worker's graceful stop. On SIGTERM Celery's warm shutdown stops taking jobs and waits for
 the running ones; ``Drain`` gives them ``RUNS_WORKER_DRAIN_SECONDS``, then asks every pool
-process to stop its attempts (a real-time signal, read by ``workers.guard``). Each stopped attempt hands
+process to stop its attempts (a real-time signal, read by ``workers.execution.guard``). Each stopped attempt hands
 its run back (pending at once, the attempt not counted) instead of leaving it to the sweeper
 once its lease lapses; an attempt that ignores the stop is interrupted and then killed, as a
 cancelled one would be."""
@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from workers.guard import request_drain
+from workers.execution.guard import request_drain
 
 log = logging.getLogger(__name__)
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.adapters import TaskFailed
-from workers.context import TaskContext
-from workers.dsl import branch, parallel, step
-from workers.registry import schedule, task, workflow
+from workers.definitions.dsl import branch, parallel, step
+from workers.definitions.registry import schedule, task, workflow
+from workers.execution.adapters import TaskFailed
+from workers.execution.context import TaskContext
 
 
 @task("echo", name="Echo", description="Returns its config unchanged.")

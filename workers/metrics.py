@@ -1,5 +1,5 @@
 """A worker's Prometheus endpoint: its main process serves the sum of what every process of
-its pool recorded (prometheus-client's multiprocess mode, ``runs.metrics_server``)."""
+its pool recorded (prometheus-client's multiprocess mode, ``runs.observability.metrics_server``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import Celery, signals
 
-from runs.metrics_server import (
+from runs.observability.metrics_server import (
     MULTIPROC_ENV,
     MetricsServer,
     multiprocess_registry,

@@ -4,7 +4,7 @@ Every interval it re-sends the jobs of runs left pending (and workflow steps lef
 long, reclaims task runs whose worker stopped renewing its lease (a new attempt, or ``failed``
 with ``worker_lost``), notes when the work of cancelled runs stopped, and expires runs that
 waited past the queue TTL. Every step is a conditional update: several sweepers are safe.
-With ``retention_days`` set it also deletes runs that finished longer ago (``runs.retention``),
+With ``retention_days`` set it also deletes runs that finished longer ago (``runs.services.retention``),
 a bounded number of batches per sweep; several sweepers split the work between them.
 
 A lease that lapsed while the database could not be reached (down, restarting, or stalled) says
@@ -22,13 +22,13 @@ import threading
 import time
 from datetime import timedelta
 
-from runs import metrics
 from runs.domain.runs import Run
-from runs.retention import RetentionService
+from runs.observability import metrics
+from runs.services.retention import RetentionService
 from runs.settings import Settings
 from runs.wiring import Wired, wire
-from workers.policy import backoff_delay, policy_for
-from workers.registry import Registry
+from workers.definitions.registry import Registry
+from workers.execution.policy import backoff_delay, policy_for
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from runs.api.limits import BodySizeLimit
 from runs.api.metrics import ApiMetrics, install_metrics
 from runs.api.openapi import install_openapi
 from runs.api.responses import JSONResponse
-from runs.event_feeds import RunFeeds
-from runs.event_follow import EventFollower
 from runs.settings import Settings
+from runs.streams.feeds import RunFeeds
+from runs.streams.following import EventFollower
 from runs.wiring import wire
 
 

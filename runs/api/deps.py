@@ -12,17 +12,17 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from runs.access import AccessService
 from runs.api.intake import CreateIntake
-from runs.catalog import DefinitionCatalog
 from runs.domain.projects import Project
-from runs.event_feeds import RunFeeds
-from runs.event_follow import EventFollower
-from runs.json_logs import bind_run_fields
-from runs.schedules import ScheduleService
-from runs.service import RunService
+from runs.observability.json_logs import bind_run_fields
+from runs.scheduling.catalogue import ScheduleService
+from runs.services.access import AccessService
+from runs.services.catalog import DefinitionCatalog
+from runs.services.runs import RunService
+from runs.services.workflows import WorkflowState
 from runs.settings import Settings
-from runs.workflow_state import WorkflowState
+from runs.streams.feeds import RunFeeds
+from runs.streams.following import EventFollower
 
 T = TypeVar("T")
 

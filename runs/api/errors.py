@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from runs.api.responses import JSONResponse
 from runs.domain import errors
-from runs.transient import TRANSIENT_ERRORS
+from runs.services.transient import TRANSIENT_ERRORS
 
 log = logging.getLogger(__name__)
 

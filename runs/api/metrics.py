@@ -1,8 +1,8 @@
 """``GET /metrics`` (Prometheus text format, unauthenticated like /healthz) and the middleware
 that counts HTTP requests by route template and status.
 
-The scrape answers this process's counters (``runs.metrics``) and the storage gauges
-(``runs.metrics_gauges``), read in a thread off the event loop.
+The scrape answers this process's counters (``runs.observability.metrics``) and the storage gauges
+(``runs.observability.gauges``), read in a thread off the event loop.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from runs import metrics
-from runs.metrics_gauges import QueueDepth, StatusCounts, StorageGauges, queue_depth_for
-from runs.routing import Router
+from runs.messaging.routing import Router
+from runs.observability import metrics
+from runs.observability.gauges import QueueDepth, StatusCounts, StorageGauges, queue_depth_for
 from runs.settings import Settings
 
 router = APIRouter()

@@ -1,6 +1,6 @@
 """JSON responses that always encode: content is never a reason for a 500.
 
-Requests are checked on the way in (``runs.schemas.check_storable``), workers store cleaned
+Requests are checked on the way in (``runs.schemas.runs.check_storable``), workers store cleaned
 values (``runs.domain.text.storable``), and stored JSON from before those rules is cleaned as
 it is read (``loads_storable``). What is left to encode here, problem documents included, is
 still answered whatever it holds, with U+FFFD and null in place of what JSON cannot carry.

@@ -31,7 +31,7 @@ from runs.api.params import (
 from runs.domain.events import MAX_EVENT_ID
 from runs.domain.runs import RUN_ID_PATTERN, Run, RunKind, RunStatus
 from runs.persistence.records import RunFilters
-from runs.schemas import (
+from runs.schemas.runs import (
     ApprovalIn,
     ApprovalOut,
     CancelRunOut,

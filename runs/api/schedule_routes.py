@@ -26,7 +26,8 @@ from runs.api.params import (
 )
 from runs.domain.schedules import Schedule, ScheduleStatus
 from runs.persistence.schedules import ScheduleFilters
-from runs.schedule_schemas import (
+from runs.schemas.runs import PageInfo
+from runs.schemas.schedules import (
     CreateScheduleIn,
     ScheduleListOut,
     ScheduleOut,
@@ -34,7 +35,6 @@ from runs.schedule_schemas import (
     ScheduleRunOut,
     UpdateScheduleIn,
 )
-from runs.schemas import PageInfo
 
 router = APIRouter(tags=["schedules"])
 

@@ -15,7 +15,7 @@ httptools protocol, passed through uvicorn's ``http=`` hook:
   answer instead of a reset.
 
 The subclass uses uvicorn's protocol internals: ``pyproject.toml`` pins uvicorn's minor
-version, and ``tests/test_http_limits.py`` checks each limit against a real server.
+version, and ``tests/api/test_http_limits.py`` checks each limit against a real server.
 """
 
 from __future__ import annotations

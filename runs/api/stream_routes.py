@@ -5,7 +5,7 @@ Frames are ``id: <event_id>``, ``event: <event_type>`` and ``data: <the RunEvent
 ``after_event_id``, else at the first event; it replays what is there and goes on live, without
 a gap or a duplicate, and closes after the terminal event. A comment line comes every
 ``RUNS_SSE_HEARTBEAT_SECONDS`` while nothing happens. Live events come from the run's shared
-reader (``runs.event_feeds``: one blocking read of its Redis stream on the event loop for all
+reader (``runs.streams.feeds``: one blocking read of its Redis stream on the event loop for all
 its followers in this process, no thread); a finished run replays from SQL.
 """
 
@@ -28,8 +28,8 @@ from runs.domain.errors import InvalidRequest
 from runs.domain.events import MAX_EVENT_ID, RUN_ERROR, RUN_FINISHED, RunEvent
 from runs.domain.projects import Project
 from runs.domain.runs import Run
-from runs.event_feeds import Frame
-from runs.schemas import RunEventOut
+from runs.schemas.runs import RunEventOut
+from runs.streams.feeds import Frame
 
 router = APIRouter(tags=["runs"])
 

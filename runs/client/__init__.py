@@ -6,7 +6,7 @@
         created = client.create_task_run("task:echo", config={"hello": "world"})
         run = client.wait(created.run.run_id, timeout=60)
 
-Answers are the pydantic models of ``runs.schemas``, the ones the server sends.
+Answers are the pydantic models of ``runs.schemas.runs``, the ones the server sends.
 """
 
 from runs.client.aio import AsyncRunsClient, create_async_runs_client

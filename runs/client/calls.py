@@ -13,7 +13,7 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from runs.client.errors import ConfigurationError
-from runs.schemas import (
+from runs.schemas.runs import (
     ApprovalOut,
     CancelRunOut,
     CreateRunOut,

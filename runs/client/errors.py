@@ -13,7 +13,7 @@ from email.utils import parsedate_to_datetime
 import httpx
 from pydantic import ValidationError
 
-from runs.schemas import ProblemOut
+from runs.schemas.runs import ProblemOut
 
 
 class RunsError(Exception):

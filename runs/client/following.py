@@ -11,7 +11,7 @@ import httpx
 from runs.client.errors import ApiError, RunsError, TransportError, WaitTimeout, retry_after_seconds
 from runs.client.retry import RetryPolicy
 from runs.client.sse import Frame
-from runs.schemas import RunEventOut
+from runs.schemas.runs import RunEventOut
 
 # The stream is quiet between heartbeats (15 s by default): a read waits longer than that.
 STREAM_READ_TIMEOUT = 60.0

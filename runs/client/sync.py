@@ -38,7 +38,7 @@ from runs.client.following import (
 )
 from runs.client.retry import RetryPolicy
 from runs.client.sse import FrameReader
-from runs.schemas import (
+from runs.schemas.runs import (
     ApprovalOut,
     CancelRunOut,
     CreateRunOut,

@@ -6,7 +6,7 @@ new one, at the cost of one non-blocking ``poll`` (a ping would cost a round tri
 statement of the autocommit engine that meets a dropped connection while it runs is tried once
 more on a new connection (the recipe of SQLAlchemy's FAQ, "How do I retry a statement
 execution automatically?"): the hot path's writes are conditional, and their callers tell a
-write of their own that landed before its answer was lost (``runs.attempts``).
+write of their own that landed before its answer was lost (``runs.services.attempts``).
 """
 
 from __future__ import annotations

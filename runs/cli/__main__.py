@@ -1,0 +1,5 @@
+"""``python -m runs.cli``: the ``runs`` command."""
+
+from runs.cli.main import main
+
+main()

@@ -1,0 +1,120 @@
+"""The worker's task events (what Flower shows), sent in batches on a short timer.
+
+Celery buffers a worker's task events and sends what it holds after every turn of the main
+process's event loop: under load, about one publish a job, and each publish blocks the loop
+that also hands jobs to the pool processes. This consumer sends them at most every
+``RUNS_WORKER_EVENT_FLUSH_SECONDS`` (0.1) instead (Flower reads the batch as it reads Celery's
+own), and sends what it holds before the worker stops. A full buffer (Celery's limit) is still
+sent at once.
+
+A job always returns (its run's outcome is in the run record, not in Celery's state), so the
+event Celery would send for its end, ``task-succeeded``, is replaced by the one that tells the
+truth about the run (``outcome_event``): its result says how the attempt ended.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import time
+from typing import Any
+
+from celery.worker.consumer import Consumer
+from celery.worker.request import Request
+
+from runs.domain.runs import Outcome, RunStatus
+
+# Where Celery's ``worker_consumer`` setting finds the consumer below, and the app setting
+# that holds the interval.
+CONSUMER = "workers.flower_events:BatchedEventsConsumer"
+INTERVAL_SETTING = "runs_event_flush_seconds"
+
+
+class BatchedEventsConsumer(Consumer):  # type: ignore[misc]
+    _flush_at: float | None = None  # when the pending batch is due, if one is
+
+    def on_send_event_buffered(self) -> None:
+        interval = float(self.app.conf.get(INTERVAL_SETTING) or 0)
+        if not self.hub or not interval:
+            super().on_send_event_buffered()
+            return
+        now = time.monotonic()
+        # A timer lost with a connection that restarted is not waited for past its time.
+        if self._flush_at is None or now > self._flush_at + interval:
+            self._flush_at = now + interval
+            self.hub.call_later(interval, self._flush_batch)
+
+    def _flush_batch(self) -> None:
+        self._flush_at = None
+        self._flush_events()
+
+    def shutdown(self) -> None:
+        with contextlib.suppress(Exception):  # the broker is gone: nothing can be sent
+            self._flush_events()
+        super().shutdown()
+
+
+class JobRequest(Request):  # type: ignore[misc]
+    """A job as the worker's main process handles it, with the task events Flower needs: the
+    job received, started (sent in the batches above, so it costs little), and how its run's
+    attempt ended (``outcome_event``)."""
+
+    def send_event(self, type: str, **fields: Any) -> None:
+        if type == "task-succeeded":
+            type, changed = outcome_event(_returned(fields.get("result")))
+            fields = {**fields, **changed}
+        super().send_event(type, **fields)
+
+
+# What a job returns: "<how it ended>: <detail>", where how it ended is one of these. The
+# detail is kept short: Celery cuts a result's repr at 1,024 characters.
+MAX_DETAIL = 400
+COMPLETED = "completed"
+FAILED = "failed"
+CANCELLED = "cancelled"
+DROPPED = "dropped"  # the attempt lost its run (cancelled, or reclaimed) before it recorded
+RETRYING = "retrying"
+HANDED_BACK = "handed back"
+SKIPPED = "skipped"  # a duplicate message, or a job with nothing to do
+DEFERRED = "deferred"
+
+
+def ended(outcome: Outcome) -> str:
+    """The result of a job whose attempt recorded ``outcome`` as the run's end."""
+    if outcome.status is RunStatus.COMPLETED:
+        return COMPLETED
+    error = outcome.error
+    detail = (
+        f"{error.code}: {error.message}"
+        if error and error.code
+        else (error.message if error else "")
+    )
+    return f"{outcome.status.value}: {detail}" if detail else outcome.status.value
+
+
+def outcome_event(result: str) -> tuple[str, dict[str, Any]]:
+    """The task event (type, fields) that says how a job that returned ``result`` ended:
+    a failed run is ``task-failed`` with its error, a cancelled one (or an attempt that lost
+    its run) ``task-revoked``, a retried or handed-back attempt ``task-retried``, a job that
+    had nothing to do ``task-skipped`` (Flower shows the state SKIPPED); the rest succeeded."""
+    how, _, detail = result.partition(": ")
+    if how == FAILED:
+        return "task-failed", {"exception": detail or FAILED, "traceback": ""}
+    if how in (CANCELLED, DROPPED):
+        return "task-revoked", {"terminated": False, "signum": None, "expired": False}
+    if how in (RETRYING, HANDED_BACK):
+        return "task-retried", {"exception": detail or how, "traceback": ""}
+    if how in (SKIPPED, DEFERRED):
+        return "task-skipped", {"reason": detail}
+    return "task-succeeded", {}
+
+
+def _returned(result: Any) -> str:
+    """The job's result as its main process sees it: Celery hands over its repr."""
+    if isinstance(result, str):
+        with contextlib.suppress(ValueError, SyntaxError):
+            value = ast.literal_eval(result)
+            if isinstance(value, str):
+                return value
+        return result
+    return str(result)
