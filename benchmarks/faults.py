@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.stack import start, stop, wait_for  # noqa: E402
 from runs.cli.embedded import free_port  # noqa: E402
-from runs.client import RetryPolicy, RunsError, create_runs_client  # noqa: E402
+from runs.client import RetryPolicy, RunsClientError, create_runs_client  # noqa: E402
 from runs.persistence import migrate  # noqa: E402
 from runs.persistence.engine import create_engine  # noqa: E402
 from runs.services.access import AccessService  # noqa: E402
@@ -190,7 +190,7 @@ def create_runs(
                         TASK, config=config, backoff_limit=BACKOFF_LIMIT
                     )
                     done.accepted[created.run.run_id] = TASK
-            except RunsError as error:
+            except RunsClientError as error:
                 done.refused[type(error).__name__] += 1
             time.sleep(0.1)
     halfway.set()

@@ -102,7 +102,7 @@ def workflows(rounds: int, logdir: Path) -> tuple[list[float], list[float]]:
     project = AccessService(engine).create_project("bench")
 
     def run(workflow_id: str) -> float:
-        created, _ = service.submit(
+        created, _ = service.create(
             project,
             RunRequest(
                 kind=RunKind.WORKFLOW,

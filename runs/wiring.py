@@ -14,8 +14,9 @@ from runs.scheduling.catalogue import ScheduleService
 from runs.services.access import AccessService
 from runs.services.attempts import AttemptService
 from runs.services.catalog import DefinitionCatalog
+from runs.services.recovery import RecoveryService
 from runs.services.runs import RunService
-from runs.services.workflows import WorkflowState
+from runs.services.workflows import WorkflowService
 from runs.settings import Settings
 from runs.streams.event_log import RedisEventLog
 
@@ -28,7 +29,8 @@ class Wired:
     catalog: DefinitionCatalog
     runs: RunService
     attempts: AttemptService
-    workflows: WorkflowState
+    recovery: RecoveryService
+    workflows: WorkflowService
     access: AccessService
     schedules: ScheduleService
 
@@ -57,14 +59,16 @@ def wire(
         max_input_bytes=settings.max_input_bytes,
         max_timeout_seconds=settings.max_timeout_seconds,
     )
+    attempts = AttemptService(engine, dispatcher=dispatcher, events=events, patience=patience)
     return Wired(
         engine=engine,
         events=events,
         dispatcher=dispatcher,
         catalog=catalog,
         runs=runs,
-        attempts=AttemptService(engine, dispatcher=dispatcher, events=events, patience=patience),
-        workflows=WorkflowState(
+        attempts=attempts,
+        recovery=RecoveryService(engine, attempts=attempts, dispatcher=dispatcher, events=events),
+        workflows=WorkflowService(
             engine, runs=runs, events=events, dispatcher=dispatcher, patience=patience
         ),
         access=AccessService(engine, cache_seconds=auth_cache_seconds),

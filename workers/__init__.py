@@ -10,13 +10,14 @@ from workers.definitions.dsl import (
     wait_for_event,
     when,
 )
+from workers.definitions.errors import NonRetryableError, TaskFailed, WorkerError
 from workers.definitions.registry import command, registry, schedule, task, workflow
-from workers.execution.adapters import NonRetryableError, TaskFailed
 
 __all__ = [
     "NonRetryableError",
     "Retry",
     "TaskFailed",
+    "WorkerError",
     "branch",
     "command",
     "parallel",

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from workers.definitions.dsl import branch, parallel, step
+from workers.definitions.errors import TaskFailed
 from workers.definitions.registry import schedule, task, workflow
-from workers.execution.adapters import TaskFailed
 from workers.execution.context import TaskContext
 
 

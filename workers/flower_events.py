@@ -22,7 +22,15 @@ from typing import Any
 from celery.worker.consumer import Consumer
 from celery.worker.request import Request
 
-from runs.domain.runs import Outcome, RunStatus
+from workers.execution.results import (
+    CANCELLED,
+    DEFERRED,
+    DROPPED,
+    FAILED,
+    HANDED_BACK,
+    RETRYING,
+    SKIPPED,
+)
 
 # Where Celery's ``worker_consumer`` setting finds the consumer below, and the app setting
 # that holds the interval.
@@ -64,32 +72,6 @@ class JobRequest(Request):  # type: ignore[misc]
             type, changed = outcome_event(_returned(fields.get("result")))
             fields = {**fields, **changed}
         super().send_event(type, **fields)
-
-
-# What a job returns: "<how it ended>: <detail>", where how it ended is one of these. The
-# detail is kept short: Celery cuts a result's repr at 1,024 characters.
-MAX_DETAIL = 400
-COMPLETED = "completed"
-FAILED = "failed"
-CANCELLED = "cancelled"
-DROPPED = "dropped"  # the attempt lost its run (cancelled, or reclaimed) before it recorded
-RETRYING = "retrying"
-HANDED_BACK = "handed back"
-SKIPPED = "skipped"  # a duplicate message, or a job with nothing to do
-DEFERRED = "deferred"
-
-
-def ended(outcome: Outcome) -> str:
-    """The result of a job whose attempt recorded ``outcome`` as the run's end."""
-    if outcome.status is RunStatus.COMPLETED:
-        return COMPLETED
-    error = outcome.error
-    detail = (
-        f"{error.code}: {error.message}"
-        if error and error.code
-        else (error.message if error else "")
-    )
-    return f"{outcome.status.value}: {detail}" if detail else outcome.status.value
 
 
 def outcome_event(result: str) -> tuple[str, dict[str, Any]]:

@@ -72,24 +72,26 @@ class Sweeper:
         settings = self._settings
         older = settings.pending_redispatch_seconds
         self._probe(wired)
-        sent = wired.attempts.redispatch_stale(older_than_seconds=older)
+        sent = wired.recovery.redispatch_stale(older_than_seconds=older)
         metrics.jobs_redispatched("run", sent)
-        steps = wired.workflows.redispatch_stale(older_than_seconds=older, lapsed=self.steady())
+        steps = wired.recovery.redispatch_stale_steps(
+            older_than_seconds=older, lapsed=self.steady()
+        )
         metrics.jobs_redispatched("step", steps)
         sent += steps
         reclaimed = stopped = 0
         self._probe(wired)
         if self.steady():
-            reclaimed = wired.attempts.reclaim_expired(
+            reclaimed = wired.recovery.reclaim_expired(
                 max_attempts=self._max_attempts,
                 backoff=lambda attempt: backoff_delay(settings, attempt),
             )
-            stopped = wired.attempts.record_lost_stops()
+            stopped = wired.recovery.record_lost_stops()
         else:
             log.info("sweep: no lease is reclaimed until the database answers steadily")
         expired = 0
         if settings.queue_ttl_seconds is not None:
-            expired = wired.attempts.expire_stale(ttl_seconds=settings.queue_ttl_seconds)
+            expired = wired.recovery.expire_stale(ttl_seconds=settings.queue_ttl_seconds)
         if sent or reclaimed or stopped or expired:
             log.info(
                 "sweep: %d jobs re-sent, %d runs reclaimed from lost workers, %d stops noted, "
@@ -109,7 +111,7 @@ class Sweeper:
         """One round trip to the database: one that takes longer than the lease renewal
         interval means the database was out of reach meanwhile (for the workers too). A
         failure raises, and the sweep is marked failed."""
-        if wired.attempts.database_round_trip() > self._settings.worker_lease_seconds / 3:
+        if wired.recovery.database_round_trip() > self._settings.worker_lease_seconds / 3:
             self._steady_since = time.monotonic()
 
     def prune(self, wired: Wired) -> int:

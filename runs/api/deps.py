@@ -19,7 +19,7 @@ from runs.scheduling.catalogue import ScheduleService
 from runs.services.access import AccessService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
-from runs.services.workflows import WorkflowState
+from runs.services.workflows import WorkflowService
 from runs.settings import Settings
 from runs.streams.feeds import RunFeeds
 from runs.streams.following import EventFollower
@@ -33,7 +33,7 @@ class Services:
     runs: RunService
     access: AccessService
     catalog: DefinitionCatalog
-    workflows: WorkflowState
+    workflows: WorkflowService
     schedules: ScheduleService
     follower: EventFollower
     feeds: RunFeeds
@@ -43,7 +43,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.threads = anyio.CapacityLimiter(self.settings.database_pool_size)
-        self.intake = CreateIntake(self.runs.submit_many, self.blocking)
+        self.intake = CreateIntake(self.runs.create_many, self.blocking)
 
     async def blocking(self, call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking service call in a thread, off the event loop."""

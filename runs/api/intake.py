@@ -2,7 +2,7 @@
 
 A create that finds no batch in flight starts one at once, alone; the creates that arrive
 while a batch is committed and sent wait, and go together as the next one: one thread hop,
-one INSERT and one commit for all of them (``RunService.submit_many``). Nothing waits on
+one INSERT and one commit for all of them (``RunService.create_many``). Nothing waits on
 purpose, so a lone create is as fast as before, and under load the batches grow by
 themselves. Each create still gets its own answer: its run, or its own error.
 """
@@ -18,20 +18,20 @@ from runs.domain.projects import Project
 from runs.domain.runs import Run, RunRequest
 
 Accepted = tuple[Run, bool]
-SubmitMany = Callable[[Sequence[tuple[Project, RunRequest]]], list[Accepted | Exception]]
+CreateMany = Callable[[Sequence[tuple[Project, RunRequest]]], list[Accepted | Exception]]
 Blocking = Callable[..., Awaitable[Any]]
 
 MAX_BATCH = 256
 
 
 class CreateIntake:
-    def __init__(self, submit_many: SubmitMany, blocking: Blocking) -> None:
-        self._submit_many = submit_many
+    def __init__(self, create_many: CreateMany, blocking: Blocking) -> None:
+        self._create_many = create_many
         self._blocking = blocking
         self._waiting: list[tuple[Project, RunRequest, asyncio.Future[Accepted]]] = []
         self._draining: asyncio.Task[None] | None = None
 
-    async def submit(self, project: Project, request: RunRequest) -> Accepted:
+    async def create(self, project: Project, request: RunRequest) -> Accepted:
         """Accept one run, with whatever else arrives meanwhile. Returns (run, duplicate)."""
         future: asyncio.Future[Accepted] = asyncio.get_running_loop().create_future()
         self._waiting.append((project, request, future))
@@ -47,7 +47,7 @@ class CreateIntake:
                 batch, self._waiting = self._waiting[:MAX_BATCH], self._waiting[MAX_BATCH:]
                 try:
                     results = await self._blocking(
-                        self._submit_many, [(project, request) for project, request, _ in batch]
+                        self._create_many, [(project, request) for project, request, _ in batch]
                     )
                 except Exception as error:  # storage away: every create of the batch fails
                     results = [error] * len(batch)

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from runs.api.errors import PROBLEM_JSON
-from runs.schemas.runs import ProblemOut
+from runs.schemas.common import ProblemOut
 
 PROBLEM_REF = {"$ref": "#/components/schemas/ProblemOut"}
 

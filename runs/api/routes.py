@@ -31,25 +31,27 @@ from runs.api.params import (
 from runs.domain.events import MAX_EVENT_ID
 from runs.domain.runs import RUN_ID_PATTERN, Run, RunKind, RunStatus
 from runs.persistence.records import RunFilters
+from runs.schemas.catalog import (
+    DefinitionListOut,
+    DefinitionOut,
+    NodeListOut,
+    NodeOut,
+    ProjectOut,
+    WhoAmIOut,
+)
+from runs.schemas.common import PageInfo
 from runs.schemas.runs import (
     ApprovalIn,
     ApprovalOut,
     CancelRunOut,
     CreateRunIn,
     CreateRunOut,
-    DefinitionListOut,
-    DefinitionOut,
-    NodeListOut,
-    NodeOut,
-    PageInfo,
-    ProjectOut,
     RunEventListOut,
     RunEventOut,
     RunListOut,
     RunOut,
     SignalIn,
     SignalOut,
-    WhoAmIOut,
 )
 
 router = APIRouter()
@@ -66,7 +68,7 @@ KindFilter = Annotated[str, StringConstraints(max_length=50, pattern=listing(one
     tags=["runs"],
 )
 async def create_run(body: CreateRunIn, project: ProjectDep, svc: ServicesDep) -> CreateRunOut:
-    run, duplicate = await svc.intake.submit(project, body.to_request())
+    run, duplicate = await svc.intake.create(project, body.to_request())
     return CreateRunOut(accepted=True, duplicate=duplicate, run=RunOut.from_run(run))
 
 

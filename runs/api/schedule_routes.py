@@ -26,7 +26,7 @@ from runs.api.params import (
 )
 from runs.domain.schedules import Schedule, ScheduleStatus
 from runs.persistence.schedules import ScheduleFilters
-from runs.schemas.runs import PageInfo
+from runs.schemas.common import PageInfo
 from runs.schemas.schedules import (
     CreateScheduleIn,
     ScheduleListOut,

@@ -211,23 +211,7 @@ def run_dev(
         migrate.upgrade(settings.database_url)
         # The demo project exists before the worker syncs the schedules written in code.
         info = demo_credentials(settings, data_dir / "dev.json", api_url)
-        queues = ",".join(dict.fromkeys([settings.default_queue, *settings.routes.values()]))
-        worker = relay.start(
-            [
-                sys.executable,
-                "-m",
-                "runs.cli",
-                "worker",
-                "--concurrency",
-                str(workers),
-                "--queues",
-                queues,
-                "--hostname",
-                "dev@%h",
-            ],
-            env,
-            ready=b" ready.",  # Celery's line once the worker consumes its queues
-        )
+        worker = _start_worker(relay, env, settings, workers)
         # dev.json before the API starts: whoever sees /healthz answer can read it already.
         write_private(data_dir / "dev.json", info.as_json() + "\n")
         api = relay.start(
@@ -246,6 +230,16 @@ def run_dev(
         return 0
     finally:
         _stop(children)
+
+
+def _start_worker(
+    relay: OutputRelay, env: dict[str, str], settings: Settings, workers: int
+) -> subprocess.Popen[bytes]:
+    """The worker of every routed queue, its output relayed; ``relay.ready`` once it consumes."""
+    queues = ",".join(dict.fromkeys([settings.default_queue, *settings.routes.values()]))
+    argv = [sys.executable, "-m", "runs.cli", "worker", "--concurrency", str(workers)]
+    argv += ["--queues", queues, "--hostname", "dev@%h"]
+    return relay.start(argv, env, ready=b" ready.")  # Celery's line once it consumes
 
 
 def _start_flower(

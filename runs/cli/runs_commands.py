@@ -10,38 +10,25 @@ interrupted), 124 ``--wait``/``--timeout`` ran out.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import httpx
 import typer
-from rich.console import Console, Group
-from rich.live import Live
-from rich.spinner import Spinner
-from rich.text import Text
+from rich.console import Console
 
-from runs.cli.tables import Col, fields_table, id_table
-from runs.client import RetryPolicy, RunsClient, RunsError, TransportError, WaitTimeout
-from runs.client.calls import TERMINAL_STATUSES
+from runs.cli import run_views as views
+from runs.cli.tables import Col, id_table
+from runs.client import RetryPolicy, RunsClient, RunsClientError, TransportError, WaitTimeout
 from runs.client.config import resolve_config
-from runs.schemas.runs import RunEventOut, RunOut
+from runs.schemas.runs import RunOut
 
 EXIT_CODES = {"completed": 0, "failed": 1, "cancelled": 130}
 USAGE_OR_API_ERROR = 2
 TIMED_OUT = 124
 INTERRUPTED = 130
-STATUS_STYLES = {
-    "pending": "yellow",
-    "running": "cyan",
-    "waiting": "magenta",
-    "completed": "green",
-    "failed": "red",
-    "cancelled": "bright_black",
-}
 
 console = Console()
 errors = Console(stderr=True)
@@ -100,7 +87,7 @@ def _client(api_url: str | None, token: str | None, project: str | None) -> Iter
             message = str(exc)
         errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         raise typer.Exit(USAGE_OR_API_ERROR) from exc
-    except RunsError as exc:
+    except RunsClientError as exc:
         errors.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(USAGE_OR_API_ERROR) from exc
     except KeyboardInterrupt:
@@ -118,8 +105,27 @@ def _json_value(value: str | None, option: str) -> Any:
         raise typer.BadParameter(f"not JSON or a readable @file: {exc}", param_hint=option) from exc
 
 
-def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, ensure_ascii=False))
+def _run_options(
+    config: str | None, input: str | None, public_id: str | None, name: str | None
+) -> dict[str, Any]:
+    """What ``runs run`` asks the SDK for, from its options."""
+    config_value = _json_value(config, "--config")
+    if config_value is not None and not isinstance(config_value, dict):
+        raise typer.BadParameter("must be a JSON object", param_hint="--config")
+    options = {
+        "public_id": public_id,
+        "name": name,
+        "input": _json_value(input, "--input"),
+        "config": config_value,
+    }
+    return {k: v for k, v in options.items() if v is not None}
+
+
+def _show(run: RunOut, *, as_json: bool) -> None:
+    if as_json:
+        views.print_json(run.model_dump(mode="json"))
+    else:
+        views.show_run(run)
 
 
 def _ended(run: RunOut) -> None:
@@ -160,33 +166,21 @@ def run(
     Piped or with -q, the id is printed alone: ``R=$(runs run task:sleep); runs cancel $R``."""
     if wait and follow:
         raise typer.BadParameter("choose one of --wait and --follow", param_hint="--wait")
-    config_value = _json_value(config, "--config")
-    if config_value is not None and not isinstance(config_value, dict):
-        raise typer.BadParameter("must be a JSON object", param_hint="--config")
-    input_value = _json_value(input, "--input")
+    options = _run_options(config, input, public_id, name)
     with _client(api_url, token, project) as client:
-        options: dict[str, Any] = {"public_id": public_id, "name": name, "input": input_value}
-        options = {k: v for k, v in options.items() if v is not None}
         if target.startswith("workflow:"):
-            if config_value is not None:
-                options["config"] = config_value
             created = client.create_workflow_run(target, **options)
         else:
-            if config_value is not None:
-                options["config"] = config_value
             created = client.create_task_run(target, **options)
         started = created.run
         if follow:
-            final = _follow(client, started, as_json=as_json, timeout=timeout)
+            final = views.follow(client, started, as_json=as_json, timeout=timeout)
         elif wait:
             final = client.wait(started.run_id, timeout=timeout)
-            if as_json:
-                _print_json(final.model_dump(mode="json"))
-            else:
-                _show_run(final)
+            _show(final, as_json=as_json)
         else:
             if as_json:
-                _print_json(created.model_dump(mode="json"))
+                views.print_json(created.model_dump(mode="json"))
             elif quiet or not console.is_terminal:
                 print(started.run_id)
             else:
@@ -206,10 +200,7 @@ def get(
     """Show a run."""
     with _client(api_url, token, project) as client:
         found = client.get(run_id)
-    if as_json:
-        _print_json(found.model_dump(mode="json"))
-    else:
-        _show_run(found)
+    _show(found, as_json=as_json)
 
 
 def events(
@@ -229,14 +220,14 @@ def events(
     """Print a run's events; with --follow, live until it ends, exiting by its outcome."""
     with _client(api_url, token, project) as client:
         if follow:
-            final = _follow(
+            final = views.follow(
                 client, client.get(run_id), as_json=as_json, timeout=timeout, after=after
             )
         else:
             while True:
                 page = client.events(run_id, after=after, limit=100)
                 for event in page.data:
-                    _print_event(event, as_json=as_json)
+                    views.print_event(event, as_json=as_json)
                 if page.page_info.next is None:
                     return
                 after = int(page.page_info.next)
@@ -267,14 +258,14 @@ def ls(
             if len(found) == limit:
                 break
     if as_json:
-        _print_json([r.model_dump(mode="json") for r in found])
+        views.print_json([r.model_dump(mode="json") for r in found])
         return
     rows = [
         (
             item.run_id,
             item.target or "",
-            _status(item.status),
-            _short_duration(_elapsed(item)),
+            views.status(item.status),
+            views.short_duration(views.elapsed(item)),
             f"{item.duration_ms / 1000:.2f} s" if item.duration_ms is not None else "",
         )
         for item in found
@@ -299,7 +290,7 @@ def cancel(
     with _client(api_url, token, project) as client:
         answer = client.cancel(run_id)
     if as_json:
-        _print_json(answer.model_dump(mode="json"))
+        views.print_json(answer.model_dump(mode="json"))
     elif answer.cancelled:
         console.print(f"{run_id} cancel requested", highlight=False)
     else:
@@ -320,7 +311,7 @@ def approve(
     with _client(api_url, token, project) as client:
         answer = client.approve(run_id, node, approved=not reject, comment=comment)
     if as_json:
-        _print_json(answer.model_dump(mode="json"))
+        views.print_json(answer.model_dump(mode="json"))
     else:
         verb = "rejected" if reject else "approved"
         console.print(f"{run_id} {node} {verb}; the run is {answer.run.status}", highlight=False)
@@ -340,115 +331,10 @@ def signal(
     with _client(api_url, token, project) as client:
         answer = client.signal(run_id, event, value)
     if as_json:
-        _print_json(answer.model_dump(mode="json"))
+        views.print_json(answer.model_dump(mode="json"))
     else:
         resumed = ", ".join(answer.resumed) or "nothing (no step waits for it)"
         console.print(f"{run_id} {event}: resumed {resumed}", highlight=False)
 
 
 # -- showing runs and events -----------------------------------------------------------------
-
-
-def _status(status: str) -> Text:
-    return Text(status, style=STATUS_STYLES.get(status, ""))
-
-
-def _show_run(item: RunOut) -> None:
-    fields: list[tuple[str, Any]] = []
-    for key, value in item.model_dump(mode="json").items():
-        if value is None or value == []:
-            continue
-        shown: Any = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-        fields.append((key, _status(value) if key == "status" else shown))
-    console.print(fields_table(fields))
-
-
-def _print_event(event: RunEventOut, *, as_json: bool) -> None:
-    if as_json:
-        print(event.model_dump_json())
-        return
-    console.print(_event_line(event), soft_wrap=True)
-
-
-def _event_line(event: RunEventOut) -> Text:
-    """``15:30:26.739 #3 PROGRESS_REPORTED {"done":1,"total":3}`` (the time in UTC)."""
-    payload = json.dumps(event.payload, ensure_ascii=False, separators=(",", ":"))
-    if len(payload) > 300:
-        payload = payload[:299] + "…"
-    line = Text(f"{event.created_at[11:23]} ", style="dim")
-    line.append(f"#{event.event_id} ", style="dim")
-    line.append(event.event_type, style="bold")
-    line.append(f" {payload}")
-    return line
-
-
-def _short_duration(seconds: float) -> str:
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{int(seconds // size)}{unit}"
-    return f"{int(seconds)}s"
-
-
-def _elapsed(item: RunOut) -> float:
-    begun = datetime.fromisoformat(item.created_at.replace("Z", "+00:00"))
-    return max(0.0, (datetime.now(UTC) - begun).total_seconds())
-
-
-class _LiveStatus:
-    """The line under the events: a spinner while the run goes on, its status and age."""
-
-    def __init__(self, item: RunOut) -> None:
-        self.item = item
-        self.status: str = item.status
-        self.spinner = Spinner("dots")
-
-    def __rich__(self) -> Group:
-        line = Text()
-        line.append(f"{self.item.run_id} ", style="bold")
-        line.append(f"{self.item.target} ")
-        line.append_text(_status(self.status))
-        line.append(f"  {_elapsed(self.item):.1f} s", style="dim")
-        if self.status in TERMINAL_STATUSES:
-            return Group(line)
-        self.spinner.text = line
-        return Group(self.spinner)
-
-
-_STATUS_AFTER = {"RUN_STARTED": "running", "STEP_STARTED": "running"}
-
-
-def _follow(
-    client: RunsClient, item: RunOut, *, as_json: bool, timeout: float | None, after: int = 0
-) -> RunOut:
-    """Print the run's events as they come, under a live status line; the ended run."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    if as_json:
-        for event in client.stream(item.run_id, after=after):
-            _print_event(event, as_json=True)
-            _check(deadline, item.run_id, timeout)
-        final = client.wait(item.run_id, timeout=_left(deadline))
-        print(final.model_dump_json())
-        return final
-    status = _LiveStatus(item)
-    with Live(status, console=console, refresh_per_second=10, transient=True) as live:
-        for event in client.stream(item.run_id, after=after):
-            live.console.print(_event_line(event), soft_wrap=True)
-            status.status = _STATUS_AFTER.get(event.event_type, status.status)
-            _check(deadline, item.run_id, timeout)
-        final = client.wait(item.run_id, timeout=_left(deadline))
-    status.item, status.status = final, final.status
-    console.print(status)
-    if final.error is not None:
-        errors.print(
-            f"[red]{final.error.code or 'error'}:[/red] {final.error.message}", highlight=False
-        )
-    return final
-
-
-def _check(deadline: float | None, run_id: str, timeout: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise WaitTimeout(run_id, timeout or 0)
-
-
-def _left(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.1, deadline - time.monotonic())

@@ -24,7 +24,7 @@ from runs.client.calls import (
 from runs.client.config import resolve_config
 from runs.client.errors import (
     ApiError,
-    RunsError,
+    RunsClientError,
     TransportError,
     error_for,
     retry_after_seconds,
@@ -39,18 +39,16 @@ from runs.client.following import (
 )
 from runs.client.retry import RetryPolicy
 from runs.client.sse import FrameReader
+from runs.schemas.catalog import DefinitionListOut, NodeListOut, WhoAmIOut
 from runs.schemas.runs import (
     ApprovalOut,
     CancelRunOut,
     CreateRunOut,
-    DefinitionListOut,
-    NodeListOut,
     RunEventListOut,
     RunEventOut,
     RunListOut,
     RunOut,
     SignalOut,
-    WhoAmIOut,
 )
 
 USER_AGENT = "runs-python"
@@ -188,7 +186,7 @@ class AsyncRunsClient:
         try:
             async for _ in self._stream(run_id, 0, deadline):
                 pass
-        except RunsError as exc:
+        except RunsClientError as exc:
             if not fallback_to_polling(exc):
                 raise
         run = await self.get(run_id)

@@ -13,17 +13,15 @@ from urllib.parse import quote
 from pydantic import BaseModel
 
 from runs.client.errors import ConfigurationError
+from runs.schemas.catalog import DefinitionListOut, NodeListOut, WhoAmIOut
 from runs.schemas.runs import (
     ApprovalOut,
     CancelRunOut,
     CreateRunOut,
-    DefinitionListOut,
-    NodeListOut,
     RunEventListOut,
     RunListOut,
     RunOut,
     SignalOut,
-    WhoAmIOut,
 )
 
 Model = TypeVar("Model", bound=BaseModel)

@@ -1,4 +1,4 @@
-"""What the SDK raises: one hierarchy under ``RunsError``.
+"""What the SDK raises: one hierarchy under ``RunsClientError``.
 
 ``ApiError`` is an answer of the server other than success; it carries the HTTP status, the
 problem (``application/problem+json``, parsed when it is one) and the request and response.
@@ -13,22 +13,22 @@ from email.utils import parsedate_to_datetime
 import httpx
 from pydantic import ValidationError
 
-from runs.schemas.runs import ProblemOut
+from runs.schemas.common import ProblemOut
 
 
-class RunsError(Exception):
+class RunsClientError(Exception):
     """Anything the Runs SDK raises."""
 
 
-class ConfigurationError(RunsError):
+class ConfigurationError(RunsClientError):
     """The client lacks what it needs (an API URL, a token or a project)."""
 
 
-class TransportError(RunsError):
+class TransportError(RunsClientError):
     """No answer: the connection failed or timed out (after the retries allowed)."""
 
 
-class WaitTimeout(RunsError):
+class WaitTimeout(RunsClientError):
     """``wait`` gave up before the run ended."""
 
     def __init__(self, run_id: str, timeout: float) -> None:
@@ -37,7 +37,7 @@ class WaitTimeout(RunsError):
         self.timeout = timeout
 
 
-class ApiError(RunsError):
+class ApiError(RunsClientError):
     """The server answered with an error status."""
 
     def __init__(self, response: httpx.Response, problem: ProblemOut | None) -> None:

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 
 import httpx
 
-from runs.client.errors import ApiError, RunsError, TransportError, WaitTimeout, retry_after_seconds
+from runs.client.errors import (
+    ApiError,
+    RunsClientError,
+    TransportError,
+    WaitTimeout,
+    retry_after_seconds,
+)
 from runs.client.retry import RetryPolicy
 from runs.client.sse import Frame
 from runs.schemas.runs import RunEventOut
@@ -78,7 +84,7 @@ def reconnect_delay(
     return delay
 
 
-def fallback_to_polling(error: RunsError) -> bool:
+def fallback_to_polling(error: RunsClientError) -> bool:
     """Whether ``wait`` should poll after its stream failed with ``error``."""
     if isinstance(error, ApiError):
         return error.status >= 500 or error.status in (404, 405)

@@ -23,7 +23,7 @@ from runs.client.calls import (
 from runs.client.config import resolve_config
 from runs.client.errors import (
     ApiError,
-    RunsError,
+    RunsClientError,
     TransportError,
     error_for,
     retry_after_seconds,
@@ -38,18 +38,16 @@ from runs.client.following import (
 )
 from runs.client.retry import RetryPolicy
 from runs.client.sse import FrameReader
+from runs.schemas.catalog import DefinitionListOut, NodeListOut, WhoAmIOut
 from runs.schemas.runs import (
     ApprovalOut,
     CancelRunOut,
     CreateRunOut,
-    DefinitionListOut,
-    NodeListOut,
     RunEventListOut,
     RunEventOut,
     RunListOut,
     RunOut,
     SignalOut,
-    WhoAmIOut,
 )
 
 USER_AGENT = "runs-python"
@@ -183,7 +181,7 @@ class RunsClient:
         try:
             for _ in self._stream(run_id, 0, deadline):
                 pass
-        except RunsError as exc:
+        except RunsClientError as exc:
             if not fallback_to_polling(exc):
                 raise
         run = self.get(run_id)

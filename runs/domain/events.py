@@ -103,3 +103,8 @@ def terminal_event(status: str, message: str | None = None) -> NewEvent:
     if status == "completed":
         return NewEvent(RUN_FINISHED, {"type": RUN_FINISHED, "status": status})
     return NewEvent(RUN_ERROR, {"type": RUN_ERROR, "status": status, "message": message or status})
+
+
+def step_event(event_type: str, node_id: str, status: str, attempt: int, **extra: Any) -> NewEvent:
+    payload = {"type": event_type, "stepName": node_id, "status": status, "attempt": attempt}
+    return NewEvent(event_type, {**payload, **extra})

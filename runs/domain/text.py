@@ -8,12 +8,9 @@ such values (``unstorable``); what workers produce is stored in a cleaned form (
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from typing import Any
-
-import orjson
 
 REPLACEMENT = "\ufffd"
 # How deep arrays and objects may nest in what the API accepts.
@@ -49,36 +46,6 @@ def storable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [storable(v) for v in value]
     return value
-
-
-# What in JSON text parses into a value that cannot be encoded again: a surrogate's escape or
-# its raw bytes (Python's parser lets both through), or a non-finite number.
-_SUSPECT_TEXT = re.compile(r"\\u[dD][89abcdefABCDEF]|[\ud800-\udfff]|NaN|Infinity")
-_SUSPECT_BYTES = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]|NaN|Infinity")
-
-
-# 19 digits in a row: perhaps an integer past 64 bits, which orjson would read as a float.
-_LONG_NUMBER = re.compile(rb"[0-9]{19}")
-
-
-def loads(text: str | bytes | memoryview) -> Any:
-    """Parse JSON text: by orjson, unless the text may hold an integer past 64 bits (a JSON
-    number may be any size), which the standard library reads exactly."""
-    data = text.encode() if isinstance(text, str) else bytes(text)
-    if _LONG_NUMBER.search(data):
-        return json.loads(data)
-    return orjson.loads(data)
-
-
-def loads_storable(text: str | bytes) -> Any:
-    """Parse stored JSON text into a value that can always be encoded (``storable``).
-
-    Only records from before the API and the workers cleaned values can need it: the text is
-    scanned first, so that clean text costs one search and is parsed as it is."""
-    suspect = _SUSPECT_BYTES.search(text) if isinstance(text, bytes) else _SUSPECT_TEXT.search(text)
-    if suspect is None:
-        return loads(text)
-    return storable(json.loads(text))  # the standard library lets surrogates and NaN through
 
 
 def printable(text: str) -> str:

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from runs.domain.text import loads
+from runs.persistence.json_text import loads
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from runs.domain.runs import AttemptRecord, Run, RunKind, RunRef, RunStatus, attempts_to_json
 from runs.domain.text import storable
 from runs.persistence.event_archive import of_run
-from runs.persistence.records import FINISH_FIELDS, run_from_row
+from runs.persistence.records import run_from_row
 from runs.persistence.tables import UTCDateTime, runs
+from runs.persistence.transitions import FINISH_FIELDS
 
 _RUNNING_TASK = (runs.c.kind == RunKind.TASK.value, runs.c.status == RunStatus.RUNNING.value)
 

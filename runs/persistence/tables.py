@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 
-from runs.domain.text import loads_storable
+from runs.persistence.json_text import loads_storable
 
 
 class UTCDateTime(sa.TypeDecorator[datetime]):

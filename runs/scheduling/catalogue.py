@@ -17,7 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict, InvalidRequest, NotFound, RunsError
 from runs.domain.projects import Project
-from runs.domain.runs import Run, RunKind, RunRequest, parse_target
+from runs.domain.runs import Run, parse_target
 from runs.domain.schedules import (
     Catchup,
     ConcurrencyPolicy,
@@ -30,9 +30,9 @@ from runs.domain.schedules import (
 from runs.persistence import schedules as store
 from runs.persistence import tables
 from runs.persistence.cursors import decode_cursor, encode_cursor
-from runs.persistence.records import insert_run
 from runs.persistence.schedules import ScheduleFilters
 from runs.scheduling.recurrence import Recurrence, check_cron, time_zone
+from runs.scheduling.schedule_runs import recurrence_of, run_request
 from runs.services.runs import Page, RunService
 
 # Exactly one of these says when a schedule fires.
@@ -50,37 +50,6 @@ CHANGEABLE = (
     "catchup",
     "catchup_window_seconds",
 )
-
-
-def recurrence_of(schedule: Schedule) -> Recurrence:
-    """An interval counts from the schedule's next occurrence, which is always on its grid."""
-    return Recurrence(
-        timezone=schedule.timezone,
-        cron=schedule.cron,
-        interval_seconds=schedule.interval_seconds,
-        anchor=schedule.next_run_at or schedule.created_at,
-        run_at=schedule.run_at,
-    )
-
-
-def run_request(schedule: Schedule, *, name: str | None = None) -> RunRequest:
-    """The run an occurrence (or a trigger) of ``schedule`` creates."""
-    kind, definition_id = parse_target(schedule.target)
-    return RunRequest(
-        kind=kind,
-        owner_kind="project",
-        owner_id=schedule.project_id,
-        target=schedule.target,
-        name=name or schedule.name,
-        workflow_id=definition_id if kind is RunKind.WORKFLOW else None,
-        input=schedule.input,
-        config=schedule.config,
-        timeout_seconds=schedule.timeout_seconds,
-        backoff_limit=schedule.backoff_limit,
-        trigger_kind="schedule",
-        trigger_id=schedule.id,
-        schedule_id=schedule.id,
-    )
 
 
 class ScheduleService:
@@ -240,19 +209,19 @@ class ScheduleService:
                     f"schedule {schedule_id!r} is completed; create a new one to run it again",
                     field="schedule_id",
                 )
-            values = self._runs.new_run_values(project.id, run_request(schedule, name=run_name))
-            insert_run(conn, values)
+            run = self._runs.creation.prepare(project.id, run_request(schedule, name=run_name))
+            self._runs.creation.insert(conn, [run])
             store.insert_firing(
                 conn,
                 schedule,
                 outcome=FiringOutcome.CREATED,
                 now=now,
                 idempotency_key=idempotency_key,
-                run_id=values["run_id"],
+                run_id=run.run_id,
             )
             ended = schedule.max_runs is not None and schedule.run_count + 1 >= schedule.max_runs
             store.count_run(conn, schedule.id, _counted(now, ended=ended))
-        return self._runs.dispatch_new(values)
+        return self._runs.creation.send(run)
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -318,7 +287,7 @@ class ScheduleService:
             }
         )
         try:
-            self._runs.new_run_values(project.id, run_request(probe))
+            self._runs.creation.prepare(project.id, run_request(probe))
         except RunsError as exc:
             if exc.field is not None and exc.field.startswith("request."):
                 exc.field = exc.field.removeprefix("request.")

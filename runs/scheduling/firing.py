@@ -21,7 +21,7 @@ import sqlalchemy as sa
 
 from runs.domain.clock import utcnow
 from runs.domain.errors import RunsError
-from runs.domain.runs import RunRef, RunStatus
+from runs.domain.runs import Run, RunRef, RunStatus
 from runs.domain.schedules import (
     Catchup,
     ConcurrencyPolicy,
@@ -30,8 +30,7 @@ from runs.domain.schedules import (
     ScheduleStatus,
 )
 from runs.persistence import schedules as store
-from runs.persistence.records import insert_run
-from runs.scheduling.catalogue import recurrence_of, run_request
+from runs.scheduling.schedule_runs import recurrence_of, run_request
 from runs.services.runs import RunService
 
 log = logging.getLogger(__name__)
@@ -76,7 +75,7 @@ def plan(schedule: Schedule, now: datetime, *, grace_seconds: float, cap: int) -
 @dataclass
 class PassResult:
     schedules: int = 0
-    created: list[dict[str, Any]] = field(default_factory=list)
+    created: list[Run] = field(default_factory=list)
     skipped: int = 0
     replaced: list[RunRef] = field(default_factory=list)
 
@@ -134,11 +133,11 @@ class ScheduleFirer:
             return PassResult()
         # After the commit: the earlier runs of Replace schedules end, then the jobs go out.
         for ref in result.replaced:
-            run = self._runs.load(ref)
-            if run is not None:
-                self._runs.cancel_run(run)
-        for values in result.created:
-            self._runs.dispatch_new(values)
+            earlier = self._runs.load(ref)
+            if earlier is not None:
+                self._runs.cancel_run(earlier)
+        for created in result.created:
+            self._runs.creation.send(created)
         return result
 
     def _fire(
@@ -170,27 +169,12 @@ class ScheduleFirer:
                 continue
             if policy is ConcurrencyPolicy.REPLACE:
                 result.replaced += [RunRef(schedule.project_id, r) for r in active]
-            try:
-                run = self._runs.new_run_values(schedule.project_id, run_request(schedule))
-            except RunsError as exc:  # the target went away, or a limit changed
-                code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
-                values |= _failure(now, code=code, message=exc.detail)
-                store.insert_firing(
-                    conn, schedule, outcome=FiringOutcome.SKIPPED, now=now, scheduled_for=occurrence
-                )
+            run = self._create(conn, schedule, occurrence, now, values)
+            if run is None:
                 skipped += 1
                 continue
-            insert_run(conn, run)
-            store.insert_firing(
-                conn,
-                schedule,
-                outcome=FiringOutcome.CREATED,
-                now=now,
-                scheduled_for=occurrence,
-                run_id=run["run_id"],
-            )
             result.created.append(run)
-            active = [run["run_id"]]
+            active = [run.run_id]
             created += 1
         if last is not None:
             values["last_scheduled_at"] = last
@@ -206,6 +190,37 @@ class ScheduleFirer:
         if not store.advance(conn, schedule, values, created=created, skipped=skipped):
             raise _Raced(schedule.id)
         result.skipped += skipped
+
+    def _create(
+        self,
+        conn: sa.Connection,
+        schedule: Schedule,
+        occurrence: datetime,
+        now: datetime,
+        values: dict[str, Any],
+    ) -> Run | None:
+        """The run of one occurrence, inserted in the pass's transaction (its job is sent after
+        the commit); None, the occurrence skipped and its reason in ``values``, when the run
+        is refused (the target went away, or a limit changed)."""
+        try:
+            run = self._runs.creation.prepare(schedule.project_id, run_request(schedule))
+        except RunsError as exc:
+            code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
+            values |= _failure(now, code=code, message=exc.detail)
+            store.insert_firing(
+                conn, schedule, outcome=FiringOutcome.SKIPPED, now=now, scheduled_for=occurrence
+            )
+            return None
+        self._runs.creation.insert(conn, [run])
+        store.insert_firing(
+            conn,
+            schedule,
+            outcome=FiringOutcome.CREATED,
+            now=now,
+            scheduled_for=occurrence,
+            run_id=run.run_id,
+        )
+        return run
 
     # -- outcomes ---------------------------------------------------------------------------
 

@@ -7,20 +7,14 @@ and omit ``error.code``/``error.detail`` rather than sending null (contract §14
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Any, Literal, overload
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    field_validator,
     model_serializer,
 )
-from pydantic_core import PydanticCustomError
 
-from runs.domain.definitions import Definition
 from runs.domain.events import RunEvent
 from runs.domain.runs import (
     DEFINITION_ID_PATTERN,
@@ -31,66 +25,18 @@ from runs.domain.runs import (
     RunKind,
     RunRequest,
 )
-from runs.domain.text import unstorable
-from runs.domain.workflows import NodeRecord
+from runs.schemas.common import (
+    PageInfo,
+    RequestModel,
+    WholeNumber,
+    timestamp,
+)
 
 RunKindWire = Literal["agent", "workflow", "task", "eval"]
 RunStatusWire = Literal["pending", "running", "waiting", "completed", "failed", "cancelled"]
 RuntimeTargetKind = Literal["main_branch", "environment", "preview_branch"]
 TriggerKind = Literal["manual", "schedule", "webhook", "api"]
 TARGET_PATTERN = "^(?:task|workflow):" + DEFINITION_ID_PATTERN.pattern.lstrip("^")
-
-
-def check_storable(value: Any) -> Any:
-    """Refuse what cannot be stored and read back: lone UTF-16 surrogates (as escapes or as
-    raw bytes), NUL characters and NaN/Infinity, in keys and values at any depth.
-
-    Python's JSON parser accepts all of them; each would otherwise fail a write, or poison the
-    record for every later read.
-    """
-    found = unstorable(value)
-    if found is not None:
-        where, what = found
-        raise PydanticCustomError(
-            "unstorable_value",
-            "contains {what}{where}; send valid Unicode text and finite numbers",
-            {"what": what, "where": f" (at {where})" if where else ""},
-        )
-    return value
-
-
-# Documented on every string of a request that has no pattern of its own.
-NO_NUL = "^[^\\x00]*$"
-
-
-def _document_text(schema: dict[str, Any]) -> None:
-    """OpenAPI: strings carry no NUL (``check_storable`` refuses them with its own message)."""
-    for prop in schema.get("properties", {}).values():
-        for branch in [prop, *prop.get("anyOf", ())]:
-            if branch.get("type") == "string" and "pattern" not in branch and "enum" not in branch:
-                branch["pattern"] = NO_NUL
-
-
-def _whole_number(value: Any) -> Any:
-    """JSON Schema's ``integer`` holds 3.0 as well as 3: the strict models take it as 3."""
-    if type(value) is float and value.is_integer() and abs(value) <= 2**63:
-        return int(value)
-    return value
-
-
-# An integer field of a request: a JSON integer, or a number with a zero fraction (6225.0).
-WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
-
-
-# Fields whose rule the service checks with a message of its own document it through
-# ``json_schema_extra`` (an enum or a pattern), so that OpenAPI says what is accepted.
-class RequestModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", strict=True, json_schema_extra=_document_text)
-
-    @field_validator("*", mode="after")
-    @classmethod
-    def _storable(cls, value: Any) -> Any:
-        return value if isinstance(value, BaseModel) else check_storable(value)
 
 
 class OwnerIn(RequestModel):
@@ -288,38 +234,6 @@ class CancelRunOut(BaseModel):
     run: RunOut
 
 
-class ProblemFieldOut(BaseModel):
-    field: str
-    message: str
-
-
-class ProblemOut(BaseModel):
-    """An ``application/problem+json`` error (RFC 9457), the body of every error answer."""
-
-    type: str
-    title: str
-    status: int
-    detail: str = Field(description="what went wrong and how to fix it")
-    instance: str | None = Field(default=None, description="the path of the request")
-    field: str | None = Field(default=None, description="the one field at fault, if one is")
-    errors: list[ProblemFieldOut] | None = Field(
-        default=None, description="each field at fault, for a request that failed validation"
-    )
-    request_id: str | None = Field(
-        default=None, description="on a 500: the id under which the server logged the failure"
-    )
-    checks: dict[str, str] | None = Field(
-        default=None, description="on /readyz: the state of each dependency"
-    )
-
-
-class PageInfo(BaseModel):
-    self: str | None = None
-    first: None = None
-    next: str | None = None
-    prev: str | None = None
-
-
 class RunEventOut(BaseModel):
     event_id: int
     event_type: str
@@ -346,87 +260,6 @@ class RunListOut(BaseModel):
     page_info: PageInfo
 
 
-class DefinitionOut(BaseModel):
-    target: str
-    kind: str
-    name: str | None
-    description: str | None
-    input_schema: Any
-    output_schema: Any
-
-    @classmethod
-    def from_definition(cls, definition: Definition) -> DefinitionOut:
-        return cls(**{name: getattr(definition, name) for name in cls.model_fields})
-
-
-class DefinitionListOut(BaseModel):
-    data: list[DefinitionOut]
-
-
 NodeStatusWire = Literal[
     "pending", "queued", "running", "waiting", "completed", "failed", "skipped", "cancelled"
 ]
-
-
-class NodeOut(BaseModel):
-    """A node of a workflow run: a step, a group, or a wait."""
-
-    node_id: str
-    position: int = Field(description="its place in the workflow's plan, from 0")
-    status: NodeStatusWire
-    attempt: int
-    arm: str | None = Field(description="the branch a branch node took")
-    output: Any
-    error: RunErrorOut | None
-    logs: str | None
-    wait_event: str | None = Field(
-        description="the event a waiting node needs (POST /signals); null for an approval"
-    )
-    deadline: str | None
-    started_at: str | None
-    completed_at: str | None
-
-    @classmethod
-    def from_node(cls, node: NodeRecord) -> NodeOut:
-        return cls(
-            node_id=node.node_id,
-            position=node.position,
-            status=node.status.value,
-            attempt=node.attempt,
-            arm=node.arm,
-            output=node.output,
-            error=RunErrorOut.from_error(node.error),
-            logs=node.logs,
-            wait_event=node.wait_event,
-            deadline=timestamp(node.deadline),
-            started_at=timestamp(node.started_at),
-            completed_at=timestamp(node.completed_at),
-        )
-
-
-class NodeListOut(BaseModel):
-    data: list[NodeOut]
-
-
-class ProjectOut(BaseModel):
-    id: str
-    slug: str
-    name: str
-
-
-class WhoAmIOut(BaseModel):
-    """The project the request's token belongs to."""
-
-    project: ProjectOut
-
-
-@overload
-def timestamp(moment: datetime) -> str: ...
-@overload
-def timestamp(moment: None) -> None: ...
-@overload
-def timestamp(moment: datetime | None) -> str | None: ...
-def timestamp(moment: datetime | None) -> str | None:
-    if moment is None:
-        return None
-    return moment.isoformat().replace("+00:00", "Z")

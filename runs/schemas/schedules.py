@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 
 from runs.domain.errors import InvalidRequest
 from runs.domain.schedules import Schedule
-from runs.schemas.runs import PageInfo, RequestModel, WholeNumber, timestamp
+from runs.schemas.common import PageInfo, RequestModel, WholeNumber, timestamp
 
 ScheduleStatusWire = Literal["active", "paused", "completed"]
 ConcurrencyPolicyWire = Literal["Allow", "Forbid", "Replace"]

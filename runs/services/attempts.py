@@ -1,9 +1,9 @@
-"""Use cases of executing and recovering runs, the worker's and the sweeper's side.
+"""Use cases of a run's attempts, the worker's side.
 
-The rule: ``service`` answers what API callers ask of runs (submit, get, list, events, cancel);
-this module moves runs through their attempts. A worker claims a run, opens the attempt, emits
-events, renews its lease, and finishes or retries; the sweeper reclaims attempts whose worker
-died, re-sends jobs that were lost, and expires runs that waited too long.
+The rule: ``runs.services.runs`` answers what API callers ask of runs (create, get, list,
+events, cancel); this module moves runs through their attempts: a worker claims a run, opens
+the attempt, emits events, renews its lease, and finishes or retries. What keeps runs moving
+when their worker died or their job was lost is ``runs.services.recovery``.
 
 Like ``service``, it owns its transactions and never imports FastAPI, Celery or redis.
 """
@@ -11,10 +11,8 @@ Like ``service``, it owns its transactions and never imports FastAPI, Celery or 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -23,7 +21,6 @@ from runs.domain import events as ev
 from runs.domain.clock import utcnow
 from runs.domain.events import NewEvent
 from runs.domain.runs import (
-    ErrorCode,
     Lease,
     Outcome,
     Run,
@@ -36,7 +33,7 @@ from runs.domain.runs import (
     duration_ms,
 )
 from runs.observability import metrics
-from runs.persistence import event_archive, nodes, records, recovery
+from runs.persistence import nodes, recovery, transitions
 from runs.persistence.engine import autocommit
 from runs.services.ports import Dispatcher, EventLog
 from runs.services.transient import patiently
@@ -44,8 +41,6 @@ from runs.services.transient import patiently
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-WORKER_LOST = "the worker running this attempt stopped renewing its lease (it died or hung)"
 
 
 class AttemptService:
@@ -72,9 +67,9 @@ class AttemptService:
     def _patiently(self, call: Callable[[], T]) -> T:
         return patiently(call, self._patience)
 
-    def _marks(self, ref: RunRef) -> records.RunMarks | None:
+    def _marks(self, ref: RunRef) -> transitions.RunMarks | None:
         with self._auto.connect() as conn:
-            return records.marks_of(conn, ref)
+            return transitions.marks_of(conn, ref)
 
     # -- the worker's side ----------------------------------------------------------------
 
@@ -88,14 +83,14 @@ class AttemptService:
         def claim_once() -> Run | None:
             now = self._clock()
             with self._auto.connect() as conn:
-                run = records.claim_run(
+                run = transitions.claim_run(
                     conn,
                     ref,
                     worker=owner,
                     lease_until=now + timedelta(seconds=lease_seconds),
                     now=now,
                 )
-                return run if run is not None else records.claimed_by(conn, ref, owner)
+                return run if run is not None else transitions.claimed_by(conn, ref, owner)
 
         run = self._patiently(claim_once)
         if run is not None and run.first_start and run.status is RunStatus.RUNNING:
@@ -198,9 +193,9 @@ class AttemptService:
         first, so_far = closed
         final = ev.numbered(closing, first, values["completed_at"])
         # One statement needs no transaction; a workflow also ends its nodes in the same one.
-        single = run.kind is RunKind.TASK and records.finishes_in_one_statement(self._engine)
+        single = run.kind is RunKind.TASK and transitions.finishes_in_one_statement(self._engine)
         with self._auto.connect() if single else self._engine.begin() as conn:
-            done = records.finish_run(conn, run.ref, run.attempt, values, [*so_far, *final])
+            done = transitions.finish_run(conn, run.ref, run.attempt, values, [*so_far, *final])
             if done and run.kind is RunKind.WORKFLOW:  # nothing of a finished run stays active
                 nodes.cancel_active_nodes(conn, run.ref, values["completed_at"])
         if not done and not self._recorded(run, values):
@@ -250,7 +245,7 @@ class AttemptService:
             with self._auto.connect() as conn:
                 if recovery.hand_back(conn, run.ref, run.attempt, now):
                     return True
-                marks = records.marks_of(conn, run.ref)
+                marks = transitions.marks_of(conn, run.ref)
             return (
                 marks is not None
                 and marks.status is RunStatus.PENDING
@@ -274,6 +269,11 @@ class AttemptService:
 
         return self._patiently(record_once)
 
+    def requeue_lapsed(self, run: Run, error: RunError, delay: float, now: datetime) -> bool:
+        """The sweeper's: the attempt whose lease ran out before ``now`` is recorded failed
+        with ``error``, and the run's next attempt is queued ``delay`` seconds from now."""
+        return self._requeue(run, error, delay, now, lease_expired=True)
+
     def _requeue(
         self, run: Run, error: RunError, delay: float, now: datetime, *, lease_expired: bool
     ) -> bool:
@@ -294,7 +294,7 @@ class AttemptService:
                     return True
                 if lease_expired:  # the sweeper's: a failed sweep is simply swept again
                     return False
-                marks = records.marks_of(conn, run.ref)
+                marks = transitions.marks_of(conn, run.ref)
             # The worker's requeue whose answer was lost: the attempt is recorded as it wrote it.
             return marks is not None and any(
                 (a.attempt, a.finished_at) == (record.attempt, now)
@@ -329,140 +329,3 @@ class AttemptService:
             )
         except Exception:
             log.warning("could not send the next attempt of %s; the sweeper will", run.ref)
-
-    # -- the sweeper's side ---------------------------------------------------------------
-
-    def database_round_trip(self) -> float:
-        """Seconds one trivial statement takes (the sweeper's look at the database's health)."""
-        started = time.monotonic()
-        with self._auto.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-        return time.monotonic() - started
-
-    def redispatch_stale(self, *, older_than_seconds: float, limit: int = 200) -> int:
-        """Send the job again for runs left pending too long (the broker was down, or the
-        message was lost). Safe in several places at once: a conditional touch picks one
-        sender, and a duplicate job is dropped by the conditional claim anyway."""
-        now = self._clock()
-        before = now - timedelta(seconds=older_than_seconds)
-        with self._auto.connect() as conn:
-            stale = recovery.stale_pending(conn, before, limit)
-        sent = 0
-        for ref, target, queue, attempt in stale:
-            with self._auto.connect() as conn:
-                if not recovery.touch_pending(conn, ref, before, now):
-                    continue
-            try:
-                self._dispatcher.dispatch(target, ref, queue, attempt=attempt + 1)
-            except Exception:
-                log.warning("re-dispatch of %s failed; next sweep tries again", ref)
-                continue
-            sent += 1
-        return sent
-
-    def reclaim_expired(
-        self,
-        *,
-        max_attempts: Callable[[Run], int],
-        backoff: Callable[[int], float],
-        limit: int = 200,
-    ) -> int:
-        """Runs whose worker stopped renewing its lease: a new attempt when the run has one
-        left, else ``failed`` with ``worker_lost``. Returns how many runs were reclaimed."""
-        now = self._clock()
-        with self._auto.connect() as conn:
-            lost = recovery.expired_leases(conn, now, limit)
-        reclaimed = 0
-        for run in lost:
-            error = RunError(WORKER_LOST, code=ErrorCode.WORKER_LOST)
-            if run.attempt < max_attempts(run):
-                delay = backoff(run.attempt)
-                if self._requeue(run, error, delay, now, lease_expired=True):
-                    metrics.lease_reclaimed(run.target)
-                    reclaimed += 1
-                continue
-            closing = [
-                ev.attempt_failed_event(run.target, run.attempt, error.message, retrying=False),
-                ev.terminal_event(RunStatus.FAILED.value, error.message),
-            ]
-            ran_ms = duration_ms(run.started_at or now, now)
-            values = {
-                "status": RunStatus.FAILED.value,
-                "output": None,
-                "error": error.to_json(),
-                "logs": run.logs,
-                "artifacts": run.artifacts,
-                "exit_code": None,
-                "duration_ms": ran_ms,
-                "completed_at": now,
-                "updated_at": now,
-                "attempts": attempts_to_json(
-                    (*run.attempts, attempt_record(run, RunStatus.FAILED, error, now))
-                ),
-            }
-            if self._end(
-                run.ref,
-                partial(
-                    recovery.fail_lost,
-                    ref=run.ref,
-                    attempt=run.attempt,
-                    lease_expired_before=now,
-                    values=values,
-                ),
-                closing,
-                now,
-            ):
-                metrics.lease_reclaimed(run.target)
-                metrics.run_finished(run.target, run.kind.value, RunStatus.FAILED.value, ran_ms)
-                reclaimed += 1
-        return reclaimed
-
-    def record_lost_stops(self) -> int:
-        """Cancelled runs whose worker never confirmed the stop stopped when its lease ended."""
-        with self._auto.connect() as conn:
-            return recovery.record_lost_stops(conn, self._clock())
-
-    def expire_stale(self, *, ttl_seconds: float, limit: int = 200) -> int:
-        """Fail runs that waited longer than ``ttl_seconds`` for a worker (``expired``)."""
-        now = self._clock()
-        cutoff = now - timedelta(seconds=ttl_seconds)
-        with self._auto.connect() as conn:
-            stale = recovery.expirable(conn, cutoff, limit)
-        expired = 0
-        for run in stale:
-            message = f"the run waited more than {ttl_seconds:g} s for a worker"
-            error = RunError(message, code=ErrorCode.EXPIRED)
-            values = {
-                "status": RunStatus.FAILED.value,
-                "error": error.to_json(),
-                "completed_at": now,
-                "updated_at": now,
-            }
-            closing = [ev.terminal_event(RunStatus.FAILED.value, message)]
-            if self._end(
-                run.ref,
-                partial(recovery.expire, ref=run.ref, available_before=cutoff, values=values),
-                closing,
-                now,
-            ):
-                metrics.run_finished(run.target, run.kind.value, RunStatus.FAILED.value, None)
-                expired += 1
-        return expired
-
-    def _end(
-        self,
-        ref: RunRef,
-        update: Callable[[sa.Connection], bool],
-        closing: Sequence[NewEvent],
-        now: datetime,
-    ) -> bool:
-        """End a run on the sweeper's behalf: the conditional update first, then the events,
-        all in one transaction (a live worker that won the race keeps its stream open)."""
-        with self._engine.begin() as conn:
-            if not update(conn):
-                return False
-            first, so_far = self._events.close(ref, len(closing))
-            final = ev.numbered(closing, first, now)
-            event_archive.insert_events(conn, ref, [*so_far, *final])
-        self._events.publish(ref, final)
-        return True

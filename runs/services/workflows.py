@@ -14,7 +14,7 @@ import sqlalchemy as sa
 
 from runs.domain.clock import utcnow
 from runs.domain.errors import Conflict
-from runs.domain.events import STEP_FINISHED, STEP_STARTED, NewEvent
+from runs.domain.events import STEP_FINISHED, STEP_STARTED, NewEvent, step_event
 from runs.domain.projects import Project
 from runs.domain.runs import ErrorCode, Run, RunError, RunKind, RunRef
 from runs.domain.workflows import NODE_ACTIVE, NodeRecord, NodeStatus
@@ -27,12 +27,7 @@ from runs.services.transient import patiently
 T = TypeVar("T")
 
 
-def step_event(event_type: str, node_id: str, status: str, attempt: int, **extra: Any) -> NewEvent:
-    payload = {"type": event_type, "stepName": node_id, "status": status, "attempt": attempt}
-    return NewEvent(event_type, {**payload, **extra})
-
-
-class WorkflowState:
+class WorkflowService:
     """``patience``: how long each node transition keeps trying while storage is unreachable
     (``runs.services.transient.patiently``; the worker's wiring sets it, the API's leaves 0). Every
     transition is safe to repeat after its answer was lost: the retry finds the node as it
@@ -330,27 +325,6 @@ class WorkflowState:
         self._dispatcher.dispatch(
             run.target, run.ref, run.queue, node_id=node_id, countdown=countdown
         )
-
-    def redispatch_stale(
-        self, *, older_than_seconds: float, lapsed: bool = True, limit: int = 200
-    ) -> int:
-        """Re-send the jobs of nodes queued too long (a job lost between the node's move to
-        ``queued`` and its send) and, with ``lapsed``, of running nodes whose worker's lease
-        ran out (the job then takes the node over). A duplicate is dropped by the conditional
-        node claim."""
-        now = self._clock()
-        before = now - timedelta(seconds=older_than_seconds)
-        lapsed_before = now if lapsed else None
-        with self._auto.connect() as conn:
-            stale = nodes.stale_nodes(conn, before, lapsed_before, limit)
-        sent = 0
-        for ref, node_id, target, queue in stale:
-            with self._auto.connect() as conn:
-                if not nodes.touch_stale(conn, ref, node_id, before, lapsed_before, now):
-                    continue
-            self._dispatcher.dispatch(target, ref, queue, node_id=node_id)
-            sent += 1
-        return sent
 
     # -- for the API ----------------------------------------------------------------------
 

@@ -25,8 +25,9 @@ import redis
 
 from runs.domain.events import NewEvent, RunEvent
 from runs.domain.runs import RunRef
-from runs.domain.text import loads_storable, storable
+from runs.domain.text import storable
 from runs.observability import metrics
+from runs.persistence.json_text import loads_storable
 
 # Every script starts with these helpers. KEYS[1] is the run's stream, KEYS[2] its meta hash:
 # ``seq`` (the id counter), ``attempt`` (the owner token of the attempt that opened the stream),

@@ -22,11 +22,11 @@ from runs.domain.definitions import Definition
 from runs.domain.projects import Project
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.persistence import nodes
+from runs.schemas.catalog import NodeListOut
 from runs.schemas.runs import (
     ApprovalOut,
     CancelRunOut,
     CreateRunOut,
-    NodeListOut,
     RunEventListOut,
     RunOut,
     SignalOut,

@@ -21,8 +21,8 @@ from fastapi.testclient import TestClient
 
 from runs.api.app import create_app
 from runs.domain.runs import RunRef
-from runs.persistence import records
 from runs.persistence.engine import create_engine
+from runs.persistence.tables import runs as runs_table
 from runs.services.access import AccessService
 from runs.streams.event_log import RedisEventLog
 from tests.conftest import base_settings
@@ -174,7 +174,7 @@ def test_a_run_stored_with_lone_surrogates_on_sqlite_is_read_listed_and_cancelle
     now = datetime.now(UTC)
     run_id = f"run_{uuid.uuid4()}"
     with engine.begin() as conn:
-        records.insert_run(
+        insert_row(
             conn,
             {
                 "run_id": run_id,
@@ -318,3 +318,8 @@ def test_a_filter_of_named_values_lists_the_values_it_takes(api: Api, caller: Ca
     problem = assert_problem(response, 400, "status")
     assert "cancelled, completed, failed, pending, running, waiting" in problem["detail"]
     assert "(?:" not in problem["detail"]
+
+
+def insert_row(conn: sa.Connection, values: dict[str, Any]) -> None:
+    """A run's row as written by hand (what the store reads back is under test here)."""
+    conn.execute(runs_table.insert(), values)

@@ -1,4 +1,4 @@
-"""Creates accepted together (``RunService.submit_many`` and the API's ``CreateIntake``), on a
+"""Creates accepted together (``RunService.create_many`` and the API's ``CreateIntake``), on a
 real database (SQLite and PostgreSQL) and the real Redis."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from runs.api.intake import CreateIntake
 from runs.domain.errors import UnknownTarget
 from runs.domain.projects import Project
-from runs.domain.runs import RunRequest, RunStatus
+from runs.domain.runs import Run, RunRequest, RunStatus
 from runs.messaging.routing import Router
 from runs.persistence.engine import autocommit
 from runs.persistence.tables import projects
@@ -48,14 +48,11 @@ def _statements(engine: sa.Engine) -> Iterator[list[str]]:
 
 
 def _service(
-    engine: sa.Engine,
-    event_log: RedisEventLog,
-    dispatcher: RecordingDispatcher,
-    kind: type[RunService] = RunService,
+    engine: sa.Engine, event_log: RedisEventLog, dispatcher: RecordingDispatcher
 ) -> RunService:
     """A service like the ``service`` fixture's, built now (after a listener was added: an
     option engine made later copies it)."""
-    return kind(
+    return RunService(
         engine,
         dispatcher=dispatcher,
         events=event_log,
@@ -72,12 +69,12 @@ def test_runs_accepted_together_share_one_insert_and_each_gets_its_own_answer(
     project: Project,
     dispatcher: RecordingDispatcher,
 ) -> None:
-    taken, _ = service.submit(project, task_request(project, public_id="run_taken-" + project.id))
+    taken, _ = service.create(project, task_request(project, public_id="run_taken-" + project.id))
     dispatcher.sent.clear()
     with _statements(engine) as statements:
         together = _service(engine, event_log, dispatcher)
         twin = "run_twin-" + project.id
-        results = together.submit_many(
+        results = together.create_many(
             [
                 (project, task_request(project)),
                 (project, task_request(project, "task:nowhere")),
@@ -109,18 +106,19 @@ def test_runs_accepted_together_share_one_insert_and_each_gets_its_own_answer(
     assert stored == 4  # the one taken before, and three new
 
 
-class _ProjectVanishes(RunService):
-    """A service whose checks pass just before one project is deleted: the race between a
-    create's check and its insert."""
+def _project_vanishes(service: RunService, engine: sa.Engine, doomed: str) -> None:
+    """The service's checks pass just before the project ``doomed`` is deleted: the race
+    between a create's check and its insert."""
+    prepare = service.creation.prepare
 
-    doomed: str
-
-    def new_run_values(self, project_id: str, request: RunRequest) -> dict[str, Any]:
-        values = super().new_run_values(project_id, request)
-        if project_id == self.doomed:
-            with self._engine.begin() as conn:
+    def prepare_then_delete(project_id: str, request: RunRequest) -> Run:
+        run = prepare(project_id, request)
+        if project_id == doomed:
+            with engine.begin() as conn:
                 conn.execute(projects.delete().where(projects.c.id == project_id))
-        return values
+        return run
+
+    service.creation.prepare = prepare_then_delete  # type: ignore[method-assign]
 
 
 def test_a_run_whose_project_vanished_fails_alone_and_the_rest_of_its_batch_is_accepted(
@@ -131,10 +129,9 @@ def test_a_run_whose_project_vanished_fails_alone_and_the_rest_of_its_batch_is_a
     other_project: Project,
     dispatcher: RecordingDispatcher,
 ) -> None:
-    racing = _service(engine, event_log, dispatcher, _ProjectVanishes)
-    assert isinstance(racing, _ProjectVanishes)
-    racing.doomed = other_project.id
-    before, orphan, after = racing.submit_many(
+    racing = _service(engine, event_log, dispatcher)
+    _project_vanishes(racing, engine, other_project.id)
+    before, orphan, after = racing.create_many(
         [
             (project, task_request(project)),
             (other_project, task_request(other_project)),
@@ -161,14 +158,14 @@ def test_the_intake_batches_creates_that_arrive_while_one_is_committed(
         return await anyio.to_thread.run_sync(partial(call, batch))
 
     async def main() -> list[Any]:
-        intake = CreateIntake(service.submit_many, blocking)
-        first = asyncio.create_task(intake.submit(project, task_request(project, config={"i": 0})))
+        intake = CreateIntake(service.create_many, blocking)
+        first = asyncio.create_task(intake.create(project, task_request(project, config={"i": 0})))
         while not sizes:
             await asyncio.sleep(0)
         others = [
-            intake.submit(project, task_request(project, config={"i": i})) for i in range(1, 20)
+            intake.create(project, task_request(project, config={"i": i})) for i in range(1, 20)
         ]
-        others.append(intake.submit(project, task_request(project, "task:nowhere")))
+        others.append(intake.create(project, task_request(project, "task:nowhere")))
         waiting = asyncio.gather(*others, return_exceptions=True)
         await asyncio.sleep(0.05)
         release.set()

@@ -38,7 +38,7 @@ from runs.persistence.engine import autocommit
 from runs.services.attempts import AttemptService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
-from runs.services.workflows import WorkflowState
+from runs.services.workflows import WorkflowService
 from runs.streams.event_log import RedisEventLog
 from tests.conftest import RecordingDispatcher
 from tests.support.helpers import task_request
@@ -164,7 +164,7 @@ def worker(
 
 
 def opened(runs: RunService, worker: AttemptService, project: Project, owner: str) -> Run:
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     claimed = worker.claim(run.ref, owner=owner, lease_seconds=60)
     assert claimed is not None
     assert worker.open_attempt(claimed, started_events(claimed.target), owner=owner)
@@ -193,7 +193,7 @@ def done(output: Any = None) -> Outcome:
 def test_a_claim_whose_answer_was_lost_is_found_by_its_owner_on_retry(
     engine: sa.Engine, runs: RunService, worker: AttemptService, project: Project
 ) -> None:
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     with lose_answer(engine, updating_runs) as lost:
         claimed = worker.claim(run.ref, owner="a", lease_seconds=60)
     assert lost, "the fault was injected"
@@ -209,7 +209,7 @@ def test_a_claim_whose_answer_was_lost_is_found_by_its_owner_on_retry(
 def test_an_open_whose_answer_was_lost_appends_the_opening_events_once(
     runs: RunService, worker: AttemptService, flaky: FlakyEventLog, project: Project
 ) -> None:
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     claimed = worker.claim(run.ref, owner="a", lease_seconds=60)
     assert claimed is not None
     flaky.lose("open")
@@ -434,18 +434,18 @@ def test_a_create_whose_insert_ran_twice_after_a_dropped_connection_is_accepted_
     """The connection dropped after the INSERT committed; the statement was tried once more
     (``runs.persistence.engine``) and found the id taken, by its own row: an acceptance, not
     a duplicate, and its job is sent."""
-    real = records.insert_new_runs
+    real = records.insert_runs
 
     def twice(conn: sa.Connection, rows: Any) -> set[RunRef]:
         real(conn, rows)
         return real(conn, rows)
 
-    monkeypatch.setattr(records, "insert_new_runs", twice)
-    run, duplicate = runs.submit(project, task_request(project))
+    monkeypatch.setattr(records, "insert_runs", twice)
+    run, duplicate = runs.create(project, task_request(project))
     assert not duplicate
     assert dispatcher.sent == [(run.target, run.ref, run.queue)]
     # A second create with the same id is a duplicate still, and sends nothing.
-    again, duplicate = runs.submit(project, task_request(project, public_id=run.run_id))
+    again, duplicate = runs.create(project, task_request(project, public_id=run.run_id))
     assert duplicate and again.run_id == run.run_id
     assert len(dispatcher.sent) == 1
 
@@ -456,12 +456,14 @@ def test_a_create_whose_insert_ran_twice_after_a_dropped_connection_is_accepted_
 @pytest.fixture
 def state(
     engine: sa.Engine, runs: RunService, flaky: FlakyEventLog, dispatcher: RecordingDispatcher
-) -> WorkflowState:
-    return WorkflowState(engine, runs=runs, events=flaky, dispatcher=dispatcher, patience=PATIENCE)
+) -> WorkflowService:
+    return WorkflowService(
+        engine, runs=runs, events=flaky, dispatcher=dispatcher, patience=PATIENCE
+    )
 
 
-def with_nodes(runs: RunService, state: WorkflowState, project: Project) -> Run:
-    run, _ = runs.submit(project, task_request(project))
+def with_nodes(runs: RunService, state: WorkflowService, project: Project) -> Run:
+    run, _ = runs.create(project, task_request(project))
     state.create(run.ref, ["a", "b"])
     state.create(run.ref, ["a", "b"])  # a repeat finds them
     return run
@@ -475,7 +477,7 @@ def step_events(flaky: FlakyEventLog, ref: RunRef) -> list[tuple[str, str, Any]]
 
 
 def test_a_step_claim_whose_answer_was_lost_is_found_by_its_owner_on_retry(
-    engine: sa.Engine, runs: RunService, state: WorkflowState, project: Project
+    engine: sa.Engine, runs: RunService, state: WorkflowService, project: Project
 ) -> None:
     run = with_nodes(runs, state, project)
     assert state.queue(run.ref, "a")
@@ -490,7 +492,7 @@ def test_a_step_claim_whose_answer_was_lost_is_found_by_its_owner_on_retry(
 def test_a_step_outcome_whose_write_lost_its_answer_or_failed_is_recorded_once_with_its_event(
     engine: sa.Engine,
     runs: RunService,
-    state: WorkflowState,
+    state: WorkflowService,
     flaky: FlakyEventLog,
     project: Project,
     inject: Callable[..., Any],
@@ -515,7 +517,7 @@ def test_a_step_outcome_whose_write_lost_its_answer_or_failed_is_recorded_once_w
 
 
 def test_a_step_event_whose_append_lost_its_answer_is_appended_once(
-    runs: RunService, state: WorkflowState, flaky: FlakyEventLog, project: Project
+    runs: RunService, state: WorkflowService, flaky: FlakyEventLog, project: Project
 ) -> None:
     run = with_nodes(runs, state, project)
     assert state.queue(run.ref, "a")

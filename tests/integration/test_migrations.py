@@ -16,7 +16,7 @@ from alembic.script import ScriptDirectory
 
 from runs.domain.projects import Project
 from runs.domain.runs import RunRef
-from runs.persistence import event_archive, migrate, nodes, projects, records
+from runs.persistence import event_archive, migrate, nodes, projects, records, transitions
 from runs.persistence.engine import create_engine
 from runs.persistence.tables import metadata
 from runs.persistence.tables import runs as runs_table
@@ -281,13 +281,13 @@ def test_statements_by_key_use_the_primary_key_on_a_table_never_analyzed(
                 )
         key = {"b_project_id": project.id, "b_run_id": "run_7"}
         statements = {
-            "claim": (records._CLAIM, {**key, "b_now": now, "b_worker": "w", "b_lease": now}),
+            "claim": (transitions._CLAIM, {**key, "b_now": now, "b_worker": "w", "b_lease": now}),
             "finish": (
-                records._FINISH_WITH_EVENTS,
+                transitions._FINISH_WITH_EVENTS,
                 {
                     **key,
                     "b_attempt": 1,
-                    **{f"b_{name}": None for name in records.FINISH_FIELDS},
+                    **{f"b_{name}": None for name in transitions.FINISH_FIELDS},
                     "b_status": "completed",
                     "b_artifacts": [],
                     "b_updated_at": now,

@@ -31,7 +31,7 @@ from runs.domain.runs import (
     RunStatus,
 )
 from runs.domain.workflows import NodeStatus
-from runs.persistence import event_archive, nodes, projects, records
+from runs.persistence import event_archive, nodes, projects, records, transitions
 from runs.persistence.cursors import decode_cursor, encode_cursor
 from runs.persistence.records import RunFilters
 from runs.persistence.tables import api_tokens
@@ -82,7 +82,7 @@ def ref_of(values: dict[str, Any]) -> RunRef:
 
 def insert(conn: sa.Connection, project: Project, **changes: Any) -> Run:
     values = run_values(project, **changes)
-    records.insert_run(conn, values)
+    insert_row(conn, values)
     found = records.get_run(conn, ref_of(values))
     assert found is not None
     return found
@@ -159,7 +159,7 @@ def test_a_run_keeps_every_field_through_insert_and_get(
         available_at=T0 + timedelta(seconds=1),
         attempt_started_at=T0 + timedelta(seconds=2),
     )
-    records.insert_run(conn, values)
+    insert_row(conn, values)
     run = records.get_run(conn, ref_of(values))
     assert run is not None
     typed = {
@@ -197,13 +197,13 @@ def test_a_naive_datetime_is_refused_rather_than_guessed(
     conn: sa.Connection, project: Project
 ) -> None:
     with pytest.raises(sa.exc.StatementError, match="naive"):
-        records.insert_run(conn, run_values(project, created_at=datetime(2026, 1, 1)))
+        insert_row(conn, run_values(project, created_at=datetime(2026, 1, 1)))
 
 
 def test_a_taken_run_id_is_an_integrity_error(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
     with pytest.raises(sa.exc.IntegrityError):
-        records.insert_run(conn, run_values(project, run_id=run.run_id))
+        insert_row(conn, run_values(project, run_id=run.run_id))
 
 
 def test_the_same_run_id_in_two_projects_is_two_independent_runs(
@@ -214,7 +214,7 @@ def test_the_same_run_id_in_two_projects_is_two_independent_runs(
     assert (mine.config, theirs.config) == ({"who": "me"}, {"who": "them"})
     event_archive.insert_events(conn, mine.ref, archived(2))
     event_archive.insert_events(conn, theirs.ref, archived(1))
-    assert records.claim_run(conn, theirs.ref, worker="w", lease_until=T0, now=T0) is not None
+    assert transitions.claim_run(conn, theirs.ref, worker="w", lease_until=T0, now=T0) is not None
     assert records.get_run(conn, mine.ref) == mine
     assert len(event_archive.list_events(conn, mine.ref, after=0, limit=10)) == 2
     assert len(event_archive.list_events(conn, theirs.ref, after=0, limit=10)) == 1
@@ -223,7 +223,7 @@ def test_the_same_run_id_in_two_projects_is_two_independent_runs(
 def test_the_store_never_commits(engine: sa.Engine, project: Project) -> None:
     values = run_values(project)
     with engine.connect() as connection:
-        records.insert_run(connection, values)
+        insert_row(connection, values)
         assert records.get_run(connection, ref_of(values)) is not None
         connection.rollback()
     with engine.connect() as connection:
@@ -237,13 +237,13 @@ def test_a_pending_run_is_claimed_once(conn: sa.Connection, project: Project) ->
     run = insert(conn, project)
     now = T0 + timedelta(seconds=1)
     lease_until = now + timedelta(seconds=30)
-    first = records.claim_run(conn, run.ref, worker="w1", lease_until=lease_until, now=now)
+    first = transitions.claim_run(conn, run.ref, worker="w1", lease_until=lease_until, now=now)
     assert first is not None
     assert first.status is RunStatus.RUNNING and first.attempt == 1
     assert first.started_at == now and first.updated_at == now and is_utc(first.started_at)
     assert lease_of(conn, run.ref) == ("w1", lease_until)
 
-    second = records.claim_run(conn, run.ref, worker="w2", lease_until=lease_until, now=now)
+    second = transitions.claim_run(conn, run.ref, worker="w2", lease_until=lease_until, now=now)
     assert second is None
     assert records.get_run(conn, run.ref) == first
     assert lease_of(conn, run.ref)[0] == "w1"
@@ -254,7 +254,7 @@ def test_each_claim_is_one_attempt_more_and_keeps_the_first_start_time(
 ) -> None:
     run = insert(conn, project)
     lease = T0 + timedelta(minutes=1)
-    first = records.claim_run(conn, run.ref, worker="w1", lease_until=lease, now=T0)
+    first = transitions.claim_run(conn, run.ref, worker="w1", lease_until=lease, now=T0)
     assert first is not None and first.attempt == 1
     # The sweeper puts a run whose lease expired back to pending.
     conn.execute(
@@ -263,7 +263,7 @@ def test_each_claim_is_one_attempt_more_and_keeps_the_first_start_time(
         .values(status="pending")
     )
     later = T0 + timedelta(minutes=2)
-    second = records.claim_run(conn, run.ref, worker="w2", lease_until=lease, now=later)
+    second = transitions.claim_run(conn, run.ref, worker="w2", lease_until=lease, now=later)
     assert second is not None
     assert second.attempt == 2 and second.started_at == T0 and second.updated_at == later
     assert lease_of(conn, run.ref)[0] == "w2"
@@ -274,7 +274,7 @@ def test_only_a_pending_run_can_be_claimed(
     conn: sa.Connection, project: Project, status: str
 ) -> None:
     run = insert(conn, project, status=status, attempt=1)
-    assert records.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0) is None
+    assert transitions.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0) is None
     assert records.get_run(conn, run.ref) == run
 
 
@@ -283,7 +283,7 @@ def test_claiming_an_unknown_run_is_none(
 ) -> None:
     theirs = insert(conn, other_project)
     for ref in (RunRef(project.id, "run_nobody"), RunRef(project.id, theirs.run_id)):
-        assert records.claim_run(conn, ref, worker="w", lease_until=T0, now=T0) is None
+        assert transitions.claim_run(conn, ref, worker="w", lease_until=T0, now=T0) is None
     assert records.get_run(conn, theirs.ref) == theirs
 
 
@@ -310,7 +310,7 @@ def finish_values(status: str = "completed", **changes: Any) -> dict[str, Any]:
 
 def claimed(conn: sa.Connection, project: Project) -> Run:
     run = insert(conn, project)
-    taken = records.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0)
+    taken = transitions.claim_run(conn, run.ref, worker="w", lease_until=T0, now=T0)
     assert taken is not None
     return taken
 
@@ -319,7 +319,7 @@ def test_finishing_the_running_attempt_writes_the_terminal_record_and_drops_the_
     conn: sa.Connection, project: Project
 ) -> None:
     run = claimed(conn, project)
-    assert records.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
+    assert transitions.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
     assert event_archive.list_events(conn, run.ref, after=0, limit=10) == archived(2)
     done = records.get_run(conn, run.ref)
     assert done is not None
@@ -335,7 +335,7 @@ def test_a_stale_attempt_cannot_finish_the_run(
     conn: sa.Connection, project: Project, stale_attempt: int
 ) -> None:
     run = claimed(conn, project)
-    assert not records.finish_run(
+    assert not transitions.finish_run(
         conn, run.ref, stale_attempt, finish_values("failed"), archived(2)
     )
     assert records.get_run(conn, run.ref) == run
@@ -346,32 +346,32 @@ def test_a_finish_that_changes_nothing_archives_no_events(
     conn: sa.Connection, project: Project
 ) -> None:
     run = claimed(conn, project)
-    assert not records.finish_run(conn, run.ref, run.attempt + 1, finish_values(), archived(3))
+    assert not transitions.finish_run(conn, run.ref, run.attempt + 1, finish_values(), archived(3))
     assert event_archive.list_events(conn, run.ref, after=0, limit=10) == []
-    assert records.finish_run(conn, run.ref, run.attempt, finish_values(), [])
+    assert transitions.finish_run(conn, run.ref, run.attempt, finish_values(), [])
     assert records.get_run(conn, run.ref).status is RunStatus.COMPLETED  # type: ignore[union-attr]
 
 
 def test_a_pending_run_cannot_be_finished(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project, status="pending", attempt=1)
-    assert not records.finish_run(conn, run.ref, 1, finish_values(), archived(2))
+    assert not transitions.finish_run(conn, run.ref, 1, finish_values(), archived(2))
     assert records.get_run(conn, run.ref) == run
 
 
 def test_a_waiting_run_can_be_finished(conn: sa.Connection, project: Project) -> None:
     """A workflow parked on a wait ends when the wait times out."""
     run = insert(conn, project, status="waiting", attempt=1)
-    assert records.finish_run(conn, run.ref, 1, finish_values("failed"), archived(2))
+    assert transitions.finish_run(conn, run.ref, 1, finish_values("failed"), archived(2))
 
 
 def test_finishing_an_unknown_run_is_false(
     conn: sa.Connection, project: Project, other_project: Project
 ) -> None:
     theirs = insert(conn, other_project, status="running", attempt=1)
-    assert not records.finish_run(
+    assert not transitions.finish_run(
         conn, RunRef(project.id, "run_nobody"), 1, finish_values(), archived(2)
     )
-    assert not records.finish_run(
+    assert not transitions.finish_run(
         conn, RunRef(project.id, theirs.run_id), 1, finish_values(), archived(2)
     )
     assert records.get_run(conn, theirs.ref) == theirs
@@ -399,7 +399,7 @@ def test_an_active_run_can_be_cancelled(conn: sa.Connection, project: Project, s
         .where(event_archive.of_run(runs_table, run.ref))
         .values(lease_owner="w", lease_expires_at=T0)
     )
-    cancelled = records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
+    cancelled = transitions.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert cancelled is not None
     assert cancelled.status is RunStatus.CANCELLED
     assert cancelled.completed_at == T0 + timedelta(seconds=2) and is_utc(cancelled.completed_at)
@@ -416,9 +416,11 @@ def test_an_active_run_can_be_cancelled(conn: sa.Connection, project: Project, s
 
 def test_a_cancelled_run_cannot_be_cancelled_again(conn: sa.Connection, project: Project) -> None:
     run = insert(conn, project)
-    first = records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
+    first = transitions.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert first is not None
-    assert records.cancel_run(conn, run.ref, T0, {"updated_at": T0 + timedelta(hours=1)}) is None
+    assert (
+        transitions.cancel_run(conn, run.ref, T0, {"updated_at": T0 + timedelta(hours=1)}) is None
+    )
     assert records.get_run(conn, run.ref) == first
 
 
@@ -427,7 +429,7 @@ def test_cancelling_an_unknown_run_is_none(
 ) -> None:
     theirs = insert(conn, other_project)
     for ref in (RunRef(project.id, "run_nobody"), RunRef(project.id, theirs.run_id)):
-        assert records.cancel_run(conn, ref, CANCEL_AT, cancel_values()) is None
+        assert transitions.cancel_run(conn, ref, CANCEL_AT, cancel_values()) is None
     assert records.get_run(conn, theirs.ref) == theirs
 
 
@@ -448,22 +450,22 @@ def test_a_terminal_run_never_changes_whatever_is_tried(
         completed_at=T0 + timedelta(seconds=1),
     )
     later = T0 + timedelta(hours=1)
-    assert records.claim_run(conn, run.ref, worker="w", lease_until=later, now=later) is None
+    assert transitions.claim_run(conn, run.ref, worker="w", lease_until=later, now=later) is None
     for attempt in (0, 1, 2):
         for outcome in ("completed", "failed", "cancelled"):
-            assert not records.finish_run(
+            assert not transitions.finish_run(
                 conn, run.ref, attempt, finish_values(outcome, output={"late": True}), archived(2)
             )
-    assert records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values()) is None
+    assert transitions.cancel_run(conn, run.ref, CANCEL_AT, cancel_values()) is None
     assert records.get_run(conn, run.ref) == run
     assert lease_of(conn, run.ref) == (None, None)
 
 
 def test_a_late_finish_after_cancel_changes_nothing(conn: sa.Connection, project: Project) -> None:
     run = claimed(conn, project)
-    cancelled = records.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
+    cancelled = transitions.cancel_run(conn, run.ref, CANCEL_AT, cancel_values())
     assert cancelled is not None
-    assert not records.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
+    assert not transitions.finish_run(conn, run.ref, run.attempt, finish_values(), archived(2))
     assert records.get_run(conn, run.ref) == cancelled
 
 
@@ -653,7 +655,7 @@ def test_a_terminal_record_with_invalid_text_and_nan_is_stored_cleaned(
             }
         ],
     )
-    assert records.finish_run(conn, run.ref, run.attempt, values, archived(2))
+    assert transitions.finish_run(conn, run.ref, run.attempt, values, archived(2))
     done = records.get_run(conn, run.ref)
     assert done is not None
     assert done.output == {CLEANED: [CLEANED, None]}
@@ -871,3 +873,8 @@ def test_publish_adds_the_final_events_last_and_lets_the_stream_expire(
     for key in (f"runs:{{{ref.key}}}:events", f"runs:{{{ref.key}}}:meta"):
         assert 0 < int(event_log.client.ttl(key)) <= 3600
     assert event_log.append(ref, [log_event("after publish")]) == []
+
+
+def insert_row(conn: sa.Connection, values: dict[str, Any]) -> None:
+    """A run's row as written by hand (what the store reads back is under test here)."""
+    conn.execute(runs_table.insert(), values)

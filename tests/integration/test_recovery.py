@@ -49,8 +49,9 @@ from runs.domain.runs import (
 from runs.messaging.routing import Router
 from runs.persistence import event_archive, recovery
 from runs.persistence.tables import runs as runs_table
-from runs.services.attempts import WORKER_LOST, AttemptService
+from runs.services.attempts import AttemptService
 from runs.services.catalog import DefinitionCatalog
+from runs.services.recovery import WORKER_LOST, RecoveryService
 from runs.services.runs import RunService
 from runs.streams.event_log import RedisEventLog
 from tests.conftest import RecordingDispatcher, base_settings
@@ -108,6 +109,16 @@ def attempts_at(
     return AttemptService(engine, dispatcher=dispatcher, events=events, clock=lambda: at)
 
 
+def sweeper_at(
+    engine: sa.Engine, events: RedisEventLog, dispatcher: RecordingDispatcher, at: datetime
+) -> RecoveryService:
+    """A sweeper whose clock stands still at ``at``."""
+    attempts = attempts_at(engine, events, dispatcher, at)
+    return RecoveryService(
+        engine, attempts=attempts, dispatcher=dispatcher, events=events, clock=lambda: at
+    )
+
+
 def later(moment: datetime, seconds: float) -> datetime:
     return moment + timedelta(seconds=seconds)
 
@@ -116,7 +127,7 @@ def claimed_run(
     runs: RunService, worker: AttemptService, project: Project, *, lease_seconds: float
 ) -> Run:
     """A new task run, taken by a worker for attempt 1, that has emitted its opening events."""
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     claimed = worker.claim(run.ref, owner="w1", lease_seconds=lease_seconds)
     assert claimed is not None and claimed.attempt == 1
     assert worker.emit(run.ref, started_events(run.target))
@@ -191,7 +202,7 @@ def test_a_cancelled_attempt_holds_its_lease_until_it_says_its_work_stopped(
     # Still stopping: the lease goes on, so no sweeper notes a stop that has not happened.
     assert worker.renew(claimed, 60) is Lease.STOPPING
     assert lease_of(engine, claimed.ref) == ("w1", later(t0, 80))
-    sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 70))
+    sweeper = sweeper_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 70))
     sweeper.record_lost_stops()
     assert load(runs, claimed.ref).cancel_stopped_at is None
 
@@ -288,12 +299,12 @@ def test_a_run_waiting_out_a_retry_backoff_is_not_sent_again_by_the_pending_swee
     # Not yet due (t0 + 30), and due but not yet past the threshold (t0 + 65 - 10 < t0 + 60).
     for ahead in (30, 65):
         early = RecordingDispatcher(sent=[])
-        sweeper = attempts_at(engine, event_log, early, later(t0, ahead))
+        sweeper = sweeper_at(engine, event_log, early, later(t0, ahead))
         sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
         assert claimed.ref not in {s[1] for s in early.sent}, ahead
 
     due = RecordingDispatcher(sent=[])
-    sweeper = attempts_at(engine, event_log, due, later(t0, 75))
+    sweeper = sweeper_at(engine, event_log, due, later(t0, 75))
     sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
     sweeper.redispatch_stale(older_than_seconds=10, limit=NO_LIMIT)
     assert [s for s in due.sent if s[1] == claimed.ref] == [
@@ -320,7 +331,7 @@ def test_an_expired_lease_with_attempts_left_puts_the_run_back_to_pending_and_se
 
     sent = TimedDispatcher(sent=[])
     swept_at = later(t0, 120)
-    sweeper = attempts_at(engine, event_log, sent, swept_at)
+    sweeper = sweeper_at(engine, event_log, sent, swept_at)
     assert sweeper.reclaim_expired(max_attempts=max_attempts, backoff=lambda n: 7.0, limit=NO_LIMIT)
 
     assert (claimed.run_id, 1) in asked
@@ -348,7 +359,7 @@ def test_an_expired_lease_without_attempts_left_fails_the_run_as_worker_lost(
     claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     sent = TimedDispatcher(sent=[])
     swept_at = later(t0, 120)
-    sweeper = attempts_at(engine, event_log, sent, swept_at)
+    sweeper = sweeper_at(engine, event_log, sent, swept_at)
 
     assert sweeper.reclaim_expired(
         max_attempts=lambda run: 1, backoff=lambda n: 0.0, limit=NO_LIMIT
@@ -386,7 +397,7 @@ def test_a_run_whose_lease_has_not_expired_is_not_reclaimed(
         return 1
 
     sent = TimedDispatcher(sent=[])
-    sweeper = attempts_at(engine, event_log, sent, later(t0, 120))
+    sweeper = sweeper_at(engine, event_log, sent, later(t0, 120))
     sweeper.reclaim_expired(max_attempts=max_attempts, backoff=lambda n: 0.0, limit=NO_LIMIT)
 
     assert claimed.run_id not in asked
@@ -414,7 +425,7 @@ def test_a_worker_that_renews_after_the_sweeper_read_its_lease_as_expired_keeps_
         return allowed
 
     sent = TimedDispatcher(sent=[])
-    sweeper = attempts_at(engine, event_log, sent, later(t0, 120))
+    sweeper = sweeper_at(engine, event_log, sent, later(t0, 120))
     sweeper.reclaim_expired(max_attempts=max_attempts, backoff=lambda n: 0.0, limit=NO_LIMIT)
 
     assert renewed == [Lease.HELD]
@@ -443,7 +454,7 @@ def test_two_racing_sweepers_reclaim_a_lost_attempt_once(
         return 2
 
     first, second = TimedDispatcher(sent=[]), TimedDispatcher(sent=[])
-    sweepers = [attempts_at(engine, event_log, d, later(t0, 120)) for d in (first, second)]
+    sweepers = [sweeper_at(engine, event_log, d, later(t0, 120)) for d in (first, second)]
     with ThreadPoolExecutor(max_workers=2) as pool:
         sweeps = [
             pool.submit(
@@ -508,7 +519,7 @@ def test_a_cancelled_attempt_whose_worker_never_confirmed_stopped_when_its_lease
         cancelled, _ = runs.cancel(project, run.run_id)
         assert cancelled
 
-    sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
+    sweeper = sweeper_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
     assert sweeper.record_lost_stops() >= 1
 
     assert load(runs, lost.ref).cancel_stopped_at == later(t0, 60)
@@ -522,7 +533,7 @@ def test_a_cancelled_pending_run_stopped_when_the_cancel_was_requested(
 ) -> None:
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     cancelled, after = runs.cancel(project, run.run_id)
     assert cancelled
     assert after.cancel_requested_at == t0 and after.cancel_stopped_at == t0
@@ -539,14 +550,14 @@ def test_expire_stale_fails_pending_runs_older_than_the_ttl_and_leaves_the_rest_
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    old, _ = runs.submit(project, task_request(project))
+    old, _ = runs.create(project, task_request(project))
     running = claimed_run(runs, attempts, project, lease_seconds=600)
     young_runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 100))
-    young, _ = young_runs.submit(project, task_request(project))
+    young, _ = young_runs.create(project, task_request(project))
     running_before, young_before = load(runs, running.ref), load(runs, young.ref)
 
     swept_at = later(t0, 120)
-    sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
+    sweeper = sweeper_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
     assert sweeper.expire_stale(ttl_seconds=60, limit=NO_LIMIT) >= 1
 
     expired = load(runs, old.ref)
@@ -572,7 +583,7 @@ def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
     t0 = utcnow()
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     worker = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 119))
     read = recovery.expirable
     seen: list[str] = []
@@ -585,7 +596,7 @@ def test_expire_stale_does_not_touch_a_run_claimed_after_it_was_read_as_stale(
         return stale
 
     monkeypatch.setattr(recovery, "expirable", read_then_claim)
-    sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
+    sweeper = sweeper_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
     sweeper.expire_stale(ttl_seconds=60, limit=NO_LIMIT)
 
     assert run.run_id in seen
@@ -611,7 +622,7 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
     event_log.close(claimed.ref, 2)
     assert not attempts.emit(claimed.ref, [log_event("closed")])
     swept_at = later(t0, 120)
-    sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
+    sweeper = sweeper_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
     assert sweeper.reclaim_expired(
         max_attempts=lambda run: 2, backoff=lambda n: 0.0, limit=NO_LIMIT
     )
@@ -646,7 +657,7 @@ def test_a_reclaimed_attempt_reporting_late_leaves_the_stream_of_the_next_attemp
     runs = runs_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     first = claimed_run(runs, attempts, project, lease_seconds=60)
-    sweeper = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
+    sweeper = sweeper_at(engine, event_log, RecordingDispatcher(sent=[]), later(t0, 120))
     assert sweeper.reclaim_expired(
         max_attempts=lambda run: 2, backoff=lambda n: 0.0, limit=NO_LIMIT
     )
@@ -723,7 +734,7 @@ def test_submit_refuses_a_timeout_above_the_servers_maximum_and_stores_nothing(
     sender = RecordingDispatcher(sent=[])
     runs = runs_at(engine, event_log, sender, utcnow(), max_timeout_seconds=60)
     with pytest.raises(InvalidRequest) as refused:
-        runs.submit(project, task_request(project, timeout_seconds=61))
+        runs.create(project, task_request(project, timeout_seconds=61))
     assert refused.value.field == "request.timeout_seconds"
     assert "60" in refused.value.detail
     with engine.connect() as conn:
@@ -732,7 +743,7 @@ def test_submit_refuses_a_timeout_above_the_servers_maximum_and_stores_nothing(
         ).scalar_one()
     assert count == 0 and sender.sent == []
 
-    accepted, _ = runs.submit(project, task_request(project, timeout_seconds=60))
+    accepted, _ = runs.create(project, task_request(project, timeout_seconds=60))
     assert accepted.timeout_seconds == 60
 
 

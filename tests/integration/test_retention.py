@@ -36,6 +36,7 @@ from runs.persistence.tables import (
 from runs.services.access import AccessService
 from runs.services.attempts import AttemptService
 from runs.services.catalog import DefinitionCatalog
+from runs.services.recovery import RecoveryService
 from runs.services.retention import RetentionService
 from runs.services.runs import RunService
 from runs.settings import Settings
@@ -142,6 +143,16 @@ def attempt_service(store: sa.Engine, log: RedisEventLog, ahead: float = 0) -> A
     )
 
 
+def sweeper(store: sa.Engine, log: RedisEventLog, ahead: float = 0) -> RecoveryService:
+    return RecoveryService(
+        store,
+        attempts=attempt_service(store, log, ahead),
+        dispatcher=RecordingDispatcher(sent=[]),
+        events=log,
+        clock=lambda: utcnow() + timedelta(seconds=ahead),
+    )
+
+
 def pruner(store: sa.Engine, log: RedisEventLog, ahead: float = 0) -> RetentionService:
     return RetentionService(store, events=log, clock=lambda: utcnow() + timedelta(seconds=ahead))
 
@@ -154,7 +165,7 @@ def end_through_every_path(store: sa.Engine, log: RedisEventLog, project: Projec
     service, attempts = run_service(store, log), attempt_service(store, log)
 
     def submitted() -> Any:
-        return service.submit(project, task_request(project))[0]
+        return service.create(project, task_request(project))[0]
 
     def started(lease_seconds: float = 30) -> Any:
         claimed = attempts.claim(submitted().ref, owner="w", lease_seconds=lease_seconds)
@@ -166,7 +177,7 @@ def end_through_every_path(store: sa.Engine, log: RedisEventLog, project: Projec
 
     # The sweeper's expiry of a run that waited too long (first: it takes every old pending run).
     expired = submitted()
-    assert attempt_service(store, log, ahead=120).expire_stale(ttl_seconds=60) == 1
+    assert sweeper(store, log, ahead=120).expire_stale(ttl_seconds=60) == 1
     completed, failed = started(), started()
     assert attempts.finish(completed, Outcome(RunStatus.COMPLETED, output={"ok": True}), owner="w")
     assert attempts.finish(failed, Outcome(RunStatus.FAILED, error=RunError("boom")), owner="w")
@@ -177,7 +188,7 @@ def end_through_every_path(store: sa.Engine, log: RedisEventLog, project: Projec
     assert attempts.record_stop(cancelled_running)
     # The sweeper's end of a run whose worker died with no attempt left.
     lost = started(lease_seconds=1)
-    later = attempt_service(store, log, ahead=120)
+    later = sweeper(store, log, ahead=120)
     assert later.reclaim_expired(max_attempts=lambda run: 1, backoff=lambda n: 0.0) == 1
     # A cancel that lost to the run's own end, after its keys had expired already.
     stale = started()

@@ -34,7 +34,7 @@ def test_submit_commits_the_run_before_its_job_is_sent(
         seen_from_another_connection.append(found.status.value if found else None)
 
     dispatcher.dispatch = dispatch  # type: ignore[method-assign]
-    run, duplicate = service.submit(project, task_request(project))
+    run, duplicate = service.create(project, task_request(project))
     assert not duplicate
     assert seen_from_another_connection == ["pending"]
     assert run.status is RunStatus.PENDING and run.root_run_id == run.run_id
@@ -44,15 +44,15 @@ def test_a_broker_failure_at_accept_time_leaves_the_run_pending_not_lost(
     service: RunService, project: Project, dispatcher: RecordingDispatcher
 ) -> None:
     dispatcher.fail = True
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     assert service.get(project, run.run_id).status is RunStatus.PENDING
 
 
 def test_routing_sends_each_target_to_its_queue(
     service: RunService, project: Project, dispatcher: RecordingDispatcher
 ) -> None:
-    echo, _ = service.submit(project, task_request(project))
-    sleep, _ = service.submit(project, task_request(project, "task:sleep"))
+    echo, _ = service.create(project, task_request(project))
+    sleep, _ = service.create(project, task_request(project, "task:sleep"))
     assert dispatcher.sent == [
         ("task:echo", echo.ref, QUEUE),
         ("task:sleep", sleep.ref, SLOW_QUEUE),
@@ -62,10 +62,10 @@ def test_routing_sends_each_target_to_its_queue(
 def test_public_id_makes_a_repeated_create_a_duplicate(
     service: RunService, project: Project, dispatcher: RecordingDispatcher
 ) -> None:
-    first, dup1 = service.submit(
+    first, dup1 = service.create(
         project, task_request(project, public_id="run_fixed-1" + project.id)
     )
-    again, dup2 = service.submit(project, task_request(project, public_id=first.run_id))
+    again, dup2 = service.create(project, task_request(project, public_id=first.run_id))
     assert (dup1, dup2) == (False, True)
     assert again.run_id == first.run_id
     assert len(dispatcher.sent) == 1
@@ -74,8 +74,8 @@ def test_public_id_makes_a_repeated_create_a_duplicate(
 def test_the_same_public_id_in_two_projects_makes_two_independent_runs(
     service: RunService, project: Project, other_project: Project
 ) -> None:
-    mine, dup = service.submit(project, task_request(project, public_id="run_shared"))
-    theirs, their_dup = service.submit(
+    mine, dup = service.create(project, task_request(project, public_id="run_shared"))
+    theirs, their_dup = service.create(
         other_project, task_request(other_project, public_id="run_shared", config={"n": 2})
     )
     assert not dup and not their_dup
@@ -91,9 +91,9 @@ def test_unknown_targets_and_oversized_config_are_refused_and_change_nothing(
     service: RunService, project: Project, engine: sa.Engine
 ) -> None:
     with pytest.raises(UnknownTarget):
-        service.submit(project, task_request(project, "task:nope"))
+        service.create(project, task_request(project, "task:nope"))
     with pytest.raises(PayloadTooLarge):
-        service.submit(project, task_request(project, config={"blob": "x" * 5000}))
+        service.create(project, task_request(project, config={"blob": "x" * 5000}))
     with engine.connect() as conn:
         count = conn.execute(
             sa.select(sa.func.count()).where(runs_table.c.project_id == project.id)
@@ -104,7 +104,7 @@ def test_unknown_targets_and_oversized_config_are_refused_and_change_nothing(
 def test_another_projects_run_is_not_found(
     service: RunService, project: Project, other_project: Project
 ) -> None:
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     with pytest.raises(NotFound):
         service.get(other_project, run.run_id)
     with pytest.raises(NotFound):
@@ -116,7 +116,7 @@ def test_another_projects_run_is_not_found(
 def test_a_claim_is_taken_once(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     first = attempts.claim(run.ref, owner="w1", lease_seconds=30)
     second = attempts.claim(run.ref, owner="w2", lease_seconds=30)
     assert first is not None and first.attempt == 1 and first.started_at is not None
@@ -126,7 +126,7 @@ def test_a_claim_is_taken_once(
 def test_cancelling_a_pending_run_means_it_never_starts(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     cancelled, after = service.cancel(project, run.run_id)
     assert cancelled and after.status is RunStatus.CANCELLED and after.completed_at is not None
     assert after.error == RunError("Run cancelled", code=ErrorCode.CANCELLED)
@@ -138,7 +138,7 @@ def test_cancelling_a_pending_run_means_it_never_starts(
 def test_a_late_result_cannot_overwrite_a_cancelled_run(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     claimed = attempts.claim(run.ref, owner="w", lease_seconds=30)
     assert claimed is not None
     assert attempts.emit(run.ref, started_events(run.target))
@@ -156,7 +156,7 @@ def test_a_late_result_cannot_overwrite_a_cancelled_run(
 def test_terminal_is_final_cancel_after_completion_changes_nothing(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     claimed = attempts.claim(run.ref, owner="w", lease_seconds=30)
     assert claimed is not None
     assert attempts.finish(
@@ -174,7 +174,7 @@ def test_terminal_is_final_cancel_after_completion_changes_nothing(
 def test_finished_events_are_read_from_sql_when_the_stream_is_gone(
     service: RunService, attempts: AttemptService, project: Project, event_log: RedisEventLog
 ) -> None:
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     claimed = attempts.claim(run.ref, owner="w", lease_seconds=30)
     assert claimed is not None
     attempts.emit(run.ref, started_events(run.target))
@@ -188,7 +188,7 @@ def test_finished_events_are_read_from_sql_when_the_stream_is_gone(
 def test_event_pages_are_exclusive_and_ordered(
     service: RunService, attempts: AttemptService, project: Project
 ) -> None:
-    run, _ = service.submit(project, task_request(project))
+    run, _ = service.create(project, task_request(project))
     assert attempts.claim(run.ref, owner="w", lease_seconds=30) is not None
     attempts.emit(run.ref, started_events(run.target))
     from runs.domain.events import log_event
@@ -207,7 +207,7 @@ def test_finishing_a_workflow_run_ends_its_nodes_in_the_same_transaction(
 ) -> None:
     """When a workflow's terminal record is visible, none of its nodes is still active."""
     catalog_has_workflow(engine)
-    run, _ = service.submit(
+    run, _ = service.create(
         project,
         task_request(
             project,

@@ -15,7 +15,8 @@ from runs.persistence.tables import schedules as schedules_table
 from runs.scheduling.catalogue import ScheduleService
 from runs.scheduling.code_schedules import REMOVED, sync_source_schedules
 from runs.services.runs import RunService
-from workers.definitions.registry import DefinitionError, Registry
+from workers.definitions.errors import DefinitionError
+from workers.definitions.registry import Registry
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from runs.persistence import nodes
 from runs.services.access import AccessService
 from runs.services.attempts import AttemptService
 from runs.services.catalog import DefinitionCatalog
+from runs.services.recovery import RecoveryService
 from runs.services.runs import RunService
-from runs.services.workflows import WorkflowState
 from runs.streams.event_log import RedisEventLog
 from runs.wiring import Wired, wire
 from tests.conftest import (
@@ -66,19 +66,25 @@ def attempts_ahead(
     )
 
 
+def sweeper_ahead(
+    engine: sa.Engine, events: RedisEventLog, dispatcher: RecordingDispatcher, ahead: float
+) -> RecoveryService:
+    return RecoveryService(
+        engine,
+        attempts=attempts_ahead(engine, events, dispatcher, ahead),
+        dispatcher=dispatcher,
+        events=events,
+        clock=lambda: utcnow() + timedelta(seconds=ahead),
+    )
+
+
 def sweep_nodes_twice_later(engine: sa.Engine, event_log: RedisEventLog) -> list[tuple[str, str]]:
     """Two sweepers, 120 s from now, re-send stale workflow nodes; what both sent."""
     sent: list[tuple[str, str]] = []
     for _ in range(2):
         dispatcher = RecordingDispatcher(sent=[])
-        state = WorkflowState(
-            engine,
-            runs=service_at(engine, event_log, dispatcher, 120),
-            events=event_log,
-            dispatcher=dispatcher,
-            clock=lambda: utcnow() + timedelta(seconds=120),
-        )
-        state.redispatch_stale(older_than_seconds=60, limit=100_000)
+        sweeper = sweeper_ahead(engine, event_log, dispatcher, 120)
+        sweeper.redispatch_stale_steps(older_than_seconds=60, limit=100_000)
         sent.extend(dispatcher.nodes_sent)
     return sent
 
@@ -87,10 +93,10 @@ def test_a_run_pending_too_long_is_sent_again_exactly_once_by_racing_sweepers(
     engine: sa.Engine, event_log: RedisEventLog, project: Project
 ) -> None:
     down = RecordingDispatcher(sent=[], fail=True)
-    run, _ = service_at(engine, event_log, down, 0).submit(project, task_request(project))
+    run, _ = service_at(engine, event_log, down, 0).create(project, task_request(project))
     first, second = RecordingDispatcher(sent=[]), RecordingDispatcher(sent=[])
-    later_a = attempts_ahead(engine, event_log, first, 120)
-    later_b = attempts_ahead(engine, event_log, second, 120)
+    later_a = sweeper_ahead(engine, event_log, first, 120)
+    later_b = sweeper_ahead(engine, event_log, second, 120)
     later_a.redispatch_stale(older_than_seconds=60, limit=100_000)
     later_b.redispatch_stale(older_than_seconds=60, limit=100_000)
     sent = [s for s in first.sent + second.sent if s[1] == run.ref]
@@ -102,14 +108,16 @@ def test_a_recent_or_started_run_is_not_sent_again(
 ) -> None:
     recorder = RecordingDispatcher(sent=[])
     now_service = service_at(engine, event_log, recorder, 0)
-    fresh, _ = now_service.submit(project, task_request(project))
-    started, _ = now_service.submit(project, task_request(project))
+    fresh, _ = now_service.create(project, task_request(project))
+    started, _ = now_service.create(project, task_request(project))
     now_worker = attempts_ahead(engine, event_log, recorder, 0)
     assert now_worker.claim(started.ref, owner="w", lease_seconds=30) is not None
     recorder.sent.clear()
-    now_worker.redispatch_stale(older_than_seconds=60, limit=100_000)
+    sweeper_ahead(engine, event_log, recorder, 0).redispatch_stale(
+        older_than_seconds=60, limit=100_000
+    )
     later = RecordingDispatcher(sent=[])
-    attempts_ahead(engine, event_log, later, 120).redispatch_stale(
+    sweeper_ahead(engine, event_log, later, 120).redispatch_stale(
         older_than_seconds=60, limit=100_000
     )
     assert fresh.ref not in {s[1] for s in recorder.sent}
@@ -141,7 +149,7 @@ def test_a_run_accepted_while_the_broker_was_down_completes_once_a_worker_sweeps
         project: Project = AccessService(pg_engine).create_project(f"s-{uuid.uuid4().hex[:10]}")
         down = RecordingDispatcher(sent=[], fail=True)
         service = service_at(pg_engine, event_log, down, 0, queue=settings.default_queue)
-        run, _ = service.submit(project, task_request(project))
+        run, _ = service.create(project, task_request(project))
         assert service.get(project, run.run_id).status is RunStatus.PENDING
         deadline = time.monotonic() + 20
         while (current := service.get(project, run.run_id)).status is not RunStatus.COMPLETED:
@@ -157,7 +165,7 @@ def test_a_workflow_step_left_queued_is_sent_again_once(
 ) -> None:
     recorder = RecordingDispatcher(sent=[])
     runs = service_at(engine, event_log, recorder, 0)
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     worker = attempts_ahead(engine, event_log, recorder, 0)
     assert worker.claim(run.ref, owner="w", lease_seconds=30) is not None
     now = utcnow()
@@ -175,7 +183,7 @@ def test_a_workflow_step_whose_worker_lease_ran_out_is_sent_again_once(
 ) -> None:
     recorder = RecordingDispatcher(sent=[])
     runs = service_at(engine, event_log, recorder, 0)
-    run, _ = runs.submit(project, task_request(project))
+    run, _ = runs.create(project, task_request(project))
     worker = attempts_ahead(engine, event_log, recorder, 0)
     assert worker.claim(run.ref, owner="w", lease_seconds=30) is not None
     now = utcnow()
@@ -213,16 +221,16 @@ def test_after_a_sweep_that_could_not_reach_the_database_no_lease_is_reclaimed_f
     lease = 2.0
     settings = base_settings(database_url=str(engine.url), worker_lease_seconds=lease)
     recorder = RecordingDispatcher(sent=[])
-    run, _ = service_at(engine, event_log, recorder, 0).submit(project, task_request(project))
+    run, _ = service_at(engine, event_log, recorder, 0).create(project, task_request(project))
     assert attempts_ahead(engine, event_log, recorder, 0).claim(
         run.ref, owner="w", lease_seconds=30
     )
     wired = wire(settings, pool_size=1, auth_cache_seconds=0)
     try:
         # The sweeper looks from 120 s ahead: this run's lease has lapsed by then.
-        ahead = replace(wired, attempts=attempts_ahead(engine, event_log, recorder, 120))
+        ahead = replace(wired, recovery=sweeper_ahead(engine, event_log, recorder, 120))
         sweeper = Sweeper(settings, Registry())
-        sweeper.sweep_once(replace(wired, attempts=_Unreachable()))  # type: ignore[arg-type]
+        sweeper.sweep_once(replace(wired, recovery=_Unreachable()))  # type: ignore[arg-type]
         assert not sweeper.steady()
         sweeper.sweep_once(ahead)
         loaded = service_at(engine, event_log, recorder, 0).load(run.ref)
@@ -245,9 +253,9 @@ def test_a_round_trip_to_the_database_longer_than_the_renewal_interval_pauses_re
     settings = base_settings(worker_lease_seconds=60)
     sweeper = Sweeper(settings, Registry())
     assert sweeper.steady()
-    sweeper._probe(replace(_wired_stub(), attempts=_Stalled()))  # type: ignore[arg-type]
+    sweeper._probe(replace(_wired_stub(), recovery=_Stalled()))  # type: ignore[arg-type]
     assert not sweeper.steady()
 
 
 def _wired_stub() -> Wired:
-    return Wired(*([None] * 9))  # type: ignore[arg-type]
+    return Wired(*([None] * 10))  # type: ignore[arg-type]

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from workers.definitions.errors import NonRetryableError
 from workers.definitions.registry import task
-from workers.execution.adapters import NonRetryableError
 from workers.execution.context import TaskContext
 
 

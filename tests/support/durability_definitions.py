@@ -11,8 +11,8 @@ from typing import Any
 
 import redis
 
+from workers.definitions.errors import NonRetryableError
 from workers.definitions.registry import command, task
-from workers.execution.adapters import NonRetryableError
 from workers.execution.context import TaskContext
 
 

@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from runs.domain.clock import utcnow
 from runs.domain.runs import RunRef
 from runs.domain.workflows import NodeStatus
-from runs.persistence import nodes, records
+from runs.persistence import nodes, transitions
 from runs.persistence.tables import runs as runs_table
 
 EVENT = "payment.received"
@@ -34,7 +34,7 @@ def park(engine: sa.Engine, run_id: str, *, run_waits: bool = True) -> None:
     now = utcnow()
     ref = ref_of(engine, run_id)
     with engine.begin() as conn:
-        claimed = records.claim_run(
+        claimed = transitions.claim_run(
             conn, ref, worker="test-worker", lease_until=now + timedelta(minutes=5), now=now
         )
         assert claimed is not None, "the run was not pending"

@@ -27,7 +27,8 @@ from workers.definitions.dsl import (
     wait_for_event,
     when,
 )
-from workers.definitions.registry import DefinitionError, Registry
+from workers.definitions.errors import DefinitionError
+from workers.definitions.registry import Registry
 
 
 def noop(ctx: Any) -> None:

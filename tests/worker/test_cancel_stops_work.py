@@ -120,7 +120,7 @@ def skips(pool: WorkerPool) -> int:
 
 def complete(live: Live, project: Project, target: str, config: dict[str, object]) -> Run:
     """Submit a run and wait until it completed."""
-    run, _ = live.runs.submit(project, task_request(project, target, config=config))
+    run, _ = live.runs.create(project, task_request(project, target, config=config))
     done = live.wait_terminal(project, run.run_id, 20)
     assert done.status is RunStatus.COMPLETED, done
     return done
@@ -129,7 +129,7 @@ def complete(live: Live, project: Project, target: str, config: dict[str, object
 def run_pids(live: Live, project: Project, n: int) -> list[int]:
     """Submit ``n`` durable/pid runs at once, wait for them, and return the pids that ran them."""
     submitted = [
-        live.runs.submit(project, task_request(project, "task:durable/pid", config={}))[0]
+        live.runs.create(project, task_request(project, "task:durable/pid", config={}))[0]
         for _ in range(n)
     ]
     pids = []
@@ -142,7 +142,7 @@ def run_pids(live: Live, project: Project, n: int) -> list[int]:
 
 def cancel_running(live: Live, project: Project, target: str, config: dict[str, object]) -> Run:
     """Submit a run, cancel it once a worker runs it, and return the cancelled record."""
-    run, _ = live.runs.submit(project, task_request(project, target, config=config))
+    run, _ = live.runs.create(project, task_request(project, target, config=config))
     live.wait_running(project, run.run_id, 20)
     cancelled, run_now = live.runs.cancel(project, run.run_id)
     assert cancelled is True
@@ -225,7 +225,7 @@ def test_the_wire_shows_when_a_cancel_was_requested_and_when_the_work_stopped(
     try:
         with live_services(idle, pg_engine, event_log) as nobody:
             request = task_request(project, "task:durable/pid", config={"counter": key})
-            pending, _ = nobody.runs.submit(project, request)
+            pending, _ = nobody.runs.create(project, request)
             assert pending.status is RunStatus.PENDING
             was_cancelled, run = nobody.runs.cancel(project, pending.run_id)
             assert was_cancelled is True
@@ -305,7 +305,7 @@ def test_the_same_message_delivered_twice_runs_once(
     queue = durable_pool.settings.default_queue
     skipped = skips(durable_pool)
     request = task_request(project, "task:durable/pid", config={"counter": key, "seconds": 0.5})
-    run, _ = live.runs.submit(project, request)
+    run, _ = live.runs.create(project, request)
     live.dispatcher.dispatch("task:durable/pid", run.ref, queue)
 
     done = live.wait_terminal(project, run.run_id, 20)

@@ -90,7 +90,7 @@ def test_runs_finishing_while_postgresql_restarts_complete_once_with_their_outpu
                     target=JOURNALED,
                     config={"seconds": 0.05 + (i % 5) * 0.05, "journal": str(journal)},
                 )
-                created.append(live.runs.submit(project, request)[0])
+                created.append(live.runs.create(project, request)[0])
             # Restart twice while attempts finish, once fast and once immediate.
             for mode in ("fast", "immediate"):
                 time.sleep(0.4)

@@ -116,7 +116,7 @@ def submit(live: Live, project: Project, seconds: float, prefix: str, **options:
         "counter": f"{prefix}:started:{run_id}",
         "finished": f"{prefix}:finished:{run_id}",
     }
-    run, _ = live.runs.submit(
+    run, _ = live.runs.create(
         project,
         RunRequest(
             kind=RunKind.TASK,
@@ -255,7 +255,7 @@ def test_a_workflow_step_still_running_after_the_drain_time_is_handed_back_uncou
     client, prefix = counters
     worker = pool.start()
     started, finished = f"{prefix}:started:step", f"{prefix}:finished:step"
-    run, _ = live.runs.submit(
+    run, _ = live.runs.create(
         project,
         RunRequest(
             kind=RunKind.WORKFLOW,

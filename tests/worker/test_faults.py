@@ -157,7 +157,7 @@ def fault_project(pg_engine: sa.Engine) -> Project:
 
 
 def submit(live: Live, project: Project, target: str, config: Any, **options: Any) -> Run:
-    run, duplicate = live.runs.submit(
+    run, duplicate = live.runs.create(
         project,
         RunRequest(
             kind=RunKind.TASK,

@@ -123,7 +123,7 @@ def start_workflow(live: Live, project: Project, workflow_id: str) -> str:
         target=f"workflow:{workflow_id}",
         workflow_id=workflow_id,
     )
-    run, _ = live.runs.submit(project, request)
+    run, _ = live.runs.create(project, request)
     return run.run_id
 
 
@@ -140,13 +140,13 @@ def test_flower_shows_each_target_as_a_task_type_that_succeeded(
     # Flower sees the events sent after its receiver connected: wait for a first run to show.
     deadline = time.monotonic() + 60
     while True:
-        warm_up, _ = live.runs.submit(project, task_request(project))
+        warm_up, _ = live.runs.create(project, task_request(project))
         live.wait_terminal(project, warm_up.run_id)
         if succeeded(jobs_of_run(flower_url, "task:echo", warm_up.run_id, timeout=3)):
             break
         assert time.monotonic() < deadline, "Flower saw no run's job within 60 s"
 
-    run, _ = live.runs.submit(project, task_request(project))
+    run, _ = live.runs.create(project, task_request(project))
     workflow_run_id = start_workflow(live, project, "demo-pipeline")
     assert live.wait_terminal(project, run.run_id).status is RunStatus.COMPLETED
     assert live.wait_terminal(project, workflow_run_id).status is RunStatus.COMPLETED
@@ -178,14 +178,14 @@ def test_flower_shows_how_each_run_ended_under_an_id_that_names_the_run_and_its_
     the Celery task id of an attempt's job is ``<run_id>@<attempt>``."""
     deadline = time.monotonic() + 60
     while True:  # Flower sees the events sent after its receiver connected
-        warm_up, _ = live.runs.submit(project, task_request(project))
+        warm_up, _ = live.runs.create(project, task_request(project))
         live.wait_terminal(project, warm_up.run_id)
         if succeeded(jobs_of_run(flower_url, "task:echo", warm_up.run_id, timeout=3)):
             break
         assert time.monotonic() < deadline, "Flower saw no run's job within 60 s"
 
     def submit(target: str, **changes: Any) -> str:
-        return live.runs.submit(project, task_request(project, target, **changes))[0].run_id
+        return live.runs.create(project, task_request(project, target, **changes))[0].run_id
 
     completed = submit("task:echo")
     failed = submit("task:fail", config={"message": "boom"})

@@ -194,7 +194,7 @@ def lines_about(worker: JsonWorker, run_id: str, timeout: float = 10) -> list[di
 def test_the_lines_a_task_run_logs_in_a_worker_name_its_run_attempt_and_queue(
     json_worker: JsonWorker, live: Live, project: Project
 ) -> None:
-    run, _ = live.runs.submit(project, task_request(project))
+    run, _ = live.runs.create(project, task_request(project))
     assert live.wait_terminal(project, run.run_id).status is RunStatus.COMPLETED
     about = lines_about(json_worker, run.run_id)
     assert about, "no line names the run"
@@ -219,7 +219,7 @@ def test_the_lines_of_a_workflow_run_name_its_steps(
         target="workflow:demo-pipeline",
         workflow_id="demo-pipeline",
     )
-    run, _ = live.runs.submit(project, request)
+    run, _ = live.runs.create(project, request)
     assert live.wait_terminal(project, run.run_id).status is RunStatus.COMPLETED
     about = lines_about(json_worker, run.run_id)
     assert about and all(set(RUN_FIELDS) <= set(e) for e in about)

@@ -323,7 +323,7 @@ def test_runs_per_active_status_are_counted_exactly(
         project = AccessService(engine).create_project(f"counts-{uuid.uuid4().hex[:8]}")
         with engine.connect() as conn:
             before = active_counts(conn)
-        made = [service.submit(project, task_request(project))[0] for _ in range(5)]
+        made = [service.create(project, task_request(project))[0] for _ in range(5)]
         with engine.begin() as conn:
             states = ["running", "running", "waiting", "completed"]
             for run, status in zip(made, states, strict=False):

@@ -59,7 +59,7 @@ def test_a_run_longer_than_a_redis_visibility_timeout_is_delivered_once_on_rabbi
     settings: Settings = short_visibility_pool.settings
     project = AccessService(pg_engine).create_project(f"rabbit-{uuid.uuid4().hex[:12]}")
     with live_services(settings, pg_engine, event_log) as live:
-        run, _ = live.runs.submit(
+        run, _ = live.runs.create(
             project,
             RunRequest(
                 kind=RunKind.TASK,

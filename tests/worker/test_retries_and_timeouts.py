@@ -64,7 +64,7 @@ def executions(counter: tuple[str, redis.Redis]) -> int:
 
 def submit(live: Live, project: Project, target: str, **request: Any) -> Run:
     request.setdefault("config", {})
-    run, duplicate = live.runs.submit(project, task_request(project, f"task:{target}", **request))
+    run, duplicate = live.runs.create(project, task_request(project, f"task:{target}", **request))
     assert not duplicate
     return run
 

@@ -35,7 +35,7 @@ def project(pg_engine: sa.Engine) -> Project:
 
 
 def start(live: Live, project: Project, workflow_id: str) -> Run:
-    run, _ = live.runs.submit(
+    run, _ = live.runs.create(
         project,
         RunRequest(
             kind=RunKind.WORKFLOW,
@@ -62,7 +62,7 @@ def test_a_step_spinning_past_its_timeout_is_interrupted_and_fails_the_workflow(
         finished and finished[-1]["status"] == "failed" and "timed out" in finished[-1]["message"]
     )
     # The pool process that ran it is free again.
-    echo, _ = live.runs.submit(project, task_request(project, "task:durable/pid", config={}))
+    echo, _ = live.runs.create(project, task_request(project, "task:durable/pid", config={}))
     assert live.wait_terminal(project, echo.run_id, timeout=10).status is RunStatus.COMPLETED
 
 

@@ -92,7 +92,7 @@ def test_the_worker_registers_its_definitions_in_the_catalogue(
 def test_an_echo_run_completes_with_its_terminal_record_and_lifecycle_events(
     live: RunService, project: Project
 ) -> None:
-    run, _ = live.submit(project, task_request(project, config={"a": [1, 2]}))
+    run, _ = live.create(project, task_request(project, config={"a": [1, 2]}))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.COMPLETED
     assert done.output == {"a": [1, 2]}
@@ -109,7 +109,7 @@ def test_an_echo_run_completes_with_its_terminal_record_and_lifecycle_events(
 def test_a_failing_task_fails_the_run_with_its_error_and_logs(
     live: RunService, project: Project
 ) -> None:
-    run, _ = live.submit(project, task_request(project, "task:fail", config={"message": "nope"}))
+    run, _ = live.create(project, task_request(project, "task:fail", config={"message": "nope"}))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.FAILED and done.exit_code == 1
     assert done.error is not None
@@ -123,7 +123,7 @@ def test_a_failing_task_fails_the_run_with_its_error_and_logs(
 def test_an_unexpected_exception_is_recorded_with_its_type(
     live: RunService, project: Project
 ) -> None:
-    run, _ = live.submit(project, task_request(project, "task:test/crash"))
+    run, _ = live.create(project, task_request(project, "task:test/crash"))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.FAILED and done.error is not None
     assert done.error.message == "boom" and done.error.code == "task_error"
@@ -131,7 +131,7 @@ def test_an_unexpected_exception_is_recorded_with_its_type(
 
 
 def test_async_tasks_run(live: RunService, project: Project) -> None:
-    run, _ = live.submit(project, task_request(project, "task:test/async", config={"x": 1}))
+    run, _ = live.create(project, task_request(project, "task:test/async", config={"x": 1}))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.COMPLETED
     assert done.output == {"async": True, "config": {"x": 1}}
@@ -140,7 +140,7 @@ def test_async_tasks_run(live: RunService, project: Project) -> None:
 def test_logs_custom_events_and_artifacts_reach_the_run_and_its_events(
     live: RunService, project: Project
 ) -> None:
-    run, _ = live.submit(project, task_request(project, "task:test/observable"))
+    run, _ = live.create(project, task_request(project, "task:test/observable"))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.COMPLETED
     assert done.logs == "INFO first line\nWARNING second line"
@@ -164,9 +164,9 @@ def test_logs_custom_events_and_artifacts_reach_the_run_and_its_events(
 def test_input_and_output_models_validate_the_config_and_the_result(
     live: RunService, project: Project
 ) -> None:
-    good, _ = live.submit(project, task_request(project, "task:test/typed", config={"n": 21}))
-    bad, _ = live.submit(project, task_request(project, "task:test/typed", config={"n": "x"}))
-    unserialisable, _ = live.submit(project, task_request(project, "task:test/bad-output"))
+    good, _ = live.create(project, task_request(project, "task:test/typed", config={"n": 21}))
+    bad, _ = live.create(project, task_request(project, "task:test/typed", config={"n": "x"}))
+    unserialisable, _ = live.create(project, task_request(project, "task:test/bad-output"))
     assert wait_terminal(live, project, good.run_id).output == {"doubled": 42}
     failed = wait_terminal(live, project, bad.run_id)
     assert failed.status is RunStatus.FAILED and failed.error is not None
@@ -178,7 +178,7 @@ def test_input_and_output_models_validate_the_config_and_the_result(
 def test_the_same_job_delivered_twice_runs_once(
     live: RunService, project: Project, pool: WorkerPool
 ) -> None:
-    run, _ = live.submit(project, task_request(project))
+    run, _ = live.create(project, task_request(project))
     dispatcher = CeleryDispatcher.from_settings(pool.settings)
     dispatcher.dispatch("task:echo", run.ref, pool.settings.default_queue)
     dispatcher.close()
@@ -190,7 +190,7 @@ def test_the_same_job_delivered_twice_runs_once(
 
 def test_cancel_stops_running_work_and_frees_the_worker(live: RunService, project: Project) -> None:
     sleepers = [
-        live.submit(project, task_request(project, "task:sleep", config={"seconds": 60}))[0]
+        live.create(project, task_request(project, "task:sleep", config={"seconds": 60}))[0]
         for _ in range(2)
     ]
     deadline = time.monotonic() + 20
@@ -202,7 +202,7 @@ def test_cancel_stops_running_work_and_frees_the_worker(live: RunService, projec
         assert cancelled and run.status is RunStatus.CANCELLED
     # Both pool processes were busy sleeping; a new run completes only if the sleeps stopped.
     started = time.monotonic()
-    echo, _ = live.submit(project, task_request(project))
+    echo, _ = live.create(project, task_request(project))
     assert wait_terminal(live, project, echo.run_id, timeout=10).status is RunStatus.COMPLETED
     assert time.monotonic() - started < 5
     for sleeper in sleepers:
@@ -215,7 +215,7 @@ def test_a_visible_terminal_event_implies_the_terminal_record(
     live: RunService, project: Project, event_log: RedisEventLog
 ) -> None:
     for _ in range(5):
-        run, _ = live.submit(project, task_request(project))
+        run, _ = live.create(project, task_request(project))
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             types = [e.event_type for e in event_log.read(run.ref, after=0, limit=100)]
@@ -229,7 +229,7 @@ def test_a_visible_terminal_event_implies_the_terminal_record(
 def test_events_of_a_finished_run_survive_the_loss_of_its_stream(
     live: RunService, project: Project, event_log: RedisEventLog
 ) -> None:
-    run, _ = live.submit(project, task_request(project, "task:test/observable"))
+    run, _ = live.create(project, task_request(project, "task:test/observable"))
     wait_terminal(live, project, run.run_id)
     before = live.events(project, run.run_id, after=0, limit=100).items
     event_log.client.delete(f"runs:{{{run.ref.key}}}:events", f"runs:{{{run.ref.key}}}:meta")
@@ -245,7 +245,7 @@ def test_what_a_task_produces_is_stored_readable_with_invalid_text_replaced(
 ) -> None:
     """Lone surrogates and NUL characters become U+FFFD and non-finite numbers null, in the
     output, logs, artifacts and event payloads, so that every read of the run answers."""
-    run, _ = live.submit(project, task_request(project, "task:test/unclean"))
+    run, _ = live.create(project, task_request(project, "task:test/unclean"))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.COMPLETED, done.error
     assert done.output == {CLEANED: [CLEANED, None]}
@@ -262,7 +262,7 @@ def test_what_a_task_produces_is_stored_readable_with_invalid_text_replaced(
 def test_a_failure_message_with_invalid_text_is_stored_readable(
     live: RunService, project: Project
 ) -> None:
-    run, _ = live.submit(project, task_request(project, "task:test/unclean-failure"))
+    run, _ = live.create(project, task_request(project, "task:test/unclean-failure"))
     done = wait_terminal(live, project, run.run_id)
     assert done.status is RunStatus.FAILED
     assert done.error == RunError(message=CLEANED, code="unclean", detail={CLEANED: None})
@@ -298,7 +298,7 @@ def test_the_worker_tells_flower_a_job_was_received_and_how_it_ended(
     """Task events as Flower needs them: the job received (its target as the task name, its id
     the run's id and attempt), started, and its outcome."""
     with _task_events(pool.settings) as seen:
-        run, _ = live.submit(project, task_request(project))
+        run, _ = live.create(project, task_request(project))
         assert wait_terminal(live, project, run.run_id).status is RunStatus.COMPLETED
         received = _await_event(seen, lambda e: run.run_id in str(e.get("args")))
         assert received["type"] == "task-received" and received["name"] == "task:echo"
@@ -335,7 +335,7 @@ def test_a_stopping_worker_sends_the_task_events_it_holds(
     try:
         wait_until_consuming(settings, worker, log_path)
         with _task_events(settings) as seen:
-            run, _ = service.submit(project, task_request(project))
+            run, _ = service.create(project, task_request(project))
             wait_terminal(service, project, run.run_id)
             worker.terminate()  # well before the batch is due
             assert worker.wait(timeout=15) == 0

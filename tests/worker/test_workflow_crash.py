@@ -18,7 +18,7 @@ from runs.messaging.routing import Router
 from runs.services.access import AccessService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
-from runs.services.workflows import WorkflowState
+from runs.services.workflows import WorkflowService
 from runs.streams.event_log import RedisEventLog
 from tests.conftest import base_settings, start_worker, stop_worker, wait_until_consuming
 from tests.support.redis_hygiene import own
@@ -65,9 +65,9 @@ def test_a_step_interrupted_by_sigkill_is_retried_and_finished_steps_are_not_rer
             catalog=DefinitionCatalog(pg_engine, cache_seconds=0),
             max_input_bytes=65536,
         )
-        state = WorkflowState(pg_engine, runs=runs, events=event_log, dispatcher=dispatcher)
+        state = WorkflowService(pg_engine, runs=runs, events=event_log, dispatcher=dispatcher)
         project = AccessService(pg_engine).create_project(f"k-{uuid.uuid4().hex[:10]}")
-        run, _ = runs.submit(
+        run, _ = runs.create(
             project,
             RunRequest(
                 kind=RunKind.WORKFLOW,

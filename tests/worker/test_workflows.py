@@ -18,7 +18,7 @@ from runs.persistence.records import RunFilters
 from runs.services.access import AccessService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
-from runs.services.workflows import WorkflowState
+from runs.services.workflows import WorkflowService
 from runs.streams.event_log import RedisEventLog
 from tests.conftest import WorkerPool
 
@@ -28,7 +28,7 @@ pytestmark = pytest.mark.worker
 @pytest.fixture(scope="module")
 def services(
     worker_pool: WorkerPool, pg_engine: sa.Engine, event_log: RedisEventLog
-) -> Iterator[tuple[RunService, WorkflowState]]:
+) -> Iterator[tuple[RunService, WorkflowService]]:
     dispatcher = CeleryDispatcher.from_settings(worker_pool.settings)
     router = Router([], worker_pool.settings.default_queue)
     runs = RunService(
@@ -41,18 +41,18 @@ def services(
     )
     yield (
         runs,
-        WorkflowState(pg_engine, runs=runs, events=event_log, dispatcher=dispatcher),
+        WorkflowService(pg_engine, runs=runs, events=event_log, dispatcher=dispatcher),
     )
     dispatcher.close()
 
 
 @pytest.fixture
-def live(services: tuple[RunService, WorkflowState]) -> RunService:
+def live(services: tuple[RunService, WorkflowService]) -> RunService:
     return services[0]
 
 
 @pytest.fixture
-def waits(services: tuple[RunService, WorkflowState]) -> WorkflowState:
+def waits(services: tuple[RunService, WorkflowService]) -> WorkflowService:
     return services[1]
 
 
@@ -62,7 +62,7 @@ def project(pg_engine: sa.Engine) -> Project:
 
 
 def start(live: RunService, project: Project, workflow_id: str, input: Any = None) -> Run:
-    run, _ = live.submit(
+    run, _ = live.create(
         project,
         RunRequest(
             kind=RunKind.WORKFLOW,
@@ -124,12 +124,12 @@ def test_the_demo_pipeline_completes(live: RunService, project: Project) -> None
     assert done.logs is not None and done.logs.startswith("[analyze] INFO counting words")
 
 
-def node_statuses(waits: WorkflowState, ref: RunRef) -> dict[str, str]:
+def node_statuses(waits: WorkflowService, ref: RunRef) -> dict[str, str]:
     return {k: v.status.value for k, v in waits.nodes(ref).items()}
 
 
 def test_parallel_steps_run_at_the_same_time_on_two_workers(
-    live: RunService, project: Project, waits: WorkflowState
+    live: RunService, project: Project, waits: WorkflowService
 ) -> None:
     run = start(live, project, "test/parallel-sleeps")
     done = wait_status(live, project, run.run_id, TERMINAL)
@@ -143,7 +143,7 @@ def test_parallel_steps_run_at_the_same_time_on_two_workers(
 
 
 def test_a_race_takes_the_first_result_and_cancels_the_rest(
-    live: RunService, project: Project, waits: WorkflowState
+    live: RunService, project: Project, waits: WorkflowService
 ) -> None:
     run = start(live, project, "test/race")
     done = wait_status(live, project, run.run_id, TERMINAL, timeout=15)
@@ -171,7 +171,7 @@ def test_all_settled_reports_every_outcome_and_does_not_fail_the_run(
     ("big", "taken", "skipped"), [(True, "big", "small"), (False, "small", "big")]
 )
 def test_a_branch_runs_one_arm_and_skips_the_other(
-    live: RunService, project: Project, waits: WorkflowState, big: bool, taken: str, skipped: str
+    live: RunService, project: Project, waits: WorkflowService, big: bool, taken: str, skipped: str
 ) -> None:
     run = start(live, project, "test/branch", {"big": big})
     done = wait_status(live, project, run.run_id, TERMINAL)
@@ -195,7 +195,7 @@ def test_a_step_is_retried_until_it_succeeds(live: RunService, project: Project)
 
 
 def test_a_failed_step_fails_the_run_and_names_the_node(
-    live: RunService, project: Project, waits: WorkflowState
+    live: RunService, project: Project, waits: WorkflowService
 ) -> None:
     run = start(live, project, "test/failing")
     done = wait_status(live, project, run.run_id, TERMINAL)
@@ -206,7 +206,7 @@ def test_a_failed_step_fails_the_run_and_names_the_node(
 
 
 def test_an_approval_resumes_a_waiting_run(
-    live: RunService, project: Project, waits: WorkflowState
+    live: RunService, project: Project, waits: WorkflowService
 ) -> None:
     run = start(live, project, "test/approval")
     parked = wait_status(live, project, run.run_id, {RunStatus.WAITING})
@@ -217,7 +217,7 @@ def test_an_approval_resumes_a_waiting_run(
 
 
 def test_a_rejected_approval_fails_the_run(
-    live: RunService, project: Project, waits: WorkflowState
+    live: RunService, project: Project, waits: WorkflowService
 ) -> None:
     run = start(live, project, "test/approval")
     wait_status(live, project, run.run_id, {RunStatus.WAITING})
@@ -228,7 +228,7 @@ def test_a_rejected_approval_fails_the_run(
 
 
 def test_a_signal_resumes_a_run_waiting_for_that_event(
-    live: RunService, project: Project, waits: WorkflowState
+    live: RunService, project: Project, waits: WorkflowService
 ) -> None:
     run = start(live, project, "test/event")
     parked = wait_status(live, project, run.run_id, {RunStatus.WAITING})
@@ -250,7 +250,7 @@ def test_a_wait_that_times_out_fails_the_run(live: RunService, project: Project)
 
 
 def test_cancelling_a_workflow_stops_its_running_step(
-    live: RunService, project: Project, waits: WorkflowState
+    live: RunService, project: Project, waits: WorkflowService
 ) -> None:
     run = start(live, project, "test/long")
     deadline = time.monotonic() + 15

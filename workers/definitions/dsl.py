@@ -11,13 +11,10 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from runs.domain.runs import DEFINITION_ID_PATTERN
+from workers.definitions.errors import WorkflowDefinitionError
 
 Strategy = Literal["all", "race", "all_settled"]
 Backoff = Literal["fixed", "linear", "exponential"]
-
-
-class WorkflowDefinitionError(Exception):
-    """A workflow definition is invalid: the message names the workflow and the node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,70 +206,90 @@ def compile_workflow(
         raise WorkflowDefinitionError(f"workflow id {id!r} is not a valid definition id")
     if not steps:
         raise WorkflowDefinitionError(f"workflow {id!r} has no steps")
-    placed: dict[str, Placed] = {}
-    members: dict[tuple[str, str | None], tuple[str, ...]] = {}
+    placer = _Placer(id, known_tasks)
+    roots = placer.place_sequence(steps, None, None)
+    _check_references(id, placer.placed)
+    _check_acyclic(id, placer.placed)
+    return WorkflowDefinition(
+        id=id, nodes=placer.placed, roots=roots, members=placer.members, **options
+    )
+
+
+class _Placer:
+    """Places a workflow's nodes: each in its container (a group, or a branch's arm) with what
+    it depends on, checking each as it goes."""
+
+    def __init__(self, workflow_id: str, known_tasks: Callable[[str], bool]) -> None:
+        self._id = workflow_id
+        self._known_tasks = known_tasks
+        self.placed: dict[str, Placed] = {}
+        self.members: dict[tuple[str, str | None], tuple[str, ...]] = {}
+
+    def _error(self, message: str) -> WorkflowDefinitionError:
+        return WorkflowDefinitionError(f"workflow {self._id!r}: {message}")
 
     def place_sequence(
-        items: Sequence[Node], container: str | None, arm: Literal["then", "otherwise"] | None
+        self,
+        items: Sequence[Node],
+        container: str | None,
+        arm: Literal["then", "otherwise"] | None,
     ) -> tuple[str, ...]:
         previous: str | None = None
         ids: list[str] = []
         for item in items:
             if not isinstance(item, Node):
-                raise WorkflowDefinitionError(f"workflow {id!r}: {item!r} is not a node")
+                raise self._error(f"{item!r} is not a node")
             deps = (
                 item.depends_on
                 if item.depends_on is not None
                 else ((previous,) if previous else ())
             )
-            place(item, container, arm, deps)
+            self.place(item, container, arm, deps)
             ids.append(item.id)
             previous = item.id
         return tuple(ids)
 
     def place(
+        self,
         item: Node,
         container: str | None,
         arm: Literal["then", "otherwise"] | None,
         deps: tuple[str, ...],
     ) -> None:
         if not isinstance(item, Node):
-            raise WorkflowDefinitionError(f"workflow {id!r}: {item!r} is not a node")
+            raise self._error(f"{item!r} is not a node")
         if not DEFINITION_ID_PATTERN.fullmatch(item.id):
-            raise WorkflowDefinitionError(f"workflow {id!r}: node id {item.id!r} is not valid")
-        if item.id in placed:
-            raise WorkflowDefinitionError(f"workflow {id!r}: node id {item.id!r} is used twice")
-        placed[item.id] = Placed(item, container, arm, deps)
+            raise self._error(f"node id {item.id!r} is not valid")
+        if item.id in self.placed:
+            raise self._error(f"node id {item.id!r} is used twice")
+        self.placed[item.id] = Placed(item, container, arm, deps)
         if isinstance(item, Step):
-            if item.task is not None and not known_tasks(item.task):
-                raise WorkflowDefinitionError(
-                    f"workflow {id!r}: step {item.id!r} uses unknown task {item.task!r}; "
-                    "register it with @task before the workflow"
-                )
-            if item.task is None and item.fn is None:
-                raise WorkflowDefinitionError(f"workflow {id!r}: step {item.id!r} runs nothing")
+            self._check_step(item)
         elif isinstance(item, Parallel):
             if not item.children:
-                raise WorkflowDefinitionError(f"workflow {id!r}: parallel {item.id!r} is empty")
+                raise self._error(f"parallel {item.id!r} is empty")
             for child in item.children:
                 if not isinstance(child, Node):
-                    raise WorkflowDefinitionError(f"workflow {id!r}: {child!r} is not a node")
-                place(child, item.id, None, child.depends_on or ())
-            members[(item.id, None)] = tuple(c.id for c in item.children)
+                    raise self._error(f"{child!r} is not a node")
+                self.place(child, item.id, None, child.depends_on or ())
+            self.members[(item.id, None)] = tuple(c.id for c in item.children)
         elif isinstance(item, Branch):
             if item.condition is None:
-                raise WorkflowDefinitionError(
-                    f"workflow {id!r}: branch {item.id!r} has no condition"
-                )
-            members[(item.id, "then")] = place_sequence(item.then, item.id, "then")
-            members[(item.id, "otherwise")] = place_sequence(item.otherwise, item.id, "otherwise")
+                raise self._error(f"branch {item.id!r} has no condition")
+            self.members[(item.id, "then")] = self.place_sequence(item.then, item.id, "then")
+            otherwise = self.place_sequence(item.otherwise, item.id, "otherwise")
+            self.members[(item.id, "otherwise")] = otherwise
         elif isinstance(item, Wait) and item.kind == "event" and not item.event:
-            raise WorkflowDefinitionError(f"workflow {id!r}: wait {item.id!r} names no event")
+            raise self._error(f"wait {item.id!r} names no event")
 
-    roots = place_sequence(steps, None, None)
-    _check_references(id, placed)
-    _check_acyclic(id, placed)
-    return WorkflowDefinition(id=id, nodes=placed, roots=roots, members=members, **options)
+    def _check_step(self, item: Step) -> None:
+        if item.task is not None and not self._known_tasks(item.task):
+            raise self._error(
+                f"step {item.id!r} uses unknown task {item.task!r}; "
+                "register it with @task before the workflow"
+            )
+        if item.task is None and item.fn is None:
+            raise self._error(f"step {item.id!r} runs nothing")
 
 
 def _check_references(workflow_id: str, placed: dict[str, Placed]) -> None:

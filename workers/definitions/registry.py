@@ -18,13 +18,10 @@ from runs.domain.definitions import Definition
 from runs.domain.runs import DEFINITION_ID_PATTERN
 from runs.domain.schedules import SourceSchedule
 from workers.definitions.dsl import Node, Retry, WorkflowDefinition, compile_workflow
-from workers.execution.commands import DEFAULT_ENV_ALLOW, Command
+from workers.definitions.errors import DefinitionError
+from workers.definitions.specs import DEFAULT_ENV_ALLOW, Command
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class DefinitionError(Exception):
-    """A definition is invalid or clashes with another; fix it before starting workers."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,31 +11,11 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from runs.domain.runs import ErrorCode, Outcome, RunError, RunStatus
+from workers.definitions.errors import OutputError, RunCancelled, RunInterrupted, TaskFailed
 from workers.definitions.registry import TaskDefinition
 from workers.execution.commands import run_command
-from workers.execution.context import RunCancelled, TaskContext, failed_outcome
-from workers.execution.guard import Interrupter, RunInterrupted
-
-
-class TaskFailed(Exception):
-    """Raise from a task to fail this attempt with a chosen ``code`` and JSON ``detail``.
-
-    The run is retried while it has attempts left (``backoff_limit``)."""
-
-    retryable = True
-
-    def __init__(
-        self, message: str, *, code: str = ErrorCode.TASK_FAILED, detail: Any = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.detail = detail
-
-
-class NonRetryableError(TaskFailed):
-    """Raise from a task to fail its run at once, whatever attempts it has left."""
-
-    retryable = False
+from workers.execution.context import TaskContext, failed_outcome
+from workers.execution.guard import Interrupter
 
 
 def run_definition(
@@ -89,7 +69,7 @@ def run_in_process(
         )
     except TaskFailed as exc:
         return failed_outcome(ctx, exc.code, str(exc), exc.detail, retryable=exc.retryable)
-    except _OutputError as exc:
+    except OutputError as exc:
         return failed_outcome(ctx, ErrorCode.INVALID_OUTPUT, str(exc), None, retryable=False)
     except Exception as exc:
         return failed_outcome(
@@ -103,22 +83,18 @@ def run_in_process(
     )
 
 
-class _OutputError(Exception):
-    pass
-
-
 def _to_json(result: Any, model: type[BaseModel] | None) -> Any:
     if model is not None:
         try:
             result = model.model_validate(result)
         except ValidationError as exc:
-            raise _OutputError(f"the task's result does not match its output model: {exc}") from exc
+            raise OutputError(f"the task's result does not match its output model: {exc}") from exc
     if isinstance(result, BaseModel):
         return result.model_dump(mode="json")
     try:
         json.dumps(result)
     except (TypeError, ValueError) as exc:
-        raise _OutputError(f"the task's result is not JSON-serialisable: {exc}") from exc
+        raise OutputError(f"the task's result is not JSON-serialisable: {exc}") from exc
     return result
 
 

@@ -20,25 +20,12 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from runs.domain.runs import ErrorCode, Outcome, RunStatus
+from workers.definitions.specs import Command
 from workers.execution.context import TaskContext, failed_outcome
-
-DEFAULT_ENV_ALLOW = ("PATH", "LANG", "LC_ALL", "TZ", "HOME")
-
-
-@dataclass(frozen=True, slots=True)
-class Command:
-    """What a process-backed task runs. ``argv`` may be a function of the run's config."""
-
-    argv: Sequence[str] | Callable[[dict[str, Any]], Sequence[str]]
-    env_allow: Sequence[str] = DEFAULT_ENV_ALLOW
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: str | None = None
 
 
 def run_command(

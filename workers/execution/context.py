@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from runs.domain.events import LIFECYCLE_EVENT_TYPES, NewEvent, log_event
 from runs.domain.runs import Outcome, RunError, RunStatus
 from runs.domain.text import clean_text
+from workers.definitions.errors import RunCancelled
 from workers.execution.outbox import EventOutbox
 
 if TYPE_CHECKING:
@@ -22,10 +23,6 @@ CUSTOM_EVENT_TYPE = re.compile(r"^[A-Z][A-Z0-9_]{0,99}$")
 TRUNCATED_MARKER = (
     "[runs] log truncated: this run wrote more than its log limit (RUNS_MAX_LOG_BYTES)"
 )
-
-
-class RunCancelled(Exception):
-    """Raised by ``ctx.raise_if_cancelled()`` once the run has been cancelled."""
 
 
 class _CaptureHandler(logging.Handler):

@@ -27,15 +27,11 @@ from types import FrameType
 
 from runs.domain.runs import Lease
 from runs.services.transient import TRANSIENT_ERRORS
+from workers.definitions.errors import RunInterrupted
 
 log = logging.getLogger(__name__)
 
 _INTERRUPT_SIGNAL = signal.SIGUSR2
-
-
-class RunInterrupted(BaseException):
-    """Raised inside a task the worker is stopping. A ``BaseException``, so that a task's
-    ``except Exception`` does not swallow it."""
 
 
 class StopReason(StrEnum):

@@ -24,17 +24,17 @@ from runs.client.calls import (
 from runs.client.errors import WaitTimeout
 from runs.domain.projects import Project
 from runs.domain.runs import Run
+from runs.schemas.common import PageInfo
 from runs.schemas.runs import (
     CancelRunOut,
     CreateRunIn,
     CreateRunOut,
-    PageInfo,
     RunEventListOut,
     RunEventOut,
     RunOut,
 )
 from runs.services.runs import RunService
-from workers.execution.context import RunCancelled
+from workers.definitions.errors import RunCancelled
 from workers.execution.runtime import WorkerRuntime
 
 POLL_INTERVALS = (0.05, 0.1, 0.2, 0.5, 1.0)
@@ -73,7 +73,7 @@ class ProjectRuns:
     def _submit(self, body: Any) -> CreateRunOut:
         # Checked as the API checks a request body, with the same messages.
         request = CreateRunIn.model_validate(body).to_request()
-        run, duplicate = self._runs.submit(self.project, request)
+        run, duplicate = self._runs.create(self.project, request)
         return CreateRunOut(accepted=True, duplicate=duplicate, run=RunOut.from_run(run))
 
     def get(self, run_id: str) -> RunOut:

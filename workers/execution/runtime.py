@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from runs.services.access import AccessService
 from runs.services.attempts import AttemptService
 from runs.services.runs import RunService
-from runs.services.workflows import WorkflowState
+from runs.services.workflows import WorkflowService
 from runs.settings import Settings
 from runs.streams.event_log import RedisEventLog
 from runs.wiring import wire
@@ -24,7 +24,7 @@ class WorkerRuntime:
     registry: Registry
     runs: RunService
     attempts: AttemptService
-    workflows: WorkflowState
+    workflows: WorkflowService
     access: AccessService
     events: RedisEventLog
     monitor: CancelMonitor

@@ -19,8 +19,8 @@ from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunKind, RunRef,
 from runs.domain.workflows import NodeRecord, NodeStatus, approval_reason, event_reason
 from runs.observability.json_logs import bind_run_fields, run_log_fields
 from workers.definitions.dsl import Step, WorkflowDefinition
+from workers.execution.results import DROPPED, SKIPPED, ended
 from workers.execution.runtime import WorkerRuntime
-from workers.flower_events import DROPPED, SKIPPED, ended
 from workers.workflows.planner import (
     Action,
     Cancel,

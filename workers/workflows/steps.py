@@ -4,14 +4,12 @@ task, record the outcome with a retry when the policy allows, then re-plan the r
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
 from runs.domain.clock import utcnow
-from runs.domain.events import STEP_STARTED, NewEvent
+from runs.domain.events import STEP_STARTED, step_event
 from runs.domain.runs import (
     ErrorCode,
     Lease,
@@ -25,14 +23,11 @@ from runs.domain.runs import (
 )
 from runs.domain.workflows import NodeRecord, NodeStatus
 from runs.observability.json_logs import bind_run_fields, run_log_fields
-from runs.services.transient import patiently
-from runs.services.workflows import step_event
 from workers.definitions.dsl import Step, WorkflowDefinition
 from workers.definitions.registry import TaskDefinition
-from workers.execution.adapters import run_definition
-from workers.execution.context import TaskContext, failed_outcome
-from workers.execution.guard import AttemptGuard, Interrupter, StopReason
-from workers.execution.project_runs import project_runs
+from workers.execution.guard import StopReason
+from workers.execution.results import DEFERRED, HANDED_BACK, SKIPPED
+from workers.execution.runner import AttemptRunner, Ran
 from workers.execution.runtime import WorkerRuntime
 from workers.workflows.engine import WorkflowEngine
 from workers.workflows.planner import WorkflowContext, context_for
@@ -100,38 +95,18 @@ class StepRunner:
         if run is None:
             run = self._runs.load(ref)
             if run is None or run.status.is_terminal:
-                return "skipped: run ended"
+                return f"{SKIPPED}: run ended"
         self._run = run
         bind_run_fields(**run_log_fields(run), node_id=node_id)  # until the job ends
         definition = self._rt.registry.resolve_workflow(run.target)
         step = definition.nodes[node_id].node
         assert isinstance(step, Step)
-        lease = self._rt.settings.worker_lease_seconds
-        claim = self._state.claim
         node, owner = claimed if claimed is not None else (None, self._rt.new_owner())
-        node = node or claim(ref, node_id, owner=owner, lease_seconds=lease)
         if node is None:
-            # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
-            node = claim(
-                ref, node_id, owner=owner, lease_seconds=lease, from_status=NodeStatus.RUNNING
-            )
-            if node is None:
-                left = self._state.lease_left(ref, node_id)
-                if left > 0:
-                    self._state.dispatch(run, node_id=node_id, countdown=left + 0.2)
-                    return "deferred: the node's lease is still held"
-                return "skipped: node not queued"
-            retry = step.retry or definition.retry
-            if node.attempt > (retry.max_attempts if retry else 1):
-                lost = Outcome(
-                    RunStatus.FAILED,
-                    error=RunError(
-                        f"the worker running step {node_id!r} was lost", code=ErrorCode.WORKER_LOST
-                    ),
-                    exit_code=1,
-                )
-                self._record(run, definition, step, node, lost, retry_allowed=False)
-                return None
+            taken = self._take(run, definition, step, node_id, owner)
+            if not isinstance(taken, NodeRecord):
+                return taken
+            node = taken
         bind_run_fields(attempt=node.attempt)  # the step's attempt
         self._attempts.emit(
             ref,
@@ -143,9 +118,47 @@ class StepRunner:
         wctx = context_for(run.run_id, run.input, nodes)
         outcome = self._execute(run, definition, step, node, owner, wctx)
         if outcome is None:
-            return "handed back: the worker is shutting down"
+            return f"{HANDED_BACK}: the worker is shutting down"
         done = self._record(run, definition, step, node, outcome)
         self._nodes_after = _nodes_after(definition, known, done)
+        return None
+
+    def _take(
+        self,
+        run: Run,
+        definition: WorkflowDefinition,
+        step: Step,
+        node_id: str,
+        owner: str,
+    ) -> NodeRecord | str | None:
+        """Claim the step for this job: the node, or what the job returns instead (None when a
+        lost worker's step was failed: re-plan next)."""
+        lease = self._rt.settings.worker_lease_seconds
+        claim = self._state.claim
+        node = claim(run.ref, node_id, owner=owner, lease_seconds=lease)
+        if node is not None:
+            return node
+        # Redelivered after its worker died? Take it over once the dead attempt's lease ends.
+        node = claim(
+            run.ref, node_id, owner=owner, lease_seconds=lease, from_status=NodeStatus.RUNNING
+        )
+        if node is None:
+            left = self._state.lease_left(run.ref, node_id)
+            if left > 0:
+                self._state.dispatch(run, node_id=node_id, countdown=left + 0.2)
+                return f"{DEFERRED}: the node's lease is still held"
+            return f"{SKIPPED}: node not queued"
+        retry = step.retry or definition.retry
+        if node.attempt <= (retry.max_attempts if retry else 1):
+            return node
+        lost = Outcome(
+            RunStatus.FAILED,
+            error=RunError(
+                f"the worker running step {node_id!r} was lost", code=ErrorCode.WORKER_LOST
+            ),
+            exit_code=1,
+        )
+        self._record(run, definition, step, node, lost, retry_allowed=False)
         return None
 
     def _execute(
@@ -166,81 +179,68 @@ class StepRunner:
                 error=RunError(f"step input raised: {exc}", code=ErrorCode.INVALID_INPUT),
                 exit_code=1,
             )
+        runner = self._runner(run, step, node, owner, config, wctx)
+        what = f"step {step.id!r}"
+
+        def abandon(reason: StopReason) -> None:
+            if reason is StopReason.TIMEOUT:  # the step ignored its stop: record it, move on
+                self._record(run, workflow, step, node, runner.timed_out(what))
+                self._advance(run.ref)
+            elif reason is StopReason.DRAIN:
+                self._state.hand_back(run, node.node_id, attempt=node.attempt)
+
+        def conclude(ran: Ran) -> Outcome | None:
+            outcome = ran.outcome
+            assert outcome is not None  # a step has no opening that a cancel could refuse
+            if ran.reason is StopReason.TIMEOUT and outcome.status is not RunStatus.COMPLETED:
+                return runner.timed_out(what)
+            if ran.reason is StopReason.DRAIN and outcome.status is not RunStatus.COMPLETED:
+                self._state.hand_back(run, node.node_id, attempt=node.attempt)
+                return None  # the step goes to another worker; nothing to record
+            return outcome
+
+        lease = self._rt.settings.worker_lease_seconds
+        return runner.run(
+            renew=lambda: (
+                Lease.HELD
+                if self._state.renew(run.ref, node.node_id, node.attempt, lease)
+                else Lease.LOST
+            ),
+            abandon=abandon,
+            conclude=conclude,
+        )
+
+    def _runner(
+        self,
+        run: Run,
+        step: Step,
+        node: NodeRecord,
+        owner: str,
+        config: Any,
+        wctx: WorkflowContext,
+    ) -> AttemptRunner:
+        """The attempt runner of a step: its task (or function), config and timeout."""
         definition = (
             self._rt.registry.resolve(f"task:{step.task}")
             if step.task is not None
             else TaskDefinition(id=step.id, fn=step.fn)  # type: ignore[arg-type]
         )
         settings = self._rt.settings
-        timeout = min(
-            step.timeout or definition.timeout_seconds or settings.max_timeout_seconds,
-            settings.max_timeout_seconds,
-        )
-        flag = threading.Event()
-
-        def publish(events: Sequence[NewEvent], batch: int) -> None:
-            if not self._attempts.emit(run.ref, events, producer=owner, sequence=str(batch)):
-                flag.set()
-
-        ctx = TaskContext(
-            run_id=run.run_id,
-            project_id=run.project_id,
-            target=run.target,
+        return AttemptRunner(
+            self._rt,
+            run,
+            definition,
+            owner=owner,
             attempt=node.attempt,
             config=config,
-            input=run.input,
-            publish=publish,
-            cancel_event=flag,
+            timeout_seconds=min(
+                step.timeout or definition.timeout_seconds or settings.max_timeout_seconds,
+                settings.max_timeout_seconds,
+            ),
+            node_id=node.node_id,
             results=dict(wctx.results),
             start_child=lambda target, cfg, name: self._start_child(run, target, cfg, name),
-            max_log_bytes=settings.max_log_bytes,
-            project_runs=lambda flag: project_runs(self._rt, run, flag),
         )
-
-        def timed_out() -> Outcome:
-            return failed_outcome(
-                ctx, ErrorCode.TIMEOUT, f"step {step.id!r} timed out after {timeout:g} s"
-            )
-
-        def abandon(reason: StopReason) -> None:
-            if reason is StopReason.TIMEOUT:  # the step ignored its stop: record it, move on
-                self._record(run, workflow, step, node, timed_out())
-                self._advance(run.ref)
-            elif reason is StopReason.DRAIN:
-                self._state.hand_back(run, node.node_id, attempt=node.attempt)
-
-        interrupter = Interrupter() if definition.command is None else None
-        lease = settings.worker_lease_seconds
-        guard = AttemptGuard(
-            flag=flag,
-            renew=lambda: (
-                Lease.HELD
-                if self._state.renew(run.ref, node.node_id, node.attempt, lease)
-                else Lease.LOST
-            ),
-            lease_seconds=lease,
-            timeout_seconds=timeout,
-            grace_seconds=settings.cancel_grace_seconds,
-            interrupter=interrupter,
-            abandon=abandon,
-        )
-        with self._rt.monitor.watch(run.ref, flag, node.node_id), guard:
-            outcome = run_definition(
-                definition,
-                ctx,
-                interrupter,
-                grace_seconds=settings.cancel_grace_seconds,
-                max_result_bytes=settings.max_output_bytes,
-            )
-            guard.returned()
-        # The step's events come before its STEP_FINISHED (Redis may be briefly away).
-        patiently(ctx.flush_events, settings.finish_retry_seconds)
-        if guard.reason is StopReason.TIMEOUT and outcome.status is not RunStatus.COMPLETED:
-            return timed_out()
-        if guard.reason is StopReason.DRAIN and outcome.status is not RunStatus.COMPLETED:
-            self._state.hand_back(run, node.node_id, attempt=node.attempt)
-            return None  # the step goes to another worker; nothing to record
-        return outcome
 
     def _record(
         self,
@@ -283,7 +283,7 @@ class StepRunner:
 
     def _start_child(self, run: Run, target: str, config: Any, name: str | None) -> str:
         project = self._rt.access.find_project(run.project_id)
-        child, _ = self._runs.submit(
+        child, _ = self._runs.create(
             project,
             RunRequest(
                 kind=RunKind.TASK,

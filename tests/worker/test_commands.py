@@ -74,7 +74,7 @@ def wait_no_processes(run_id: str, timeout: float) -> float:
 def test_a_command_s_result_file_becomes_the_output_and_its_lines_stream_into_the_logs(
     live: Live, project: Project
 ) -> None:
-    run, _ = live.runs.submit(
+    run, _ = live.runs.create(
         project, task_request(project, "task:durable/cmd-echo", config={"a": 1})
     )
     done = live.wait_terminal(project, run.run_id)
@@ -104,8 +104,8 @@ def test_a_command_s_result_file_becomes_the_output_and_its_lines_stream_into_th
 def test_a_command_exiting_non_zero_fails_with_its_exit_code_and_is_retried(
     live: Live, project: Project
 ) -> None:
-    once, _ = live.runs.submit(project, task_request(project, "task:durable/cmd-fail"))
-    retried, _ = live.runs.submit(
+    once, _ = live.runs.create(project, task_request(project, "task:durable/cmd-fail"))
+    retried, _ = live.runs.create(
         project, task_request(project, "task:durable/cmd-fail", backoff_limit=1)
     )
     failed = live.wait_terminal(project, once.run_id)
@@ -126,7 +126,7 @@ def test_a_command_exiting_non_zero_fails_with_its_exit_code_and_is_retried(
 def test_a_result_file_that_is_not_json_fails_the_run_as_invalid_output(
     live: Live, project: Project
 ) -> None:
-    run, _ = live.runs.submit(project, task_request(project, "task:durable/cmd-bad-result"))
+    run, _ = live.runs.create(project, task_request(project, "task:durable/cmd-bad-result"))
     done = live.wait_terminal(project, run.run_id)
     assert done.status is RunStatus.FAILED
     assert done.error is not None and done.error.code == "invalid_output"
@@ -137,7 +137,7 @@ def test_a_result_file_that_is_not_json_fails_the_run_as_invalid_output(
 @pytest.mark.worker
 def test_a_command_s_argv_is_built_from_the_run_s_config(live: Live, project: Project) -> None:
     config = {"json": json.dumps({"x": 1})}
-    run, _ = live.runs.submit(
+    run, _ = live.runs.create(
         project, task_request(project, "task:durable/cmd-argv", config=config)
     )
     done = live.wait_terminal(project, run.run_id)
@@ -149,7 +149,7 @@ def test_a_command_s_argv_is_built_from_the_run_s_config(live: Live, project: Pr
 def test_an_argv_the_config_cannot_build_fails_the_run_at_once_without_retries(
     live: Live, project: Project
 ) -> None:
-    run, _ = live.runs.submit(
+    run, _ = live.runs.create(
         project, task_request(project, "task:durable/cmd-argv", config={}, backoff_limit=2)
     )
     done = live.wait_terminal(project, run.run_id)
@@ -174,7 +174,7 @@ def test_an_argv_of_other_than_strings_fails_as_invalid_input() -> None:
 def test_cancelling_a_command_leaves_none_of_its_process_tree_behind(
     live: Live, project: Project
 ) -> None:
-    run, _ = live.runs.submit(project, task_request(project, "task:durable/cmd-tree"))
+    run, _ = live.runs.create(project, task_request(project, "task:durable/cmd-tree"))
     live.wait_running(project, run.run_id)
     assert len(wait_processes(run.run_id, 3)) == 3  # the shell and its two sleepers
     cancelled, _ = live.runs.cancel(project, run.run_id)
@@ -189,7 +189,7 @@ def test_cancelling_a_command_leaves_none_of_its_process_tree_behind(
 def test_a_command_tree_ignoring_sigterm_is_killed_after_the_grace_period(
     live: Live, project: Project
 ) -> None:
-    run, _ = live.runs.submit(project, task_request(project, "task:durable/cmd-stubborn-tree"))
+    run, _ = live.runs.create(project, task_request(project, "task:durable/cmd-stubborn-tree"))
     live.wait_running(project, run.run_id)
     pids = wait_processes(run.run_id, 3)
     assert len(pids) == 3
@@ -209,7 +209,7 @@ def test_a_command_tree_ignoring_sigterm_is_killed_after_the_grace_period(
 def test_a_command_past_its_timeout_is_terminated_and_fails_as_timeout(
     live: Live, project: Project
 ) -> None:
-    run, _ = live.runs.submit(
+    run, _ = live.runs.create(
         project, task_request(project, "task:durable/cmd-tree", timeout_seconds=1)
     )
     live.wait_running(project, run.run_id)
