@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NODE_DEPS := tests/contract/node_modules/.package-lock.json
 
-.PHONY: install dev test lint format typecheck check bench clean
+.PHONY: install dev test lint format typecheck docs check bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -38,11 +38,15 @@ format: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-check: lint typecheck test
+# The documentation site (docs/): a broken link or page fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict -f docs/mkdocs.yml
+
+check: lint typecheck test docs
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[bench]"
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) .runs .pytest_cache .mypy_cache .ruff_cache tests/contract/node_modules
+	rm -rf $(VENV) .runs .site .pytest_cache .mypy_cache .ruff_cache tests/contract/node_modules

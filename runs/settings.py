@@ -9,10 +9,30 @@ from __future__ import annotations
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_core import PydanticUndefined
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The groups ``runs settings`` shows the settings in.
+Group = dict[str, Any]
+STORAGE: Group = {"group": "storage and messaging"}
+ROUTING: Group = {"group": "definitions and routing"}
+API: Group = {"group": "the HTTP API"}
+HTTP: Group = {"group": "HTTP limits of `runs api`"}
+EVENTS: Group = {"group": "events"}
+WORKERS: Group = {"group": "workers"}
+RETRIES: Group = {"group": "retries, timeouts and stops"}
+SCHEDULES: Group = {"group": "schedules"}
+METRICS: Group = {"group": "metrics"}
+RETENTION: Group = {"group": "retention and limits"}
+LOGS: Group = {"group": "logs and Flower"}
+
+
+def _in(group: Group, default: Any = PydanticUndefined, /, **rules: Any) -> Any:
+    """A setting of ``group``: its default, description and rules (pydantic's ``Field``)."""
+    return Field(default, json_schema_extra=group, **rules)
 
 
 class Settings(BaseSettings):
@@ -24,144 +44,304 @@ class Settings(BaseSettings):
         validate_by_name=True,  # fields with an older variable name too (their alias)
     )
 
-    # Storage and messaging
-    database_url: str = "sqlite:///.runs/runs.db"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_url: str | None = None  # defaults to redis_url
-    # Connections each pool keeps; the API also runs at most this many blocking calls at once,
-    # so that a burst waits for a pooled connection instead of opening and closing new ones.
-    database_pool_size: int = Field(default=5, ge=1)
+    # -- storage and messaging -------------------------------------------------------------
+    database_url: str = _in(
+        STORAGE,
+        "sqlite:///.runs/runs.db",
+        description="SQLAlchemy URL of the run store: SQLite for `runs dev`, PostgreSQL "
+        "(postgresql+psycopg://...) in deployments",
+    )
+    redis_url: str = _in(
+        STORAGE,
+        "redis://127.0.0.1:6379/0",
+        description="Redis of the run event log (a stream per run) and the cancel flags",
+    )
+    broker_url: str | None = _in(
+        STORAGE,
+        None,
+        description="Celery's broker; unset: the Redis of redis_url. amqp://... for RabbitMQ",
+    )
+    database_pool_size: int = _in(
+        STORAGE,
+        5,
+        ge=1,
+        description="connections each pool keeps; the API also runs at most this many "
+        "blocking calls at once, so that a burst waits for a pooled connection",
+    )
 
-    # Definitions: modules whose import registers tasks and workflows
-    definitions: list[str] = Field(default_factory=lambda: ["workers.examples"])
+    # -- definitions and routing -------------------------------------------------------------
+    definitions: list[str] = _in(
+        ROUTING,
+        default_factory=lambda: ["workers.examples"],
+        description="modules whose import registers tasks and workflows (workers load them)",
+    )
+    default_queue: str = _in(ROUTING, "runs", description="queue of the targets no route matches")
+    routes: dict[str, str] = _in(
+        ROUTING,
+        default_factory=dict,
+        description="fnmatch patterns of targets to queues, after the routing file; the first "
+        "match wins",
+    )
+    routing_file: Path | None = _in(
+        ROUTING, None, description="TOML file with a [routes] table (config/routing.toml)"
+    )
 
-    # Routing: target -> queue. Patterns are fnmatch globs; the first match wins.
-    default_queue: str = "runs"
-    routes: dict[str, str] = Field(default_factory=dict)
-    routing_file: Path | None = None
+    # -- the HTTP API --------------------------------------------------------------------------
+    api_host: str = _in(API, "127.0.0.1", description="address `runs api` binds")
+    api_port: int = _in(API, 8000, ge=0, le=65535, description="port `runs api` listens on")
+    max_body_bytes: int = _in(
+        API, 1_048_576, ge=1024, description="largest request body (413 past it)"
+    )
+    max_input_bytes: int = _in(
+        API,
+        262_144,
+        ge=16,
+        description="largest input, config or metadata of a run, as JSON (413 past it)",
+    )
+    default_page_size: int = _in(
+        API, 20, ge=1, le=100, description="items of a list page without ?limit"
+    )
+    max_page_size: int = _in(API, 100, ge=1, le=1000, description="largest ?limit of a list page")
+    auth_cache_seconds: float = _in(
+        API, 5.0, ge=0, description="how long a token's check is kept (a revoke shows this late)"
+    )
+    target_cache_seconds: float = _in(
+        API, 5.0, ge=0, description="how long the list of registered targets is kept"
+    )
+    http_max_header_line_bytes: int = _in(
+        HTTP, 8192, ge=256, description="longest header line (431 past it)"
+    )
+    http_max_header_bytes: int = _in(
+        HTTP, 32_768, ge=1024, description="largest request head (431 past it)"
+    )
+    http_max_url_bytes: int = _in(
+        HTTP, 16_384, ge=256, le=65_535, description="longest URL (414 past it)"
+    )
+    http_header_timeout_seconds: float = _in(
+        HTTP, 10.0, gt=0, description="time to send a request's head (408 past it)"
+    )
+    http_body_idle_timeout_seconds: float = _in(
+        HTTP, 10.0, gt=0, description="longest silence while a body is sent (408 past it)"
+    )
+    http_body_timeout_seconds: float = _in(
+        HTTP, 60.0, gt=0, description="time to send a whole body (408 past it)"
+    )
+    http_keep_alive_seconds: int = _in(
+        HTTP, 5, ge=1, description="how long an idle kept-alive connection stays open"
+    )
+    http_shutdown_grace_seconds: int = _in(
+        HTTP,
+        10,
+        ge=0,
+        description="on SIGTERM, how long requests in flight may go on (event "
+        "streams are then cut)",
+    )
+    http_max_connections: int = _in(
+        HTTP, 1000, ge=1, description="open connections per process (503 past it)"
+    )
+    http_linger_seconds: float = _in(
+        HTTP,
+        2.0,
+        ge=0,
+        description="after answering before a body was read (a 413), how long the "
+        "rest is read and dropped so that the client reads the answer",
+    )
+    http_linger_bytes: int = _in(
+        HTTP, 16_777_216, ge=0, description="how much of such a body is read and dropped at most"
+    )
 
-    # HTTP API
-    api_host: str = "127.0.0.1"
-    api_port: int = Field(default=8000, ge=0, le=65535)
-    max_body_bytes: int = Field(default=1_048_576, ge=1024)
-    max_input_bytes: int = Field(default=262_144, ge=16)
-    default_page_size: int = Field(default=20, ge=1, le=100)
-    max_page_size: int = Field(default=100, ge=1, le=1000)
-    auth_cache_seconds: float = Field(default=5.0, ge=0)
-    target_cache_seconds: float = Field(default=5.0, ge=0)
-
-    # The HTTP server of `runs api`, per process. Past a limit the answer is a problem:
-    # 431 (a header line, or the whole head), 414 (the URL), 408 (too slow), 503 (too many
-    # connections).
-    http_max_header_line_bytes: int = Field(default=8192, ge=256)
-    http_max_header_bytes: int = Field(default=32_768, ge=1024)
-    http_max_url_bytes: int = Field(default=16_384, ge=256, le=65_535)
-    http_header_timeout_seconds: float = Field(default=10.0, gt=0)
-    http_body_idle_timeout_seconds: float = Field(default=10.0, gt=0)
-    http_body_timeout_seconds: float = Field(default=60.0, gt=0)
-    http_keep_alive_seconds: int = Field(default=5, ge=1)
-    # On SIGTERM, in-flight requests get this long to finish; event streams are then cut.
-    http_shutdown_grace_seconds: int = Field(default=10, ge=0)
-    http_max_connections: int = Field(default=1000, ge=1)
-    # After answering before a request body was read (a 413, say): read and drop the rest of
-    # the body this long, and at most this much, so that the client can read the answer.
-    http_linger_seconds: float = Field(default=2.0, ge=0)
-    http_linger_bytes: int = Field(default=16_777_216, ge=0)
-
-    # Events
-    # How long a finished run's Redis stream (and its meta key) is kept; its events stay in
-    # SQL. RUNS_EVENT_STREAM_TTL_SECONDS is the older name, still read.
-    stream_ttl_seconds: int = Field(
-        default=86_400,
+    # -- events ------------------------------------------------------------------------------
+    stream_ttl_seconds: int = _in(
+        EVENTS,
+        86_400,
         ge=60,
         validation_alias=AliasChoices("RUNS_STREAM_TTL_SECONDS", "RUNS_EVENT_STREAM_TTL_SECONDS"),
+        description="how long a finished run's Redis stream is kept (its events stay in SQL); "
+        "RUNS_EVENT_STREAM_TTL_SECONDS is the older name, still read",
     )
-    # GET /runs/{run_id}/stream sends a comment line this often while no event comes.
-    sse_heartbeat_seconds: float = Field(default=15.0, gt=0)
+    sse_heartbeat_seconds: float = _in(
+        EVENTS,
+        15.0,
+        gt=0,
+        description="a live event stream sends a comment line this often while no event comes",
+    )
 
-    # Workers
-    # A Redis broker re-delivers an unacknowledged message after this; it must exceed the
-    # longest run (max_timeout_seconds plus the stop grace), which the validator checks.
-    # RabbitMQ (``amqp://``) has no such timeout: it re-delivers only when the consumer's
-    # connection is lost, and the check does not apply.
-    broker_visibility_timeout_seconds: int = Field(default=43_200, ge=1)
-    worker_lease_seconds: float = Field(default=60.0, gt=0)
-    # SIGTERM: a worker takes no more jobs and lets running attempts end for this long; then
-    # it stops them and hands their runs back to pending (workers/drain.py).
-    worker_drain_seconds: float = Field(default=30.0, ge=0)
-    worker_heartbeat_seconds: float = Field(default=0.25, gt=0)
-    # Task events (what Flower shows) wait up to this long to be sent together.
-    worker_event_flush_seconds: float = Field(default=0.1, ge=0)
-    # Runs still pending after this long get their job sent again (each worker sweeps).
-    pending_redispatch_seconds: float = Field(default=30.0, gt=0)
-    sweep_interval_seconds: float = Field(default=10.0, gt=0)
+    # -- workers -------------------------------------------------------------------------------
+    broker_visibility_timeout_seconds: int = _in(
+        WORKERS,
+        43_200,
+        ge=1,
+        description="a Redis broker re-delivers an unacknowledged job after this: "
+        "it must exceed the longest run (not checked on RabbitMQ, which has no such timeout)",
+    )
+    worker_lease_seconds: float = _in(
+        WORKERS,
+        60.0,
+        gt=0,
+        description="an attempt's lease, renewed every third of it; a run whose "
+        "lease lapsed is reclaimed by the sweeper",
+    )
+    worker_drain_seconds: float = _in(
+        WORKERS,
+        30.0,
+        ge=0,
+        description="on SIGTERM, how long running attempts may still end; then "
+        "they are stopped and their runs handed back",
+    )
+    worker_heartbeat_seconds: float = _in(
+        WORKERS, 0.25, gt=0, description="how often a worker looks for cancel flags of its runs"
+    )
+    worker_event_flush_seconds: float = _in(
+        WORKERS,
+        0.1,
+        ge=0,
+        description="task events (what Flower shows) wait this long to be sent together",
+    )
+    pending_redispatch_seconds: float = _in(
+        WORKERS,
+        30.0,
+        gt=0,
+        description="a run still pending after this long gets its job sent again",
+    )
+    sweep_interval_seconds: float = _in(
+        WORKERS,
+        10.0,
+        gt=0,
+        description="how often each worker's sweeper looks for lost and stuck runs",
+    )
 
-    # Retries, timeouts and stops of task runs
-    # Retries when neither the run nor its definition sets backoff_limit (0 = no retry).
-    default_backoff_limit: int = Field(default=0, ge=0, le=100)
-    # Delay before attempt n+1: min(base * 2^(n-1), max), then jittered down by up to half.
-    retry_backoff_seconds: float = Field(default=1.0, ge=0)
-    retry_backoff_max_seconds: float = Field(default=300.0, ge=0)
-    # Every attempt has a timeout: the run's, else its definition's, capped at this.
-    max_timeout_seconds: int = Field(default=21_600, ge=1)
-    # A run that waited longer than this for a worker fails with error.code "expired".
-    queue_ttl_seconds: float | None = Field(default=None, gt=0)
-    # After a cancel, timeout or lost lease: cooperative flag, then this long before the task
-    # is interrupted (a subprocess gets SIGTERM at once and SIGKILL after it), and as long
-    # again before the worker process itself is killed.
-    cancel_grace_seconds: float = Field(default=10.0, gt=0)
-    # How long a worker keeps trying to record an outcome while Redis or SQL is unreachable.
-    finish_retry_seconds: float = Field(default=30.0, ge=0)
+    # -- retries, timeouts and stops -----------------------------------------------------------
+    default_backoff_limit: int = _in(
+        RETRIES,
+        0,
+        ge=0,
+        le=100,
+        description="retries when neither the run nor its definition says (0: none)",
+    )
+    retry_backoff_seconds: float = _in(
+        RETRIES,
+        1.0,
+        ge=0,
+        description="delay before attempt n+1: min(this * 2^(n-1), the maximum), "
+        "jittered down by up to half",
+    )
+    retry_backoff_max_seconds: float = _in(
+        RETRIES, 300.0, ge=0, description="the longest delay before a retry"
+    )
+    max_timeout_seconds: int = _in(
+        RETRIES, 21_600, ge=1, description="every attempt's timeout is capped at this"
+    )
+    queue_ttl_seconds: float | None = _in(
+        RETRIES,
+        None,
+        gt=0,
+        description='a run that waited longer for a worker fails with "expired"',
+    )
+    cancel_grace_seconds: float = _in(
+        RETRIES,
+        10.0,
+        gt=0,
+        description="after a cancel, timeout or lost lease: the cooperative flag, "
+        "then this long before the task is interrupted, and as long again before its process "
+        "is killed",
+    )
+    finish_retry_seconds: float = _in(
+        RETRIES,
+        30.0,
+        ge=0,
+        description="how long a worker keeps trying to record an outcome while "
+        "Redis or the database is unreachable",
+    )
 
-    # Schedules (``runs scheduler``)
-    # The scheduler looks for due occurrences at least this often, and sooner when the next
-    # one is due sooner.
-    scheduler_poll_seconds: float = Field(default=1.0, gt=0)
-    # An occurrence fired this late is on time; an older one was missed (the scheduler was
-    # down, or the schedule paused) and its schedule's catch-up policy decides.
-    scheduler_misfire_grace_seconds: float = Field(default=10.0, ge=0)
-    # Schedules one scheduler fires per transaction, and occurrences one schedule catches up
-    # per pass (catchup "all"; the rest follow in the next passes).
-    scheduler_batch_size: int = Field(default=200, ge=1, le=10_000)
-    scheduler_max_catchup_runs: int = Field(default=100, ge=1)
-    # A file the scheduler touches every round, for a health check to read its age.
-    scheduler_heartbeat_file: Path | None = None
-    # The project that schedules written in code (``schedule(...)`` beside the tasks) belong
-    # to, by id or slug; unset: workers do not sync them.
-    source_schedules_project: str | None = None
+    # -- schedules -------------------------------------------------------------------------------
+    scheduler_poll_seconds: float = _in(
+        SCHEDULES,
+        1.0,
+        gt=0,
+        description="the scheduler looks for due occurrences at least this often",
+    )
+    scheduler_misfire_grace_seconds: float = _in(
+        SCHEDULES,
+        10.0,
+        ge=0,
+        description="an occurrence fired this late is on time; an older one was "
+        "missed and its schedule's catch-up decides",
+    )
+    scheduler_batch_size: int = _in(
+        SCHEDULES, 200, ge=1, le=10_000, description="schedules one scheduler fires per transaction"
+    )
+    scheduler_max_catchup_runs: int = _in(
+        SCHEDULES,
+        100,
+        ge=1,
+        description="occurrences one schedule catches up per pass (catchup all)",
+    )
+    scheduler_heartbeat_file: Path | None = _in(
+        SCHEDULES, None, description="a file the scheduler touches every round, for a health check"
+    )
+    source_schedules_project: str | None = _in(
+        SCHEDULES,
+        None,
+        description="the project (id or slug) that schedules written in code belong to; "
+        "unset: workers do not sync them",
+    )
 
-    # Prometheus metrics (README, "Metrics"). The API answers GET /metrics, unauthenticated
-    # like /healthz, unless this is false.
-    api_metrics: bool = True
-    # The API reads runs per active status from SQL at most this often (scrapes between get
-    # the same numbers); queue depths are read on every scrape.
-    metrics_cache_seconds: float = Field(default=5.0, ge=0)
-    # A worker (its whole pool) and a scheduler serve metrics on these ports when set
-    # (`runs worker --metrics-port`, `runs scheduler --metrics-port`), bound to metrics_host.
-    worker_metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    scheduler_metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    metrics_host: str = "127.0.0.1"
-    # Where a worker's pool processes keep their values (emptied at each start; one per
-    # worker). Unset: PROMETHEUS_MULTIPROC_DIR, else <tmp>/runs-worker-metrics-<port>.
-    worker_metrics_dir: Path | None = None
+    # -- metrics -----------------------------------------------------------------------------
+    api_metrics: bool = _in(
+        METRICS, True, description="the API answers GET /metrics (unauthenticated, like /healthz)"
+    )
+    metrics_cache_seconds: float = _in(
+        METRICS, 5.0, ge=0, description="the API reads runs per status from SQL at most this often"
+    )
+    worker_metrics_port: int | None = _in(
+        METRICS, None, ge=0, le=65535, description="a worker serves its pool's metrics on this port"
+    )
+    scheduler_metrics_port: int | None = _in(
+        METRICS, None, ge=0, le=65535, description="a scheduler serves its metrics on this port"
+    )
+    metrics_host: str = _in(METRICS, "127.0.0.1", description="address the metrics ports bind")
+    worker_metrics_dir: Path | None = _in(
+        METRICS,
+        None,
+        description="where a worker's pool processes keep their values (emptied at each "
+        "start); unset: PROMETHEUS_MULTIPROC_DIR, else a folder in the temporary directory",
+    )
 
-    # Retention: runs that finished more than this many days ago are deleted with their
-    # events, nodes and Redis keys, by every worker's sweeper (unset: kept for good).
-    retention_days: float | None = Field(default=None, ge=0)
-    # Runs one pruning transaction deletes.
-    retention_batch_size: int = Field(default=500, ge=1, le=10_000)
+    # -- retention and limits ------------------------------------------------------------------
+    retention_days: float | None = _in(
+        RETENTION,
+        None,
+        ge=0,
+        description="runs that ended longer ago are deleted with their events, nodes "
+        "and Redis keys; unset: kept for good",
+    )
+    retention_batch_size: int = _in(
+        RETENTION, 500, ge=1, le=10_000, description="runs one pruning transaction deletes"
+    )
+    max_output_bytes: int = _in(
+        RETENTION,
+        1_048_576,
+        ge=16,
+        description='largest output of a run, as JSON ("output_too_large")',
+    )
+    max_log_bytes: int = _in(
+        RETENTION,
+        1_048_576,
+        ge=64,
+        description="logs a run keeps; past it they are cut with a marker",
+    )
 
-    # Limits of what a run stores
-    max_output_bytes: int = Field(default=1_048_576, ge=16)
-    max_log_bytes: int = Field(default=1_048_576, ge=64)
-    log_level: str = "INFO"
-    logging_config: Path | None = None
-    # "json": one JSON object per line; a line about a run carries its run_id, project_id,
-    # target, attempt and queue (runs/observability/json_logs.py). Used when RUNS_LOGGING_CONFIG is unset.
-    log_format: Literal["text", "json"] = "text"
-
-    # Flower (`runs flower`): HTTP basic auth as "user:password" (several: comma-separated).
-    flower_basic_auth: SecretStr | None = None
+    # -- logs and Flower -------------------------------------------------------------------------
+    log_level: str = _in(LOGS, "INFO", description="level of every process's log")
+    logging_config: Path | None = _in(
+        LOGS, None, description="a logging.config dictionary as JSON; replaces the log format"
+    )
+    log_format: Literal["text", "json"] = _in(
+        LOGS, "text", description="json: one JSON object per line, a run's lines carrying its ids"
+    )
+    flower_basic_auth: SecretStr | None = _in(
+        LOGS, None, description='Flower\'s login as "user:password" (several: comma-separated)'
+    )
 
     @model_validator(mode="after")
     def _page_sizes_agree(self) -> Settings:

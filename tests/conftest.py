@@ -14,7 +14,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,6 @@ import sqlalchemy as sa
 
 from runs.domain.definitions import Definition
 from runs.domain.projects import Project
-from runs.domain.runs import RunRef
 from runs.messaging.routing import Router
 from runs.persistence import migrate
 from runs.persistence.engine import create_engine
@@ -34,6 +33,7 @@ from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
 from runs.settings import Settings
 from runs.streams.event_log import RedisEventLog
+from runs.testing import RecordingDispatcher
 from tests.support import redis_hygiene
 from tests.support.redis_hygiene import QUEUE, SESSION, SLOW_QUEUE, own
 
@@ -220,32 +220,6 @@ def event_log(redis_url: str) -> Iterator[RedisEventLog]:
 
 
 # -- services ------------------------------------------------------------------------------
-
-
-@dataclass
-class RecordingDispatcher:
-    """Stands in for the broker where a test needs no worker; records what was sent."""
-
-    sent: list[tuple[str, RunRef, str]]
-    fail: bool = False
-    nodes_sent: list[tuple[RunRef, str]] = field(default_factory=list)
-
-    def dispatch(
-        self,
-        target: str,
-        ref: RunRef,
-        queue: str,
-        *,
-        node_id: str | None = None,
-        countdown: float | None = None,
-        attempt: int | None = None,
-    ) -> None:
-        if self.fail:
-            raise ConnectionError("broker unreachable")
-        if node_id is not None:
-            self.nodes_sent.append((ref, node_id))
-            return
-        self.sent.append((target, ref, queue))
 
 
 @pytest.fixture

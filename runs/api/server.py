@@ -14,8 +14,15 @@ httptools protocol, passed through uvicorn's ``http=`` hook:
   to a bound, so that a client that sends its whole body before reading (urllib) reads the
   answer instead of a reset.
 
-The subclass uses uvicorn's protocol internals: ``pyproject.toml`` pins uvicorn's minor
-version, and ``tests/api/test_http_limits.py`` checks each limit against a real server.
+Why a subclass, and not stock options or an ASGI middleware: uvicorn's options cover the
+keep-alive and, as ``--limit-concurrency``, a connection cap answered in plain text; the head's
+size is bounded only by the h11 protocol (``--h11-max-incomplete-event-size``, one bound for
+line and head, answered by closing). Everything about the request head (line, head and URL
+caps, the head's deadline against a client that trickles it) happens before the application is
+called, so a middleware never sees it; a middleware could time the body, but not answer a
+408 while the client still sends. Hence the protocol subclass. It uses uvicorn's protocol
+internals: ``pyproject.toml`` pins uvicorn's minor version, and
+``tests/api/test_http_limits.py`` checks each limit against a real server.
 """
 
 from __future__ import annotations

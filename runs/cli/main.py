@@ -17,6 +17,7 @@ from rich.console import Console
 from runs.cli import runs_commands
 from runs.cli.admin_settings import admin_settings
 from runs.cli.schedules import schedules_app
+from runs.cli.settings_view import settings_command
 from runs.cli.tables import Col, id_table
 from runs.domain.errors import RunsError
 from runs.observability.logs import configure_logging
@@ -38,6 +39,7 @@ app.add_typer(tokens_app, name="tokens")
 app.add_typer(definitions_app, name="definitions")
 app.add_typer(schedules_app, name="schedules")
 runs_commands.register(app)
+app.command(name="settings")(settings_command)
 
 console = Console()
 

@@ -26,7 +26,8 @@ from runs.services.access import AccessService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
 from runs.streams.event_log import RedisEventLog
-from tests.conftest import IN_CI, REDIS_URL, RecordingDispatcher, WorkerPool, unavailable
+from runs.testing import RecordingDispatcher
+from tests.conftest import IN_CI, REDIS_URL, WorkerPool, unavailable
 from tests.support.api_support import Caller, new_caller
 from tests.support.helpers import create_body
 from tests.support.redis_hygiene import QUEUE

@@ -40,7 +40,7 @@ from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
 from runs.services.workflows import WorkflowService
 from runs.streams.event_log import RedisEventLog
-from tests.conftest import RecordingDispatcher
+from runs.testing import RecordingDispatcher
 from tests.support.helpers import task_request
 from tests.support.redis_hygiene import QUEUE
 from workers.execution.outbox import EventOutbox

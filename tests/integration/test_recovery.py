@@ -54,7 +54,8 @@ from runs.services.catalog import DefinitionCatalog
 from runs.services.recovery import WORKER_LOST, RecoveryService
 from runs.services.runs import RunService
 from runs.streams.event_log import RedisEventLog
-from tests.conftest import RecordingDispatcher, base_settings
+from runs.testing import RecordingDispatcher
+from tests.conftest import base_settings
 from tests.support.helpers import task_request
 from tests.support.redis_hygiene import QUEUE
 

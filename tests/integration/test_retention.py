@@ -41,14 +41,9 @@ from runs.services.retention import RetentionService
 from runs.services.runs import RunService
 from runs.settings import Settings
 from runs.streams.event_log import RedisEventLog
+from runs.testing import RecordingDispatcher
 from runs.wiring import wire
-from tests.conftest import (
-    POSTGRES_URL,
-    TEST_TARGETS,
-    RecordingDispatcher,
-    base_settings,
-    note_projects,
-)
+from tests.conftest import POSTGRES_URL, TEST_TARGETS, base_settings, note_projects
 from tests.support.helpers import task_request
 from workers.definitions.registry import Registry
 from workers.sweeper import Sweeper

@@ -18,7 +18,7 @@ from runs.services.attempts import AttemptService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
 from runs.streams.event_log import RedisEventLog
-from tests.conftest import RecordingDispatcher
+from runs.testing import RecordingDispatcher
 from tests.support.helpers import task_request
 from tests.support.redis_hygiene import QUEUE, SLOW_QUEUE
 

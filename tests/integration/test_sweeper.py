@@ -23,14 +23,9 @@ from runs.services.catalog import DefinitionCatalog
 from runs.services.recovery import RecoveryService
 from runs.services.runs import RunService
 from runs.streams.event_log import RedisEventLog
+from runs.testing import RecordingDispatcher
 from runs.wiring import Wired, wire
-from tests.conftest import (
-    RecordingDispatcher,
-    base_settings,
-    start_worker,
-    stop_worker,
-    wait_until_consuming,
-)
+from tests.conftest import base_settings, start_worker, stop_worker, wait_until_consuming
 from tests.support.helpers import task_request
 from tests.support.redis_hygiene import QUEUE, own
 from workers.definitions.registry import Registry

@@ -4,6 +4,7 @@ imports in one direction and never in a circle (type-only imports included)."""
 from __future__ import annotations
 
 import ast
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -118,3 +119,17 @@ def test_imports_go_one_way() -> None:
             if not layers <= MAY_IMPORT[layer]:
                 wrong.append((name, layers - MAY_IMPORT[layer]))
     assert not wrong, wrong
+
+
+def test_every_file_the_docs_name_exists() -> None:
+    """A path the README or a docs page names in code (``runs/settings.py``) is there (but
+    for the table of where modules were before the regrouping)."""
+    pattern = re.compile(r"`((?:runs|workers|tests|benchmarks|config|docs)/[\w./-]+)`")
+    pages = [ROOT / "README.md", *(ROOT / "docs" / "pages").glob("*.md")]
+    missing = [
+        (page.name, path)
+        for page in pages
+        for path in pattern.findall(page.read_text().split("## Where things were")[0])
+        if not (ROOT / path.rstrip("/")).exists()
+    ]
+    assert not missing, missing

@@ -39,7 +39,7 @@ from runs.services.access import AccessService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
 from runs.streams.event_log import RedisEventLog
-from tests.conftest import RecordingDispatcher
+from runs.testing import RecordingDispatcher
 from tests.support.api_support import Caller, new_caller
 from tests.support.helpers import create_body, task_request
 from tests.support.server_support import Server, start_server, stop_server
