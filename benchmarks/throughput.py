@@ -149,6 +149,10 @@ def parts(worker_pid: int) -> dict[str, list[int]]:
     return found
 
 
+def postgres_pids() -> list[int]:
+    return parts(-1).get("postgres", [])
+
+
 def runs_stack(
     seconds: int, connections: int, logdir: Path, concurrency: int = 2
 ) -> tuple[float, int, dict[str, float]]:

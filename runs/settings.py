@@ -188,6 +188,21 @@ class Settings(BaseSettings):
         description="on SIGTERM, how long running attempts may still end; then "
         "they are stopped and their runs handed back",
     )
+    group_max_runs: int = _in(
+        WORKERS,
+        32,
+        ge=1,
+        le=1000,
+        description="runs of one target created together travel in one job of at most this "
+        "many (a lone run goes alone); 1 sends a job per run",
+    )
+    worker_handoff_ms: float = _in(
+        WORKERS,
+        50.0,
+        gt=0,
+        description="a run of a job's group that has not started this long after the group "
+        "was claimed is handed to another pool process (no run waits long behind a slow one)",
+    )
     worker_heartbeat_seconds: float = _in(
         WORKERS, 0.25, gt=0, description="how often a worker looks for cancel flags of its runs"
     )

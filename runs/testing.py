@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from runs.domain.events import NewEvent, RunEvent
+from runs.domain.events import Closing, NewEvent, RunEvent
 from runs.domain.runs import RunRef
 
 _ANYONE = "*"  # who closed a stream for a cancel or the sweeper
@@ -84,10 +84,12 @@ class InMemoryEventLog:
     def open(self, ref: RunRef, owner: str, events: Sequence[NewEvent]) -> bool:
         with self._lock:
             stream = self._of(ref)
-            if stream.cancel:
+            if stream.cancel or stream.closed_by == _ANYONE:
                 return False
             if stream.owner == owner:
                 return True
+            if stream.closed_by is not None and stream.final <= stream.top():
+                return False  # the run ended: its final events are in
             stream.release_reserved()
             stream.closed_by, stream.owner = None, owner
             stream.add(events)
@@ -129,6 +131,20 @@ class InMemoryEventLog:
             top = stream.top()
             stream.events += [e for e in events if e.event_id > top]
 
+    def close_attempts(
+        self, closings: Sequence[Closing]
+    ) -> list[tuple[int, list[RunEvent]] | None]:
+        answers = []
+        for ref, owner, count, opening in closings:
+            if opening is not None:
+                self.open(ref, owner, opening)
+            answers.append(self.close_attempt(ref, owner, count))
+        return answers
+
+    def publish_many(self, items: Sequence[tuple[RunRef, Sequence[RunEvent]]]) -> None:
+        for ref, events in items:
+            self.publish(ref, events)
+
     def expire(self, ref: RunRef) -> None:
         """Nothing expires here: the test process ends first."""
 
@@ -163,6 +179,14 @@ class RecordingDispatcher:
     sent: list[tuple[str, RunRef, str]] = field(default_factory=list)
     fail: bool = False
     nodes_sent: list[tuple[RunRef, str]] = field(default_factory=list)
+    groups_sent: list[list[RunRef]] = field(default_factory=list)
+
+    def dispatch_group(self, target: str, jobs: Sequence[tuple[RunRef, int]], queue: str) -> None:
+        """Recorded in ``sent`` run by run, and the group in ``groups_sent``."""
+        if self.fail:
+            raise ConnectionError("broker unreachable")
+        self.groups_sent.append([ref for ref, _ in jobs])
+        self.sent.extend((target, ref, queue) for ref, _ in jobs)
 
     def dispatch(
         self,

@@ -12,6 +12,7 @@ from runs.messaging.routing import Router
 from runs.persistence.engine import create_engine
 from runs.scheduling.catalogue import ScheduleService
 from runs.services.access import AccessService
+from runs.services.attempt_groups import AttemptGroups
 from runs.services.attempts import AttemptService
 from runs.services.catalog import DefinitionCatalog
 from runs.services.recovery import RecoveryService
@@ -29,6 +30,7 @@ class Wired:
     catalog: DefinitionCatalog
     runs: RunService
     attempts: AttemptService
+    groups: AttemptGroups
     recovery: RecoveryService
     workflows: WorkflowService
     access: AccessService
@@ -58,6 +60,7 @@ def wire(
         catalog=catalog,
         max_input_bytes=settings.max_input_bytes,
         max_timeout_seconds=settings.max_timeout_seconds,
+        group_size=settings.group_max_runs,
     )
     attempts = AttemptService(engine, dispatcher=dispatcher, events=events, patience=patience)
     return Wired(
@@ -67,6 +70,9 @@ def wire(
         catalog=catalog,
         runs=runs,
         attempts=attempts,
+        groups=AttemptGroups(
+            engine, attempts=attempts, dispatcher=dispatcher, events=events, patience=patience
+        ),
         recovery=RecoveryService(engine, attempts=attempts, dispatcher=dispatcher, events=events),
         workflows=WorkflowService(
             engine, runs=runs, events=events, dispatcher=dispatcher, patience=patience

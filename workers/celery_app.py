@@ -27,8 +27,9 @@ from workers.definitions.registry import registry as default_registry
 from workers.drain import Drain, listen_for_drain
 from workers.execution.guard import mark_pool_process
 from workers.execution.runtime import get_runtime
+from workers.execution.task_groups import GroupResult, execute_group
 from workers.execution.task_runs import execute
-from workers.flower_events import CONSUMER, INTERVAL_SETTING, JobRequest
+from workers.flower_events import CONSUMER, EVENTS, INTERVAL_SETTING, RESULT_REPR_LIMIT, JobRequest
 from workers.metrics import install_metrics
 from workers.sweeper import Sweeper
 from workers.workflows.engine import WorkflowEngine
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def create_celery(settings: Settings, registry: Registry | None = None) -> Celery:
     registry = registry if registry is not None else default_registry
     registry.load(settings.definitions)
-    app = Celery("runs")
+    app = Celery("runs", events=EVENTS)
     app.conf.update(celery_config(settings))
     # Task events in batches (workers/flower_events.py).
     app.conf.worker_consumer = CONSUMER
@@ -94,26 +95,41 @@ def _forget_run_fields(**_: Any) -> None:
 
 
 def _register_job(app: Celery, settings: Settings, registry: Registry, target: str) -> None:
-    # A job's arguments name its run by project and id (run ids are unique per project).
-    if target.startswith("workflow:"):
+    # A job's arguments name its run by project and id (run ids are unique per project); a
+    # group's job names its runs in ``group`` (runs.messaging.dispatch.dispatch_group).
+    workflow = target.startswith("workflow:")
 
-        def job(project_id: str, run_id: str, node_id: str | None = None) -> str:
-            set_run_fields(run_id=run_id, project_id=project_id, target=target)
-            runtime = get_runtime(settings, registry)
-            engine = WorkflowEngine(runtime)
-            ref = RunRef(project_id, run_id)
-            if node_id is None:
-                return engine.advance(ref)
-            return StepRunner(runtime, engine).run(ref, node_id)
-
-    else:
-
-        def job(project_id: str, run_id: str, node_id: str | None = None) -> str:
-            set_run_fields(run_id=run_id, project_id=project_id, target=target)
-            return execute(get_runtime(settings, registry), RunRef(project_id, run_id))
+    def job(
+        project_id: str = "",
+        run_id: str = "",
+        node_id: str | None = None,
+        group: list[list[Any]] | None = None,
+    ) -> str | GroupResult:
+        runtime = get_runtime(settings, registry)
+        if group is not None:
+            jobs = [(RunRef(p, r), int(a)) for p, r, a in group]
+            if workflow:
+                engine = WorkflowEngine(runtime)
+                return [(ref.run_id, attempt, engine.advance(ref)) for ref, attempt in jobs]
+            return execute_group(runtime, jobs)
+        set_run_fields(run_id=run_id, project_id=project_id, target=target)
+        ref = RunRef(project_id, run_id)
+        if not workflow:
+            return execute(runtime, ref)
+        engine = WorkflowEngine(runtime)
+        if node_id is None:
+            return engine.advance(ref)
+        return StepRunner(runtime, engine).run(ref, node_id)
 
     job.__name__ = job.__qualname__ = re.sub(r"\W", "_", target)
-    app.task(name=target, typing=False, ignore_result=True, Request=JobRequest)(job)
+    # A group's result lists each run's outcome: Flower's events are made from all of it.
+    app.task(
+        name=target,
+        typing=False,
+        ignore_result=True,
+        Request=JobRequest,
+        resultrepr_maxsize=RESULT_REPR_LIMIT,
+    )(job)
 
 
 def register_definitions(settings: Settings, registry: Registry) -> None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from runs.domain.runs import RunRef
+
 RUN_STARTED = "RUN_STARTED"
 RUN_FINISHED = "RUN_FINISHED"
 RUN_ERROR = "RUN_ERROR"
@@ -108,3 +110,9 @@ def terminal_event(status: str, message: str | None = None) -> NewEvent:
 def step_event(event_type: str, node_id: str, status: str, attempt: int, **extra: Any) -> NewEvent:
     payload = {"type": event_type, "stepName": node_id, "status": status, "attempt": attempt}
     return NewEvent(event_type, {**payload, **extra})
+
+
+# One run's close among many (``EventLog.close_attempts``): the run, the owner token of the
+# attempt that finishes it, how many ids to reserve for its final events, and the opening events
+# of an attempt that has not opened the run's stream yet (else None).
+Closing = tuple[RunRef, str, int, Sequence[NewEvent] | None]

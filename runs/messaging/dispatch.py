@@ -3,18 +3,26 @@
 A job's Celery task id (what Flower shows) leads to its run: ``<run_id>@<attempt>`` for the
 job of a task run's attempt (every message for that attempt carries the same id, a re-sent
 one included), ``<run_id>@plan.<random>`` for a job that plans a workflow run and
-``<run_id>@<node_id>.<random>`` for one that runs a workflow step.
+``<run_id>@<node_id>.<random>`` for one that runs a workflow step. A job of runs that travel
+together (``dispatch_group``) has an id of its own, and Flower shows each of its runs under the
+id a job of that run alone would have.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 
 from celery import Celery
 
 from runs.domain.runs import RunRef
 from runs.messaging.celery_config import celery_config
 from runs.settings import Settings
+
+# A group's job carries its runs in this keyword argument, as [project_id, run_id, attempt]
+# lists; its task id starts with the prefix.
+GROUP_ARGUMENT = "group"
+GROUP_PREFIX = "group-"
 
 
 class CeleryDispatcher:
@@ -48,6 +56,18 @@ class CeleryDispatcher:
             countdown=countdown,
             ignore_result=True,
             task_id=job_id(ref.run_id, attempt=attempt, node_id=node_id),
+        )
+
+    def dispatch_group(self, target: str, jobs: Sequence[tuple[RunRef, int]], queue: str) -> None:
+        # One message for runs that travel together; its task id is the group's own (Flower
+        # shows each run under its own id: workers/flower_events.py).
+        group = [[ref.project_id, ref.run_id, attempt] for ref, attempt in jobs]
+        self._app.send_task(
+            target,
+            kwargs={GROUP_ARGUMENT: group},
+            queue=queue,
+            ignore_result=True,
+            task_id=f"{GROUP_PREFIX}{uuid.uuid4().hex}",
         )
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 
 from runs.domain.runs import RunStatus
 from runs.persistence.engine import autocommit
-from runs.persistence.status_counts import active_counts
+from runs.persistence.records import active_counts
 from runs.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -27,7 +27,7 @@ from runs.persistence.tables import UTCDateTime, is_one_of, run_events, runs
 _RUN_COLUMNS = tuple(c for c in runs.c)
 # What an attempt needs of its run: a claimed run is pending, so its outcome columns are
 # empty, and the rest is the API's to show.
-_CLAIMED_COLUMNS = tuple(
+CLAIMED_COLUMNS = tuple(
     runs.c[name]
     for name in (
         "project_id",
@@ -77,7 +77,7 @@ _CLAIM = (
         lease_owner=sa.bindparam("b_worker"),
         lease_expires_at=sa.bindparam("b_lease", type_=UTCDateTime()),
     )
-    .returning(*_CLAIMED_COLUMNS)
+    .returning(*CLAIMED_COLUMNS)
 )
 
 FINISH_FIELDS = (
@@ -115,7 +115,7 @@ def claimed_by(conn: sa.Connection, ref: RunRef, owner: str) -> Run | None:
     still holds its lease. ``None`` otherwise."""
     row = (
         conn.execute(
-            sa.select(*_CLAIMED_COLUMNS).where(
+            sa.select(*CLAIMED_COLUMNS).where(
                 of_run(runs, ref),
                 runs.c.lease_owner == owner,
                 runs.c.status.in_([RunStatus.RUNNING.value, RunStatus.CANCELLED.value]),
@@ -169,7 +169,7 @@ def claim_run(
     """pending -> running, one attempt more, its lease held by ``worker`` (a token unique to
     the claim). ``None`` when the run is not pending (or not due yet: a retry still in its
     backoff). The run returned holds what an attempt needs
-    (``_CLAIMED_COLUMNS``); its other fields keep their defaults."""
+    (``CLAIMED_COLUMNS``); its other fields keep their defaults."""
     row = (
         conn.execute(
             _CLAIM,

@@ -136,8 +136,7 @@ class ScheduleFirer:
             earlier = self._runs.load(ref)
             if earlier is not None:
                 self._runs.cancel_run(earlier)
-        for created in result.created:
-            self._runs.creation.send(created)
+        self._runs.creation.send_many(result.created)
         return result
 
     def _fire(

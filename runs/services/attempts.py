@@ -142,32 +142,14 @@ class AttemptService:
         and a record written already (its ``completed_at`` is ``ended_at``), and completes the
         same outcome: same status and output, no event id skipped, the terminal event last.
         """
-        status = outcome.status.value
-        message = outcome.error.message if outcome.error else None
-        closing = [ev.terminal_event(status, message)]
-        if run.kind is RunKind.TASK:
-            closing.insert(0, ev.step_finished_event(run.target, status))
-        now = ended_at or self._clock()
-        attempts = run.attempts
-        if run.kind is RunKind.TASK:
-            attempts = (*attempts, attempt_record(run, outcome.status, outcome.error, now))
-        values = {
-            "status": status,
-            "output": outcome.output,
-            "error": outcome.error.to_json() if outcome.error else None,
-            "logs": outcome.logs,
-            "artifacts": outcome.artifacts,
-            "exit_code": outcome.exit_code,
-            "duration_ms": duration_ms(run.started_at or now, now),
-            "completed_at": now,
-            "updated_at": now,
-            "attempts": attempts_to_json(attempts),
-        }
+        closing, values = terminal_record(run, outcome, ended_at or self._clock())
         finished = self._patiently(
             lambda: self._finish_once(run, owner, closing, values, stop_work=stop_work)
         )
         if finished:
-            metrics.run_finished(run.target, run.kind.value, status, values["duration_ms"])
+            metrics.run_finished(
+                run.target, run.kind.value, values["status"], values["duration_ms"]
+            )
         return finished
 
     def _finish_once(
@@ -184,7 +166,7 @@ class AttemptService:
         # copy of the events, at once; the final events are published only after that commit.
         closed = self._events.close_attempt(run.ref, owner, len(closing), cancel=stop_work)
         if closed is None:
-            if not self._recorded(run, values):
+            if not self.recorded(run, values):
                 return False
             # This attempt's record landed (its answer was lost) and a cancel closed the
             # stream since: the record stands; the events are in SQL.
@@ -198,12 +180,12 @@ class AttemptService:
             done = transitions.finish_run(conn, run.ref, run.attempt, values, [*so_far, *final])
             if done and run.kind is RunKind.WORKFLOW:  # nothing of a finished run stays active
                 nodes.cancel_active_nodes(conn, run.ref, values["completed_at"])
-        if not done and not self._recorded(run, values):
+        if not done and not self.recorded(run, values):
             return False
         self._events.publish(run.ref, final)
         return True
 
-    def _recorded(self, run: Run, values: dict[str, Any]) -> bool:
+    def recorded(self, run: Run, values: dict[str, Any]) -> bool:
         """Whether the run holds the terminal record ``values`` of its attempt already."""
         marks = self._marks(run.ref)
         return (
@@ -329,3 +311,31 @@ class AttemptService:
             )
         except Exception:
             log.warning("could not send the next attempt of %s; the sweeper will", run.ref)
+
+
+def terminal_record(
+    run: Run, outcome: Outcome, now: datetime
+) -> tuple[list[NewEvent], dict[str, Any]]:
+    """The final events of the run's attempt that ended with ``outcome`` at ``now``, and its
+    terminal record (every field of ``transitions.FINISH_FIELDS``)."""
+    status = outcome.status.value
+    message = outcome.error.message if outcome.error else None
+    closing = [ev.terminal_event(status, message)]
+    if run.kind is RunKind.TASK:
+        closing.insert(0, ev.step_finished_event(run.target, status))
+    attempts = run.attempts
+    if run.kind is RunKind.TASK:
+        attempts = (*attempts, attempt_record(run, outcome.status, outcome.error, now))
+    values = {
+        "status": status,
+        "output": outcome.output,
+        "error": outcome.error.to_json() if outcome.error else None,
+        "logs": outcome.logs,
+        "artifacts": outcome.artifacts,
+        "exit_code": outcome.exit_code,
+        "duration_ms": duration_ms(run.started_at or now, now),
+        "completed_at": now,
+        "updated_at": now,
+        "attempts": attempts_to_json(attempts),
+    }
+    return closing, values

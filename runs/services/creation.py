@@ -6,7 +6,8 @@ schedule triggered now, a task starting a child run):
 2. ``insert``: it is committed as ``pending`` (``persistence.records.insert_runs``, in the
    caller's transaction when it has one, as a firing has);
 3. ``send``: after the commit its job goes to the broker. A broker failure leaves the run
-   pending; the sweeper sends it later. A run is never sent before it is committed.
+   pending; the sweeper sends it later. A run is never sent before it is committed. Runs
+   committed together travel together: one job for the runs of one target (``send_many``).
 
 ``create_many`` does all three for requests that arrive together: one statement and one commit
 for all of them, each request with its own answer or error.
@@ -64,9 +65,11 @@ class RunCreation:
         catalog: DefinitionCatalog,
         max_input_bytes: int,
         max_timeout_seconds: int | None = None,
+        group_size: int = 1,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._auto = autocommit(engine)
+        self._group_size = max(group_size, 1)
         self._dispatcher = dispatcher
         self._router = router
         self._catalog = catalog
@@ -126,12 +129,28 @@ class RunCreation:
     def send(self, run: Run) -> Run:
         """Send the job of a run committed as pending. A broker failure leaves it pending,
         never lost."""
-        metrics.run_created(run.target, run.kind.value)
-        try:
-            self._dispatcher.dispatch(run.target, run.ref, run.queue, attempt=1)
-        except Exception:
-            log.exception("dispatch of %s failed; the run stays pending", run.run_id)
+        self.send_many([run])
         return run
+
+    def send_many(self, runs: Sequence[Run]) -> None:
+        """Send the jobs of runs committed together: the runs of one target and queue travel
+        in one job (at most ``group_size`` a job); a lone run goes alone. A broker failure
+        leaves its runs pending, never lost (the sweeper sends them later)."""
+        together: dict[tuple[str, str], list[Run]] = {}
+        for run in runs:
+            metrics.run_created(run.target, run.kind.value)
+            together.setdefault((run.target, run.queue), []).append(run)
+        for (target, queue), group in together.items():
+            for start in range(0, len(group), self._group_size):
+                chunk = group[start : start + self._group_size]
+                try:
+                    if len(chunk) == 1:
+                        self._dispatcher.dispatch(target, chunk[0].ref, queue, attempt=1)
+                    else:
+                        jobs = [(run.ref, 1) for run in chunk]
+                        self._dispatcher.dispatch_group(target, jobs, queue)
+                except Exception:
+                    log.exception("dispatch of %d runs failed; they stay pending", len(chunk))
 
     # -- requests that arrive together ----------------------------------------------------
 
@@ -169,16 +188,20 @@ class RunCreation:
         """Insert the new runs, send those inserted; the runs that hold the ids found taken."""
         inserted = self._insert_new([run for _, run in new.values()])
         holders: dict[RunRef, Run | None] = {}
+        accepted: list[Run] = []
         for ref, (i, run) in new.items():
             outcome = inserted.get(ref)
             if isinstance(outcome, Exception):
                 results[i] = outcome
-            elif outcome:
-                results[i] = (self.send(run), False)
-            else:
+                continue
+            if not outcome:
                 holders[ref] = holder = self._load(ref)
-                if _is_same(holder, run):  # a retried INSERT found its own run
-                    results[i] = (self.send(run), False)
+                if not _is_same(holder, run):
+                    continue
+                # else a retried INSERT found its own run
+            results[i] = (run, False)
+            accepted.append(run)
+        self.send_many(accepted)
         return holders
 
     def _insert_new(self, runs: list[Run]) -> dict[RunRef, bool | Exception]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from runs.domain.events import NewEvent, RunEvent
+from runs.domain.events import Closing, NewEvent, RunEvent
 from runs.domain.runs import RunRef
 
 
@@ -23,6 +23,10 @@ class Dispatcher(Protocol):
         """Send the job that executes the run ``ref`` (one node of it, when given), optionally
         after ``countdown`` seconds; ``attempt`` names the attempt of a task run it starts.
         Raises when the broker cannot take it."""
+
+    def dispatch_group(self, target: str, jobs: Sequence[tuple[RunRef, int]], queue: str) -> None:
+        """Send one job for runs of one target that travel together: each (run, the attempt
+        that job starts). Raises when the broker cannot take it."""
 
 
 class EventLog(Protocol):
@@ -46,6 +50,12 @@ class EventLog(Protocol):
     ) -> tuple[int, list[RunEvent]] | None: ...
 
     def publish(self, ref: RunRef, events: Sequence[RunEvent]) -> None: ...
+
+    def close_attempts(
+        self, closings: Sequence[Closing]
+    ) -> list[tuple[int, list[RunEvent]] | None]: ...
+
+    def publish_many(self, items: Sequence[tuple[RunRef, Sequence[RunEvent]]]) -> None: ...
 
     def expire(self, ref: RunRef) -> None: ...
 

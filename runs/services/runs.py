@@ -67,6 +67,7 @@ class RunService:
         catalog: DefinitionCatalog,
         max_input_bytes: int,
         max_timeout_seconds: int | None = None,
+        group_size: int = 1,
         clock: Callable[[], datetime] = utcnow,
     ) -> None:
         self._engine = engine
@@ -80,6 +81,7 @@ class RunService:
             catalog=catalog,
             max_input_bytes=max_input_bytes,
             max_timeout_seconds=max_timeout_seconds,
+            group_size=group_size,
             clock=clock,
         )
 

@@ -16,163 +16,19 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import redis
 
-from runs.domain.events import NewEvent, RunEvent
+from runs.domain.events import Closing, NewEvent, RunEvent
 from runs.domain.runs import RunRef
 from runs.domain.text import storable
 from runs.observability import metrics
 from runs.persistence.json_text import loads_storable
-
-# Every script starts with these helpers. KEYS[1] is the run's stream, KEYS[2] its meta hash:
-# ``seq`` (the id counter), ``attempt`` (the owner token of the attempt that opened the stream),
-# ``closed`` (who closed it: an owner token, or ``*`` for a cancel or the sweeper), ``final``
-# (the first id the last close reserved), ``cancel``, and ``p:<producer>`` (the sequence and ids
-# of a producer's last append, so that its retry appends nothing twice).
-_PRELUDE = """
-local stream, meta = KEYS[1], KEYS[2]
-
-local function raise_floor(floor)
-  floor = tonumber(floor)
-  if tonumber(redis.call('HGET', meta, 'seq') or '0') < floor then
-    redis.call('HSET', meta, 'seq', floor)
-  end
-end
-
-local function top_id()
-  local top = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
-  if #top == 0 then return 0 end
-  return tonumber(string.match(top[1][1], '%-(%d+)$'))
-end
-
--- An attempt closed the stream to finish, and its final events never came (it died, or
--- another ended the run): the ids it reserved are handed out again, so that none is skipped.
-local function release_reserved()
-  local closer = redis.call('HGET', meta, 'closed')
-  if closer and closer ~= '*' then
-    local final = tonumber(redis.call('HGET', meta, 'final') or '0')
-    if final > top_id() then redis.call('HSET', meta, 'seq', final - 1) end
-  end
-end
-
--- The events of one call travel as three arguments whatever their number: how many, their
--- types and their payloads, each joined by newlines (compact JSON never holds a raw newline,
--- and event types are identifiers). One counter increment reserves all their ids.
-local function add_events(created, count, types, payloads)
-  count = tonumber(count)
-  local last = redis.call('HINCRBY', meta, 'seq', count)
-  local first = last - count + 1
-  local t, p = 1, 1
-  for n = first, last do
-    local t_end = string.find(types, '\\n', t, true) or (#types + 1)
-    local p_end = string.find(payloads, '\\n', p, true) or (#payloads + 1)
-    redis.call('XADD', stream, '0-' .. n, 't', string.sub(types, t, t_end - 1),
-      'p', string.sub(payloads, p, p_end - 1), 'c', created)
-    t, p = t_end + 1, p_end + 1
-  end
-  return first, last
-end
-
-local function before(first)
-  return redis.call('XRANGE', stream, '-', '0-' .. (first - 1))
-end
-"""
-
-# ARGV: created, floor, producer, its sequence, count, types, payloads. Refused ({}) once the
-# stream is closed. A producer's append whose sequence equals its last one's is a retry of
-# that call (its answer was lost): it answers the same ids and appends nothing.
-_APPEND = (
-    _PRELUDE
-    + """
-if redis.call('HGET', meta, 'closed') then return {} end
-local producer = ARGV[3]
-if producer ~= '' then
-  local prev = redis.call('HGET', meta, 'p:' .. producer)
-  if prev then
-    local s, f, l = string.match(prev, '^(.*) (%d+) (%d+)$')
-    if s == ARGV[4] then return {tonumber(f), tonumber(l)} end
-  end
-end
-raise_floor(ARGV[2])
-local first, last = add_events(ARGV[1], ARGV[5], ARGV[6], ARGV[7])
-if producer ~= '' then
-  redis.call('HSET', meta, 'p:' .. producer, ARGV[4] .. ' ' .. first .. ' ' .. last)
-end
-return {first, last}
-"""
-)
-
-# ARGV: created, floor, owner, count, types, payloads. An attempt opens the stream: unless
-# the run was cancelled, it accepts appends again (an earlier attempt may have closed it and
-# died before its record landed), and it is this owner's; then its opening events are
-# appended, all in one round trip. Opened by this owner already (a retry): {0, 0}.
-_OPEN = (
-    _PRELUDE
-    + """
-if redis.call('HGET', meta, 'cancel') then return {} end
-if redis.call('HGET', meta, 'attempt') == ARGV[3] then return {0, 0} end
-release_reserved()
-redis.call('HDEL', meta, 'closed')
-redis.call('HSET', meta, 'attempt', ARGV[3])
-raise_floor(ARGV[2])
-local first, last = add_events(ARGV[1], ARGV[4], ARGV[5], ARGV[6])
-return {first, last}
-"""
-)
-
-# ARGV: count, cancel, floor, owner. Refuses appends from now on and reserves ``count`` ids
-# for the final events; answers the first of them and the events before it. With an owner,
-# on behalf of the attempt that finishes the run: refused (0) when the stream was closed by
-# another (a cancel, the sweeper) or belongs to another attempt; closed by this owner
-# already (a retry), it answers that close's reservation again.
-_CLOSE = (
-    _PRELUDE
-    + """
-local closer = redis.call('HGET', meta, 'closed')
-if ARGV[4] ~= '' then
-  if closer then
-    if closer ~= ARGV[4] then return 0 end
-    local final = tonumber(redis.call('HGET', meta, 'final'))
-    return {final, before(final)}
-  end
-  local owner = redis.call('HGET', meta, 'attempt')
-  if owner and owner ~= ARGV[4] then return 0 end
-else
-  release_reserved()
-end
-raise_floor(ARGV[3])
-redis.call('HSET', meta, 'closed', ARGV[4] ~= '' and ARGV[4] or '*')
-if ARGV[2] == '1' then redis.call('HSET', meta, 'cancel', '1') end
-local last = redis.call('HINCRBY', meta, 'seq', tonumber(ARGV[1]))
-local first = last - tonumber(ARGV[1]) + 1
-redis.call('HSET', meta, 'final', first)
-return {first, before(first)}
-"""
-)
-
-# ARGV: ttl, then id, type, payload, created of each final event. Events already in the
-# stream (a retried publish) are not added twice.
-_PUBLISH = (
-    _PRELUDE
-    + """
-local top = top_id()
-for i = 2, #ARGV, 4 do
-  if tonumber(ARGV[i]) > top then
-    redis.call('XADD', stream, '0-' .. ARGV[i], 't', ARGV[i + 1], 'p', ARGV[i + 2],
-      'c', ARGV[i + 3])
-  end
-end
-redis.call('EXPIRE', stream, ARGV[1])
-redis.call('EXPIRE', meta, ARGV[1])
-return 1
-"""
-)
-
+from runs.streams import scripts
 
 _SEEN_LIMIT = 10_000  # runs whose highest event id a process remembers
 
@@ -183,6 +39,10 @@ def stream_key(ref: RunRef) -> str:
 
 def _meta_key(ref: RunRef) -> str:
     return f"runs:{{{ref.key}}}:meta"
+
+
+def _keys(ref: RunRef) -> list[str]:
+    return [stream_key(ref), _meta_key(ref)]
 
 
 def _payload(payload: Any) -> bytes:
@@ -221,10 +81,10 @@ class RedisEventLog:
     def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
         self._client = client
         self._ttl = ttl_seconds
-        self._append = client.register_script(_APPEND)
-        self._close = client.register_script(_CLOSE)
-        self._publish = client.register_script(_PUBLISH)
-        self._open = client.register_script(_OPEN)
+        self._append = client.register_script(scripts.APPEND)
+        self._close = client.register_script(scripts.CLOSE)
+        self._publish = client.register_script(scripts.PUBLISH)
+        self._open = client.register_script(scripts.OPEN)
         self._seen: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
@@ -263,12 +123,15 @@ class RedisEventLog:
         return bool(self._ids(ref, reply)) or not events
 
     def _call(self, script: Any, ref: RunRef, extra: list[Any], events: Sequence[NewEvent]) -> Any:
+        return script(keys=_keys(ref), args=self._event_args(ref, extra, events))
+
+    def _event_args(self, ref: RunRef, extra: list[Any], events: Sequence[NewEvent]) -> list[Any]:
         types = "\n".join(event.event_type for event in events)
         if types.count("\n") != max(len(events) - 1, 0):
             raise ValueError("an event type holds a newline")
         args: list[Any] = [_now_ms(), self._seen.get(ref.key, 0), *extra, len(events), types]
         args.append(b"\n".join(_payload(event.payload) for event in events))
-        return script(keys=[stream_key(ref), _meta_key(ref)], args=args)
+        return args
 
     def _ids(self, ref: RunRef, reply: Any) -> list[int]:
         if not reply:
@@ -299,15 +162,71 @@ class RedisEventLog:
     def _closed(
         self, ref: RunRef, count: int, *, cancel: bool, owner: str
     ) -> tuple[int, list[RunEvent]] | None:
-        reply = self._close(
-            keys=[stream_key(ref), _meta_key(ref)],
-            args=[count, "1" if cancel else "0", self._seen.get(ref.key, 0), owner],
-        )
+        reply = self._close(keys=_keys(ref), args=self._close_args(ref, count, cancel, owner))
+        return self._reservation(ref, reply)
+
+    def _close_args(self, ref: RunRef, count: int, cancel: bool, owner: str) -> list[Any]:
+        return [count, "1" if cancel else "0", self._seen.get(ref.key, 0), owner]
+
+    def _reservation(self, ref: RunRef, reply: Any) -> tuple[int, list[RunEvent]] | None:
         if not isinstance(reply, list):
             return None
         self._seen.pop(ref.key, None)
         first, entries = reply
         return int(first), [decode_entry(e) for e in entries]
+
+    # -- runs that travel together: one round trip for many ------------------------------
+
+    def close_attempts(
+        self, closings: Sequence[Closing]
+    ) -> list[tuple[int, list[RunEvent]] | None]:
+        """``close_attempt`` for many runs in one round trip. An attempt that has not opened
+        its run's stream yet (a run that ended within a few milliseconds) passes its opening
+        events: the stream is opened with them first, in the same round trip. Each answer is
+        the one ``close_attempt`` gives (a repeat answers the same reservations)."""
+
+        def build(pipe: Any) -> None:
+            for ref, owner, count, opening in closings:
+                if opening is not None:
+                    args = self._event_args(ref, [owner], opening)
+                    pipe.evalsha(self._open.sha, 2, *_keys(ref), *args)
+                args = self._close_args(ref, count, False, owner)
+                pipe.evalsha(self._close.sha, 2, *_keys(ref), *args)
+
+        replies = iter(self._pipelined(build))
+        answers: list[tuple[int, list[RunEvent]] | None] = []
+        for ref, _, _, opening in closings:
+            if opening is not None:
+                opened = next(replies)
+                if opened and int(opened[0]) != 0:
+                    self._ids(ref, opened)
+            answers.append(self._reservation(ref, next(replies)))
+        return answers
+
+    def publish_many(self, items: Sequence[tuple[RunRef, Sequence[RunEvent]]]) -> None:
+        """``publish`` for many runs in one round trip (safe to repeat, as ``publish`` is)."""
+
+        def build(pipe: Any) -> None:
+            for ref, events in items:
+                pipe.evalsha(self._publish.sha, 2, *_keys(ref), *self._publish_args(events))
+
+        self._pipelined(build)
+        metrics.events_appended(sum(len(events) for _, events in items))
+
+    def _pipelined(self, build: Callable[[Any], None]) -> list[Any]:
+        """Run the calls ``build`` queues in one round trip. The scripts are loaded when Redis
+        has lost them (a restart), then every call is made again: each is safe to repeat."""
+        for tries in (1, 2):
+            pipe = self._client.pipeline(transaction=False)
+            build(pipe)
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if tries == 2:
+                    raise
+                for script in (self._open, self._close, self._publish, self._append):
+                    self._client.script_load(script.script)
+        raise AssertionError("unreachable")
 
     def _saw(self, key: str, event_id: int) -> None:
         self._seen[key] = event_id
@@ -318,18 +237,15 @@ class RedisEventLog:
     def publish(self, ref: RunRef, events: Sequence[RunEvent]) -> None:
         """Add the final events under their reserved ids and let the run's keys expire. Safe
         to repeat: an event already in the stream is not added again."""
+        self._publish(keys=_keys(ref), args=self._publish_args(events))
+        metrics.events_appended(len(events))
+
+    def _publish_args(self, events: Sequence[RunEvent]) -> list[Any]:
         args: list[Any] = [self._ttl]
         for event in events:
-            args.extend(
-                (
-                    event.event_id,
-                    event.event_type,
-                    _payload(event.payload),
-                    int(event.created_at.timestamp() * 1000),
-                )
-            )
-        self._publish(keys=[stream_key(ref), _meta_key(ref)], args=args)
-        metrics.events_appended(len(events))
+            created = int(event.created_at.timestamp() * 1000)
+            args.extend((event.event_id, event.event_type, _payload(event.payload), created))
+        return args
 
     def expire(self, ref: RunRef) -> None:
         """Let the run's keys expire (a terminal run whose final events another call publishes)."""

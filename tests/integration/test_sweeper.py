@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -253,4 +253,4 @@ def test_a_round_trip_to_the_database_longer_than_the_renewal_interval_pauses_re
 
 
 def _wired_stub() -> Wired:
-    return Wired(*([None] * 10))  # type: ignore[arg-type]
+    return Wired(*([None] * len(fields(Wired))))  # type: ignore[arg-type]

@@ -65,6 +65,7 @@ def live_services(settings: Settings, engine: sa.Engine, events: RedisEventLog) 
                 catalog=DefinitionCatalog(engine, cache_seconds=0),
                 max_input_bytes=65536,
                 max_timeout_seconds=settings.max_timeout_seconds,
+                group_size=settings.group_max_runs,
             ),
             attempts=AttemptService(engine, dispatcher=dispatcher, events=events),
             dispatcher=dispatcher,

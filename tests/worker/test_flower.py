@@ -288,3 +288,31 @@ def test_a_jobs_result_becomes_the_task_event_that_tells_how_its_run_ended(
 ) -> None:
     assert outcome_event(result) == (event, fields)
     assert outcome_event(_returned(repr(result))) == (event, fields)  # as Celery hands it over
+
+
+def test_flower_shows_each_run_of_a_group_as_a_task_of_its_own(
+    flower_url: str, live: Live, project: Project
+) -> None:
+    """Runs created together travel in one job, yet Flower shows each under its own id, as it
+    ended; the group's own job is not a task Flower lists."""
+    deadline = time.monotonic() + 60
+    while True:  # Flower sees the events sent after its receiver connected
+        warm_up, _ = live.runs.create(project, task_request(project))
+        live.wait_terminal(project, warm_up.run_id)
+        if succeeded(jobs_of_run(flower_url, "task:echo", warm_up.run_id, timeout=3)):
+            break
+        assert time.monotonic() < deadline, "Flower saw no run's job within 60 s"
+    answers = live.runs.create_many(
+        [(project, task_request(project)) for _ in range(3)]
+        + [(project, task_request(project, "task:fail", config={"message": "m"})) for _ in range(3)]
+    )
+    made = [answer[0] for answer in answers if not isinstance(answer, Exception)]
+    for run in made:
+        live.wait_terminal(project, run.run_id)
+    for run in made[:3]:
+        task = flower_task(flower_url, f"{run.run_id}@1", {"SUCCESS"})
+        assert task["name"] == "task:echo" and run.run_id in task["args"]
+    for run in made[3:]:
+        assert "m" in flower_task(flower_url, f"{run.run_id}@1", {"FAILURE"})["exception"]
+    tasks = httpx.get(f"{flower_url}/api/tasks", auth=(USER, PASSWORD), timeout=10).json()
+    assert not [task_id for task_id in tasks if task_id.startswith("group-")]

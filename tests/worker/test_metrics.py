@@ -30,7 +30,7 @@ from runs.domain.runs import RunStatus
 from runs.messaging.routing import Router
 from runs.observability import metrics
 from runs.persistence.engine import create_engine
-from runs.persistence.status_counts import active_counts
+from runs.persistence.records import active_counts
 from runs.persistence.tables import runs as runs_table
 from runs.persistence.tables import schedule_firings
 from runs.persistence.tables import schedules as schedules_table
@@ -346,7 +346,7 @@ def test_runs_per_active_status_are_counted_exactly(
 def test_runs_per_active_status_read_partial_indexes_not_the_table(pg_engine: sa.Engine) -> None:
     """On PostgreSQL the count can be answered from ix_runs_pending and ix_runs_leased, which
     hold only active runs: its cost follows the active runs, not the table's size."""
-    from runs.persistence.status_counts import _COUNTS
+    from runs.persistence.records import _COUNTS
 
     with pg_engine.connect() as conn:
         conn.execute(sa.text("SET LOCAL enable_seqscan = off"))

@@ -123,6 +123,15 @@ class TaskContext:
         """Send the events still waiting in the outbox (before the outcome is recorded)."""
         self._outbox.flush()
 
+    def send_later(self, events: Sequence[NewEvent]) -> None:
+        """Queue events of the attempt itself (its opening ones) in the outbox."""
+        self._outbox.put(events)
+
+    def take_unsent_events(self) -> list[NewEvent] | None:
+        """The events put so far when none has been sent yet (the caller sends them); None
+        once some were (``flush_events`` sends the rest)."""
+        return self._outbox.take_unsent()
+
     def add_artifact(
         self,
         name: str,

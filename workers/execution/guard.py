@@ -52,6 +52,11 @@ def request_drain(*_: object) -> None:
     _drain_requested = True
 
 
+def drain_requested() -> bool:
+    """Whether this process was asked to stop its attempts (``request_drain``)."""
+    return _drain_requested
+
+
 def mark_pool_process() -> None:
     """Called in each prefork pool process: the last resort of a stop may kill it."""
     global _in_pool_process

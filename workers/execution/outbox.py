@@ -57,6 +57,17 @@ class EventOutbox:
                 self._send(self._unsent, self._number)
                 self._unsent = []
 
+    def take_unsent(self) -> list[NewEvent] | None:
+        """Every event put so far, taken out to be sent by the caller, when none has gone out
+        yet; None once a batch has (``flush`` sends the rest)."""
+        with self._sending:
+            if self._number:
+                return None
+            with self._lock:
+                events, self._pending = self._pending, []
+            self._number = 1  # the caller sends them as this outbox's first batch
+            return events
+
 
 class _Flusher:
     """The thread of a process that sends the events waiting in outboxes."""

@@ -59,6 +59,10 @@ class AttemptRunner:
         self._node_id = node_id
         self.timeout_seconds = timeout_seconds
         self.flag = threading.Event()
+        self._opening_due = False  # opening events deferred, not sent yet
+        # The deferred opening events (and any sent after them) still unsent once the code
+        # returned: whoever records the outcome sends them (``ensure_open``, or a group's close).
+        self.unsent_opening: list[NewEvent] | None = None
         self.ctx = TaskContext(
             run_id=run.run_id,
             project_id=run.project_id,
@@ -102,8 +106,33 @@ class AttemptRunner:
                 return conclude(Ran(None, guard.reason))
             outcome = self._run_code(interrupter)
             guard.returned()
-            self.flush()  # the attempt's events come before its final ones
+            self._settle_events()  # the attempt's events come before its final ones
             return conclude(Ran(outcome, guard.reason))
+
+    def defer_opening(self, events: Sequence[NewEvent]) -> None:
+        """Open the run's stream with ``events`` together with the attempt's first batch of
+        events (the outbox sends within a few milliseconds) instead of in a call of its own:
+        a run that ends sooner leaves them in ``unsent_opening``, to go with its close."""
+        self._opening_due = True
+        self.ctx.send_later(events)
+
+    def ensure_open(self) -> None:
+        """Send the deferred opening still unsent (refused when the run was cancelled first:
+        then what records the outcome finds the run no longer the attempt's)."""
+        opening, self.unsent_opening = self.unsent_opening, None
+        if opening is not None:
+            self._rt.attempts.open_attempt(self._run, opening, owner=self._owner)
+        elif self._opening_due:  # still in the outbox (the code has not returned): send it
+            self.flush()
+
+    def _settle_events(self) -> None:
+        if self._opening_due:
+            taken = self.ctx.take_unsent_events()
+            if taken is not None:
+                self._opening_due = False
+                self.unsent_opening = taken
+                return
+        self.flush()
 
     def flush(self) -> None:
         """Send the attempt's events still waiting, retrying while Redis is unreachable."""
@@ -131,6 +160,12 @@ class AttemptRunner:
             return failed_outcome(self.ctx, ErrorCode.WORKER_ERROR, message)
 
     def _publish(self, events: Sequence[NewEvent], batch: int) -> None:
+        if self._opening_due:  # the first batch opens the stream (``defer_opening``)
+            opened = self._rt.attempts.open_attempt(self._run, events, owner=self._owner)
+            self._opening_due = False
+            if not opened:
+                self.flag.set()  # the run was cancelled before it opened
+            return
         # The outbox sends a batch again under the same number when its answer was lost.
         appended = self._rt.attempts.emit(
             self._run.ref, events, producer=self._owner, sequence=str(batch)

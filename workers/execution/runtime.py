@@ -8,6 +8,7 @@ import uuid
 from dataclasses import dataclass
 
 from runs.services.access import AccessService
+from runs.services.attempt_groups import AttemptGroups
 from runs.services.attempts import AttemptService
 from runs.services.runs import RunService
 from runs.services.workflows import WorkflowService
@@ -24,6 +25,7 @@ class WorkerRuntime:
     registry: Registry
     runs: RunService
     attempts: AttemptService
+    groups: AttemptGroups
     workflows: WorkflowService
     access: AccessService
     events: RedisEventLog
@@ -58,6 +60,7 @@ def _build(settings: Settings, registry: Registry, pid: int) -> WorkerRuntime:
         registry=registry,
         runs=wired.runs,
         attempts=wired.attempts,
+        groups=wired.groups,
         workflows=wired.workflows,
         access=wired.access,
         events=wired.events,

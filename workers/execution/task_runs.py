@@ -5,11 +5,13 @@ run cancelled meanwhile) the time the work stopped."""
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from runs.domain.clock import utcnow
 from runs.domain.events import attempt_started_event, started_events
 from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunRef, RunStatus
 from runs.observability.json_logs import bind_run_fields, run_log_fields
+from runs.services.attempt_groups import Ending
 from runs.services.creation import json_size
 from workers.definitions.registry import TaskDefinition
 from workers.execution.context import failed_outcome
@@ -34,6 +36,17 @@ def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
     )
     if run is None:
         return f"{SKIPPED}: not pending"  # a duplicate message, or a run already running or ended
+    result = run_claimed(runtime, run, owner)
+    assert isinstance(result, str)  # without a closer every outcome is recorded at once
+    return result
+
+
+def run_claimed(
+    runtime: WorkerRuntime, run: Run, owner: str, closer: Closer | None = None
+) -> str | Closing:
+    """Run the attempt of a run this worker claimed for ``owner``. With a ``closer`` (a run
+    of a group) the terminal record of an attempt that ended is left to it, and the attempt's
+    opening events go out with its first events or its close."""
     bind_run_fields(**run_log_fields(run))  # until the job ends (workers/celery_app.py)
     if run.status is RunStatus.CANCELLED:  # claimed, then cancelled before the claim's answer
         runtime.attempts.record_stop(run)
@@ -46,7 +59,19 @@ def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
     if policy.waited_too_long(run):
         message = f"the run waited more than {policy.queue_ttl_seconds:g} s for a worker"
         return _end(runtime, run, owner, _failure(message, ErrorCode.EXPIRED))
-    return Attempt(runtime, run, owner, definition, policy).run()
+    return Attempt(runtime, run, owner, definition, policy, closer).run()
+
+
+class Closing(Protocol):
+    """What a closer answers for an outcome it will record: the job's result for that run,
+    once recorded."""
+
+    result: str
+
+
+class Closer(Protocol):
+    def close(self, ending: Ending) -> Closing:
+        """Record the terminal outcome of an attempt, soon, with others."""
 
 
 class Attempt:
@@ -60,11 +85,13 @@ class Attempt:
         owner: str,
         definition: TaskDefinition,
         policy: AttemptPolicy,
+        closer: Closer | None = None,
     ) -> None:
         self._rt = runtime
         self._run = run
         self._owner = owner
         self._policy = policy
+        self._closer = closer
         self._runner = AttemptRunner(
             runtime,
             run,
@@ -75,7 +102,7 @@ class Attempt:
             timeout_seconds=policy.timeout_seconds,
         )
 
-    def run(self) -> str:
+    def run(self) -> str | Closing:
         lease = self._rt.settings.worker_lease_seconds
         return self._runner.run(
             renew=lambda: self._rt.attempts.renew(self._run, lease),
@@ -94,15 +121,23 @@ class Attempt:
             if run.first_start
             else [attempt_started_event(run.target, run.attempt)]
         )
+        if self._closer is not None:
+            self._runner.defer_opening(opening)
+            return True
         return self._rt.attempts.open_attempt(run, opening, owner=self._owner)
 
-    def _conclude(self, ran: Ran) -> str:
+    def _conclude(self, ran: Ran) -> str | Closing:
         if ran.outcome is None:
             self._rt.attempts.record_stop(self._run)
             return f"{CANCELLED}: before it started"
         if ran.reason is StopReason.DRAIN and ran.outcome.status is not RunStatus.COMPLETED:
             return self._hand_back()
-        return self._record(self._settle(ran.outcome, ran.reason))
+        outcome = self._settle(ran.outcome, ran.reason)
+        if self._closer is not None and not self._retries(outcome):
+            opening = self._runner.unsent_opening
+            ending = Ending(self._run, outcome, self._owner, utcnow(), opening)
+            return self._closer.close(ending)
+        return self._record(outcome)
 
     def _settle(self, outcome: Outcome, reason: StopReason | None) -> Outcome:
         """Name why a stopped attempt failed, and refuse an output over the size limit."""
@@ -130,6 +165,7 @@ class Attempt:
     def _hand_back(self) -> str:
         """The worker is shutting down and the attempt did not end within its drain time: the
         run goes back to pending for another worker, this attempt not counted."""
+        self._runner.ensure_open()
         self._runner.flush()
         if self._rt.attempts.hand_back(self._run):
             return f"{HANDED_BACK}: the worker is shutting down"
@@ -140,14 +176,10 @@ class Attempt:
         or SQL is unreachable (the guard keeps the lease meanwhile); past
         ``finish_retry_seconds`` the sweeper takes over."""
         run = self._run
+        self._runner.ensure_open()
         ended_at = utcnow()  # what a retried write of this outcome finds, if it landed
-        retry = (
-            outcome.status is RunStatus.FAILED
-            and outcome.retryable
-            and run.attempt < self._policy.max_attempts
-        )
         attempts = self._rt.attempts
-        if retry:
+        if self._retries(outcome):
             delay = backoff_delay(self._rt.settings, run.attempt)
             if attempts.retry(run, outcome, delay, ended_at=ended_at):
                 return f"{RETRYING}: {ended(outcome).partition(': ')[2]}"
@@ -155,6 +187,13 @@ class Attempt:
             return ended(outcome)
         attempts.record_stop(run)
         return f"{DROPPED}: the run was no longer this attempt's (cancelled or reclaimed)"
+
+    def _retries(self, outcome: Outcome) -> bool:
+        return (
+            outcome.status is RunStatus.FAILED
+            and outcome.retryable
+            and self._run.attempt < self._policy.max_attempts
+        )
 
 
 def _end(runtime: WorkerRuntime, run: Run, owner: str, outcome: Outcome) -> str:
