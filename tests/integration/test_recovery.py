@@ -620,7 +620,7 @@ def test_claiming_attempt_two_reopens_a_stream_an_earlier_attempt_closed_without
     attempts = attempts_at(engine, event_log, RecordingDispatcher(sent=[]), t0)
     claimed = claimed_run(runs, attempts, project, lease_seconds=60)
     # Attempt 1 reserved the ids of its final events, then died before its record landed.
-    event_log.close(claimed.ref, 2)
+    assert event_log.close_attempt(claimed.ref, "w1", 2) is not None
     assert not attempts.emit(claimed.ref, [log_event("closed")])
     swept_at = later(t0, 120)
     sweeper = sweeper_at(engine, event_log, RecordingDispatcher(sent=[]), swept_at)
