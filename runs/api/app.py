@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from runs import __version__
 from runs.api import health, routes, schedule_routes, stream_routes, ui
+from runs.api.creates import CreateFastLane
 from runs.api.deps import Services
 from runs.api.errors import UnexpectedErrors, install_error_handlers
 from runs.api.limits import BodySizeLimit
@@ -37,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.redis_url,
             longest_block_seconds=settings.sse_heartbeat_seconds,
             followers=settings.http_max_connections,
+            cluster=settings.redis_cluster,
         )
         app.state.services = Services(
             settings=settings,
@@ -76,6 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(schedule_routes.router)
     app.include_router(ui.router)
     install_openapi(app, max_page_size=settings.max_page_size)
+    app.add_middleware(CreateFastLane, route=routes.create_run_route())  # inside the body limit
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(UnexpectedErrors)
     if settings.api_metrics:

@@ -12,7 +12,7 @@ import anyio.to_thread
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from runs.api.intake import CreateIntake
+from runs.api.creates import CreateIntake
 from runs.domain.projects import Project
 from runs.observability.json_logs import bind_run_fields
 from runs.scheduling.catalogue import ScheduleService

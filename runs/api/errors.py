@@ -134,23 +134,33 @@ def _unreadable_body(cause: BaseException | None) -> str | None:
     return None
 
 
+def domain_problem(exc: errors.RunsError, path: str) -> JSONResponse:
+    """The answer to a request the domain refused."""
+    status = STATUS_BY_ERROR.get(type(exc), 400)
+    return problem(status, exc.title, exc.detail, instance=path, field=exc.field)
+
+
+def unreachable_problem(method: str, path: str, exc: Exception) -> JSONResponse:
+    """The answer while the database or Redis is down or restarting: a create was not
+    committed (nothing was half-written; its job is sent only after the commit). Clients
+    retry a 503."""
+    log.warning("storage unreachable on %s %s: %s", method, path, exc)
+    return problem(
+        503,
+        "Service unavailable",
+        "the server cannot reach its database or Redis right now; try again in a moment",
+        instance=path,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(errors.RunsError)
     async def on_domain_error(request: Request, exc: errors.RunsError) -> JSONResponse:
-        status = STATUS_BY_ERROR.get(type(exc), 400)
-        return problem(status, exc.title, exc.detail, instance=request.url.path, field=exc.field)
+        return domain_problem(exc, request.url.path)
 
     async def on_storage_unreachable(request: Request, exc: Exception) -> JSONResponse:
-        # The database or Redis is down or restarting: a create was not committed (nothing
-        # was half-written; its job is sent only after the commit). Clients retry a 503.
-        log.warning("storage unreachable on %s %s: %s", request.method, request.url.path, exc)
-        return problem(
-            503,
-            "Service unavailable",
-            "the server cannot reach its database or Redis right now; try again in a moment",
-            instance=request.url.path,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
+        return unreachable_problem(request.method, request.url.path, exc)
 
     for transient in TRANSIENT_ERRORS:
         app.add_exception_handler(transient, on_storage_unreachable)

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
-from runs.persistence.json_text import loads
+from runs.persistence.json_text import dumps, loads
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ def create_engine(database_url: str, *, pool_size: int = 5) -> sa.Engine:
         "max_overflow": pool_size * 2,
         "pool_recycle": 1800,
         "json_deserializer": loads,  # orjson, exact past 64 bits
+        "json_serializer": dumps,  # orjson, the standard library past 64 bits
     }
     engine = sa.create_engine(url, **pooling)
     # Reads and single-statement writes (the hot path) use a pool of their own whose

@@ -21,7 +21,7 @@ from runs.domain.events import RunEvent
 from runs.domain.runs import Run, RunRef, RunStatus
 from runs.domain.text import storable
 from runs.persistence.records import run_from_row
-from runs.persistence.tables import UTCDateTime, is_one_of, run_events, runs
+from runs.persistence.tables import UTCDateTime, is_one_of, json_row, run_events, runs
 from runs.persistence.transitions import CLAIMED_COLUMNS, FINISH_FIELDS, finish_run
 
 _REFS = sa.tuple_(runs.c.project_id, runs.c.run_id).in_(sa.bindparam("b_refs", expanding=True))
@@ -219,10 +219,6 @@ _ARCHIVED = (
 _FINISH_MANY = sa.select(_FINISHED.c.project_id, _FINISHED.c.run_id).add_cte(_ARCHIVED)
 
 
-def _json_time(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def finish_runs(conn: sa.Connection, items: Sequence[Finishing]) -> set[RunRef]:
     """``finish_run`` for many runs: each one's terminal record written and its events archived
     while its attempt still owns it. One statement on PostgreSQL; elsewhere two a run, so call
@@ -232,21 +228,20 @@ def finish_runs(conn: sa.Connection, items: Sequence[Finishing]) -> set[RunRef]:
     rows: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
     for item in items:
-        row = {name: storable(item.values[name]) for name in FINISH_FIELDS}
-        for name in ("completed_at", "updated_at"):
-            row[name] = _json_time(row[name])
-        for name in _STARTS:
-            row[name] = _json_time(item.values.get(name))
         ref = {"project_id": item.ref.project_id, "run_id": item.ref.run_id}
-        rows.append(row | ref | {"attempt": item.attempt})
+        row = {name: storable(item.values[name]) for name in FINISH_FIELDS}
+        row |= {name: item.values.get(name) for name in _STARTS}
+        rows.append(json_row(row | ref | {"attempt": item.attempt}))
         events += [
-            ref
-            | {
-                "event_id": e.event_id,
-                "event_type": e.event_type,
-                "payload": storable(e.payload),
-                "created_at": e.created_at.isoformat(),
-            }
+            json_row(
+                ref
+                | {
+                    "event_id": e.event_id,
+                    "event_type": e.event_type,
+                    "payload": storable(e.payload),
+                    "created_at": e.created_at,
+                }
+            )
             for e in item.events
         ]
     result = conn.execute(_FINISH_MANY, {"b_rows": rows, "b_events": events})

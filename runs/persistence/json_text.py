@@ -21,6 +21,15 @@ _SUSPECT_BYTES = re.compile(rb"\\u[dD][89abcdefABCDEF]|\xed[\xa0-\xbf]|NaN|Infin
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 
+def dumps(value: Any) -> str:
+    """JSON text of a value: by orjson, unless it holds what orjson refuses (an integer past
+    64 bits, a key that is not a string), which the standard library writes."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"))
+
+
 def loads(text: str | bytes | memoryview) -> Any:
     """Parse JSON text: by orjson, unless the text may hold an integer past 64 bits (a JSON
     number may be any size), which the standard library reads exactly."""

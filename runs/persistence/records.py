@@ -25,7 +25,14 @@ from runs.domain.runs import (
     RunStatus,
 )
 from runs.persistence.event_archive import of_run
-from runs.persistence.tables import before_in_listing, is_one_of, runs
+from runs.persistence.tables import (
+    JSONType,
+    before_in_listing,
+    is_one_of,
+    json_row,
+    recordset_type,
+    runs,
+)
 
 _RUN_COLUMNS = tuple(c for c in runs.c)
 
@@ -92,13 +99,40 @@ def row_of(run: Run) -> dict[str, Any]:
 
 
 # New runs inserted together, skipping those whose id is taken; the statement names the runs
-# it inserted. Built once per dialect, so its SQL is cached.
-_INSERT_NEW = {
-    name: insert(runs)
+# it inserted. On SQLite, one VALUES row a run (SQLAlchemy's "insertmanyvalues").
+_INSERT_NEW_SQLITE = (
+    sqlite.insert(runs)
     .on_conflict_do_nothing(index_elements=[runs.c.project_id, runs.c.run_id])
     .returning(runs.c.project_id, runs.c.run_id)
-    for name, insert in (("postgresql", postgresql.insert), ("sqlite", sqlite.insert))
-}
+)
+
+# On PostgreSQL, the hot path's statement: the same insert with the rows in one JSON
+# parameter, so that its text is the same whatever the number of runs (the driver converts
+# it once and the server plans it once, as a prepared statement). JSON ``null`` is stored as
+# its twin stores ``None``: as JSON ``null``, not SQL NULL.
+_INSERTED_COLUMNS = ("kind", "status", *_NEW_RUN_COLUMNS)
+_NEW_ROWS = (
+    sa.func.jsonb_to_recordset(sa.bindparam("b_rows", type_=postgresql.JSONB()))
+    .table_valued(*(sa.column(name, recordset_type(runs.c[name])) for name in _INSERTED_COLUMNS))
+    .render_derived(name="r", with_types=True)
+)
+_JSON_NULL: sa.ColumnElement[Any] = sa.literal_column("'null'::jsonb")
+_INSERT_NEW_POSTGRES = (
+    postgresql.insert(runs)
+    .from_select(
+        list(_INSERTED_COLUMNS),
+        sa.select(
+            *(
+                sa.func.coalesce(_NEW_ROWS.c[name], _JSON_NULL)
+                if runs.c[name].type is JSONType
+                else _NEW_ROWS.c[name]
+                for name in _INSERTED_COLUMNS
+            )
+        ),
+    )
+    .on_conflict_do_nothing(index_elements=[runs.c.project_id, runs.c.run_id])
+    .returning(runs.c.project_id, runs.c.run_id)
+)
 
 
 def insert_runs(conn: sa.Connection, new: Sequence[Run]) -> set[RunRef]:
@@ -107,7 +141,11 @@ def insert_runs(conn: sa.Connection, new: Sequence[Run]) -> set[RunRef]:
     on any other conflict, such as a project deleted meanwhile."""
     if not new:
         return set()
-    found = conn.execute(_INSERT_NEW[conn.dialect.name], [row_of(run) for run in new])
+    if conn.dialect.name == "postgresql":
+        rows = [json_row(row_of(run)) for run in new]
+        found = conn.execute(_INSERT_NEW_POSTGRES, {"b_rows": rows})
+    else:
+        found = conn.execute(_INSERT_NEW_SQLITE, [row_of(run) for run in new])
     return {RunRef(project_id, run_id) for project_id, run_id in found}
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import redis
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 
 from runs.domain.clock import utcnow
 from runs.domain.events import RUN_FINISHED, RUN_STARTED, log_event, started_events
@@ -18,7 +19,7 @@ from runs.domain.projects import Project
 from runs.domain.runs import Outcome, Run, RunRef, RunStatus
 from runs.messaging.routing import Router
 from runs.persistence import group_transitions as together
-from runs.persistence import records, transitions
+from runs.persistence import records, tables, transitions
 from runs.persistence.engine import autocommit
 from runs.services.attempt_groups import AttemptGroups, Ending
 from runs.services.attempts import AttemptService, terminal_record
@@ -108,6 +109,54 @@ def test_runs_created_together_are_sent_in_groups_of_one_target_and_a_lone_run_a
 
 
 # -- the statements against their twins -----------------------------------------------------
+
+
+def raw_row(engine: sa.Engine, ref: RunRef) -> dict[str, Any]:
+    """A run's row as stored: every column, and how each JSON column holds its value."""
+    json_columns = [c.name for c in tables.runs.c if c.type is tables.JSONType]
+    typed = [sa.func.json_typeof(sa.cast(tables.runs.c[name], sa.JSON)) for name in json_columns]
+    if engine.dialect.name == "sqlite":
+        typed = [sa.func.json_type(tables.runs.c[name]) for name in json_columns]
+    with engine.connect() as conn:
+        found = conn.execute(
+            sa.select(tables.runs, *typed).where(
+                tables.runs.c.project_id == ref.project_id, tables.runs.c.run_id == ref.run_id
+            )
+        ).one()
+    data = dict(zip(["*" + name for name in json_columns], found[-len(typed) :], strict=True))
+    data |= dict(found._mapping)
+    for key in ("run_id", "root_run_id"):
+        data.pop(key)
+    return data
+
+
+def test_the_insert_of_new_runs_stores_what_its_sqlalchemy_twin_stores(
+    engine: sa.Engine, runs: RunService, project: Project
+) -> None:
+    requests = [
+        task_request(project),
+        task_request(project, config=None, metadata={"a": [1, 2.5, None, "é"]}, name="n"),
+        task_request(project, config={"big": 2**70, "s": "line\nnext"}, timeout_seconds=9),
+        task_request(project, backoff_limit=2, batch_id="b", trigger_kind="schedule"),
+    ]
+    mine = [runs.creation.prepare(project.id, request) for request in requests]
+    twins = [
+        dataclasses.replace(run, run_id=f"{run.run_id}-twin", root_run_id=f"{run.run_id}-twin")
+        for run in mine
+    ]
+    twin_insert = (
+        (postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert)(tables.runs)
+        .on_conflict_do_nothing(index_elements=["project_id", "run_id"])
+        .returning(tables.runs.c.run_id)
+    )
+    with engine.begin() as conn:
+        assert records.insert_runs(conn, mine) == {run.ref for run in mine}
+        assert records.insert_runs(conn, mine) == set()  # ids taken: skipped
+        inserted = conn.execute(twin_insert, [records.row_of(run) for run in twins]).scalars()
+        assert len(list(inserted)) == len(twins)
+    for run, twin in zip(mine, twins, strict=True):
+        assert raw_row(engine, run.ref) == raw_row(engine, twin.ref)
+    assert row(engine, mine[2].ref)["config"] == {"big": 2**70, "s": "line\nnext"}
 
 
 def test_a_group_claim_is_the_claim_of_each_run(

@@ -13,7 +13,7 @@ import anyio.to_thread
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from runs.api.intake import CreateIntake
+from runs.api.creates import CreateIntake
 from runs.domain.errors import UnknownTarget
 from runs.domain.projects import Project
 from runs.domain.runs import Run, RunRequest, RunStatus

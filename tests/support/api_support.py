@@ -68,8 +68,7 @@ def open_api(
         database_url=database_url,
         redis_url=redis_url,
         default_queue=queue,
-        auth_cache_seconds=0,
-        **limits,
+        **({"auth_cache_seconds": 0} | limits),
     )
     broker = redis.Redis.from_url(redis_url)
     with TestClient(create_app(settings), follow_redirects=False) as client:

@@ -175,40 +175,51 @@ def _started(run: Run) -> Run:
 
 class _Watch:
     """The thread of a process that looks after its running group: it records the outcomes
-    that waited long enough and hands the rest off when the group is past its time."""
+    that waited long enough and hands the rest off when the group is past its time.
+
+    It looks every ``CLOSE_WAIT_SECONDS`` while groups run, and sleeps once none has run for
+    a second: a group starting wakes it only then, so that under load the job loop never
+    wakes a thread."""
+
+    IDLE_SECONDS = 1.0
 
     def __init__(self) -> None:
         self._cursor: GroupCursor | None = None
-        self._changed = threading.Condition()
+        self._awake = threading.Event()
         threading.Thread(target=self._loop, name="runs-group-watch", daemon=True).start()
 
     @contextmanager
     def watching(self, cursor: GroupCursor) -> Iterator[None]:
-        with self._changed:
-            self._cursor = cursor
-            self._changed.notify()
+        self._cursor = cursor
+        if not self._awake.is_set():
+            self._awake.set()
         try:
             yield
         finally:
-            with self._changed:
-                self._cursor = None
-                self._changed.notify()
+            self._cursor = None
 
     def _loop(self) -> None:
+        idle_since = time.monotonic()
         while True:
-            with self._changed:
-                cursor = self._cursor
-                if cursor is None:
-                    self._changed.wait()
-                    continue
-                delay = cursor.due_at() - time.monotonic()
-                if delay > 0:
-                    self._changed.wait(min(delay, 1.0))
-                    continue
-            try:
-                cursor.tick(time.monotonic())
-            except Exception:
-                log.exception("the group watch failed")
+            cursor, now = self._cursor, time.monotonic()
+            if cursor is not None:
+                idle_since = now
+                if cursor.due_at() <= now:
+                    self._tick(cursor, now)
+            elif now - idle_since > self.IDLE_SECONDS:
+                self._awake.clear()
+                if self._cursor is None:  # a group that started meanwhile set the event
+                    self._awake.wait()
+                idle_since = time.monotonic()
+                continue
+            time.sleep(CLOSE_WAIT_SECONDS)
+
+    @staticmethod
+    def _tick(cursor: GroupCursor, now: float) -> None:
+        try:
+            cursor.tick(now)
+        except Exception:
+            log.exception("the group watch failed")
 
 
 _watches: dict[int, _Watch] = {}
