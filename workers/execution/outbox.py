@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from runs.domain.events import NewEvent
+from workers.execution.pollers import Poller
 
 log = logging.getLogger(__name__)
 
@@ -70,33 +70,28 @@ class EventOutbox:
 
 
 class _Flusher:
-    """The thread of a process that sends the events waiting in outboxes."""
+    """The thread of a process that sends the events waiting in outboxes: it looks every
+    ``WAIT_SECONDS`` while attempts put events (``pollers.Poller``)."""
 
     def __init__(self) -> None:
         self._due: set[EventOutbox] = set()
-        self._ready = threading.Condition()
-        self._thread = threading.Thread(target=self._loop, name="runs-event-flusher", daemon=True)
-        self._thread.start()
+        self._lock = threading.Lock()
+        self._poller = Poller("runs-event-flusher", self._send_due, period=WAIT_SECONDS)
 
     def wake(self, outbox: EventOutbox) -> None:
-        with self._ready:
-            if outbox not in self._due:
-                self._due.add(outbox)
-                self._ready.notify()
+        with self._lock:
+            self._due.add(outbox)
+        self._poller.poke()
 
-    def _loop(self) -> None:
-        while True:
-            with self._ready:
-                while not self._due:
-                    self._ready.wait()
-            time.sleep(WAIT_SECONDS)
-            with self._ready:
-                due, self._due = self._due, set()
-            for outbox in due:
-                try:
-                    outbox.flush()
-                except Exception:  # Redis away: the attempt's own flush tries again
-                    log.warning("could not send events of an attempt", exc_info=True)
+    def _send_due(self) -> bool:
+        with self._lock:
+            due, self._due = self._due, set()
+        for outbox in due:
+            try:
+                outbox.flush()
+            except Exception:  # Redis away: the attempt's own flush tries again
+                log.warning("could not send events of an attempt", exc_info=True)
+        return bool(due)
 
 
 _flushers: dict[int, _Flusher] = {}

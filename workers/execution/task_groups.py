@@ -26,6 +26,7 @@ from runs.domain.runs import Run, RunRef
 from runs.observability import metrics
 from runs.services.attempt_groups import Ending
 from workers.execution import guard
+from workers.execution.pollers import Poller
 from workers.execution.results import DROPPED, SKIPPED, ended
 from workers.execution.runtime import WorkerRuntime
 from workers.execution.task_runs import Closing, run_claimed
@@ -175,51 +176,29 @@ def _started(run: Run) -> Run:
 
 class _Watch:
     """The thread of a process that looks after its running group: it records the outcomes
-    that waited long enough and hands the rest off when the group is past its time.
-
-    It looks every ``CLOSE_WAIT_SECONDS`` while groups run, and sleeps once none has run for
-    a second: a group starting wakes it only then, so that under load the job loop never
-    wakes a thread."""
-
-    IDLE_SECONDS = 1.0
+    that waited long enough and hands the rest off when the group is past its time. It looks
+    every ``CLOSE_WAIT_SECONDS`` while groups run (``pollers.Poller``)."""
 
     def __init__(self) -> None:
         self._cursor: GroupCursor | None = None
-        self._awake = threading.Event()
-        threading.Thread(target=self._loop, name="runs-group-watch", daemon=True).start()
+        self._poller = Poller("runs-group-watch", self._look, period=CLOSE_WAIT_SECONDS)
 
     @contextmanager
     def watching(self, cursor: GroupCursor) -> Iterator[None]:
         self._cursor = cursor
-        if not self._awake.is_set():
-            self._awake.set()
+        self._poller.poke()
         try:
             yield
         finally:
             self._cursor = None
 
-    def _loop(self) -> None:
-        idle_since = time.monotonic()
-        while True:
-            cursor, now = self._cursor, time.monotonic()
-            if cursor is not None:
-                idle_since = now
-                if cursor.due_at() <= now:
-                    self._tick(cursor, now)
-            elif now - idle_since > self.IDLE_SECONDS:
-                self._awake.clear()
-                if self._cursor is None:  # a group that started meanwhile set the event
-                    self._awake.wait()
-                idle_since = time.monotonic()
-                continue
-            time.sleep(CLOSE_WAIT_SECONDS)
-
-    @staticmethod
-    def _tick(cursor: GroupCursor, now: float) -> None:
-        try:
+    def _look(self) -> bool:
+        cursor, now = self._cursor, time.monotonic()
+        if cursor is None:
+            return False
+        if cursor.due_at() <= now:
             cursor.tick(now)
-        except Exception:
-            log.exception("the group watch failed")
+        return True
 
 
 _watches: dict[int, _Watch] = {}
