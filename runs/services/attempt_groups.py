@@ -80,9 +80,10 @@ class AttemptGroups:
 
         return patiently(claim_once, self._patience)
 
-    def hand_off(self, runs: Sequence[Run], *, owner: str) -> set[RunRef]:
+    def hand_off(self, runs: Sequence[Run], *, owner: str, apart: bool = False) -> set[RunRef]:
         """Claimed runs whose attempts will not start here go back to pending (the attempts
-        not counted) and their job is sent again, one job for them all; the runs handed off.
+        not counted) and their job is sent again, one job for them all (``apart``: a job
+        each, so that none of them waits behind another again); the runs handed off.
         A run not handed off was cancelled meanwhile: its stop is recorded. Lost answer: the
         retry finds the runs left pending at this hand-off's time."""
         if not runs:
@@ -107,8 +108,9 @@ class AttemptGroups:
         if jobs:
             target, queue = runs[0].target, runs[0].queue
             try:
-                if len(jobs) == 1:
-                    self._dispatcher.dispatch(target, jobs[0][0], queue, attempt=jobs[0][1])
+                if len(jobs) == 1 or apart:
+                    for ref, attempt in jobs:
+                        self._dispatcher.dispatch(target, ref, queue, attempt=attempt)
                 else:
                     self._dispatcher.dispatch_group(target, jobs, queue)
             except Exception:

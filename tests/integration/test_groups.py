@@ -364,6 +364,17 @@ def test_a_hand_off_sends_the_runs_again_in_one_job_and_survives_a_lost_answer(
     assert cancelled.status is RunStatus.CANCELLED and cancelled.cancel_stopped_at is not None
 
 
+def test_runs_handed_off_apart_are_sent_a_job_each(
+    runs: RunService, project: Project, groups: AttemptGroups, dispatcher: RecordingDispatcher
+) -> None:
+    made = created(runs, project, 3)
+    claimed = groups.claim([r.ref for r in made], owner="g", lease_seconds=60)
+    sent, grouped = len(dispatcher.sent), len(dispatcher.groups_sent)
+    assert groups.hand_off(claimed, owner="g", apart=True) == {r.ref for r in claimed}
+    assert len(dispatcher.groups_sent) == grouped
+    assert [ref for _, ref, _ in dispatcher.sent[sent:]] == [r.ref for r in claimed]
+
+
 def test_a_run_handed_off_starts_again_as_its_first_start(
     runs: RunService, project: Project, groups: AttemptGroups
 ) -> None:

@@ -116,17 +116,19 @@ class GroupCursor:
         return min(handoff, self._closer.due_at())
 
     def tick(self, now: float) -> None:
-        """The watch thread's: record what waits, hand the rest off when it is time."""
+        """The watch thread's: record what waits, hand the rest off when it is time (an
+        attempt is running long, so each goes in a job of its own: none waits behind another
+        long one again)."""
         if self._closer.due_at() <= now:
             self._closer.flush()
         if self.handoff_at <= now:
-            self.hand_off()
+            self.hand_off(apart=True)
 
-    def hand_off(self) -> None:
+    def hand_off(self, *, apart: bool = False) -> None:
         with self._lock:
             rest, self._rest = list(self._rest), deque()
         if rest:
-            handed = self._rt.groups.hand_off(rest, owner=self._owner)
+            handed = self._rt.groups.hand_off(rest, owner=self._owner, apart=apart)
             log.info("handed %d runs of a group to other processes", len(handed))
 
 
