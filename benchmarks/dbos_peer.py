@@ -8,6 +8,7 @@ reports the CPU each part spent per workflow. Needs ``dbos`` (the ``bench`` extr
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import resource
 import subprocess
@@ -96,6 +97,14 @@ def _wait_done(url: str, count: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"DBOS did not finish {count} workflows in {timeout} s")
         time.sleep(0.05)
+
+
+def available() -> bool:
+    """Whether ``dbos`` is installed (the ``bench`` extra); says so when it is not."""
+    if importlib.util.find_spec("dbos") is None:
+        print("DBOS left out: pip install -e '.[bench]' installs it", flush=True)
+        return False
+    return True
 
 
 def throughput(workflows: int, logdir: Path) -> tuple[float, dict[str, float]]:

@@ -5,6 +5,7 @@ job) per job on PostgreSQL through raw psycopg."""
 from __future__ import annotations
 
 import os
+import time
 
 import psycopg
 import redis
@@ -37,6 +38,12 @@ def _done() -> None:
 
 @app.task(name="noop")
 def noop() -> None:
+    _done()
+
+
+@app.task(name="sleep")
+def sleep(seconds: float) -> None:
+    time.sleep(seconds)
     _done()
 
 

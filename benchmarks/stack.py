@@ -1,5 +1,6 @@
 """What the benchmark scripts share: starting processes, and the runs system on a fresh
-PostgreSQL database (one API process, one prefork worker of 2 processes, task events on)."""
+PostgreSQL database (the API, one process unless told more, one prefork worker of 2 processes,
+task events on)."""
 
 from __future__ import annotations
 
@@ -91,8 +92,11 @@ class RunsSystem:
 
 
 @contextmanager
-def runs_system(logdir: Path, *, concurrency: int = 2, **env: str) -> Iterator[RunsSystem]:
-    """The whole system, warmed up by one completed run."""
+def runs_system(
+    logdir: Path, *, concurrency: int = 2, api_workers: int = 1, **env: str
+) -> Iterator[RunsSystem]:
+    """The whole system, warmed up by one completed run; the API serves from ``api_workers``
+    processes (`runs api --workers`)."""
     from runs.cli.embedded import free_port
     from runs.persistence.engine import create_engine
     from runs.services.access import AccessService
@@ -116,8 +120,9 @@ def runs_system(logdir: Path, *, concurrency: int = 2, **env: str) -> Iterator[R
             environment,
             logdir / "runs-worker.log",
         )
+        api_argv = [sys.executable, "-m", "runs.cli", "api", "--port", str(port)]
         api = start(
-            [sys.executable, "-m", "runs.cli", "api", "--port", str(port)],
+            [*api_argv, "--workers", str(api_workers)],
             environment,
             logdir / "runs-api.log",
         )

@@ -4,11 +4,12 @@ Both run on this machine in the same invocation, each with one prefork worker of
 on the local Redis (durable settings: late acks, prefetch 1); plain Celery is measured with
 task events off and again with them on (``-E``, as runs ships), and as the issue's durable
 yardstick (one INSERT before the send and one UPDATE in the job, raw psycopg); runs use a fresh PostgreSQL
-database, one API process, and task events on as shipped. Runs are created by wrk (a C load
+database, the API in one process (``--api-workers N``: N processes on its port, their CPU summed
+as the API's), and task events on as shipped. Runs are created by wrk (a C load
 generator, whose CPU is reported) for a few seconds, then counted until all completed.
 Prints runs/s, jobs/s, their ratio, and the CPU each part spent per run (and per job of
 plain Celery with task events).
-Usage: python benchmarks/throughput.py [--rounds 3] [--seconds 5]
+Usage: python benchmarks/throughput.py [--rounds 3] [--seconds 5] [--api-workers 1]
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks import procrastinate_peer  # noqa: E402
+from benchmarks import dbos_peer, procrastinate_peer  # noqa: E402
 from benchmarks.stack import REDIS_URL, RunsSystem, runs_system, start, stop, wait_for  # noqa: E402
 
 
@@ -53,7 +54,13 @@ def start_plain_worker(
 
 
 def plain_celery(
-    n: int, logdir: Path, *, events: bool = False, durable: bool = False, concurrency: int = 2
+    n: int,
+    logdir: Path,
+    *,
+    events: bool = False,
+    durable: bool = False,
+    concurrency: int = 2,
+    task_seconds: float = 0.0,
 ) -> tuple[float, dict[str, float]]:
     """Jobs/s of ``n`` no-op jobs, and the CPU seconds per job of each part (the sender is
     this script); ``durable``: each job's row is inserted (committed) before its send and
@@ -77,7 +84,9 @@ def plain_celery(
         sender_before = resource.getrusage(resource.RUSAGE_SELF)
         started = time.perf_counter()
         for job_id in range(n):
-            if db is None:
+            if task_seconds:
+                app.send_task("sleep", args=(task_seconds,), queue=queue)
+            elif db is None:
                 app.send_task("noop", queue=queue)
             else:
                 insert_job(db, job_id)
@@ -121,8 +130,9 @@ def cpu_seconds(pids: list[int]) -> dict[int, float]:
     return found
 
 
-def parts(worker_pid: int) -> dict[str, list[int]]:
-    """The processes of each part, for CPU accounting."""
+def parts(worker_pid: int, api_pid: int | None = None) -> dict[str, list[int]]:
+    """The processes of each part, for CPU accounting; the API's are ``api_pid`` and its
+    children (the processes of `runs api --workers N`)."""
     found: dict[str, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -137,7 +147,7 @@ def parts(worker_pid: int) -> dict[str, list[int]]:
             part = "worker main process"
         elif parent == worker_pid:
             part = "worker pool processes"
-        elif "runs.cli api" in command:
+        elif api_pid in (pid, parent) or (api_pid is None and "runs.cli api" in command):
             part = "api"
         elif "postgres" in command:
             part = "postgres"
@@ -154,20 +164,29 @@ def postgres_pids() -> list[int]:
 
 
 def runs_stack(
-    seconds: int, connections: int, logdir: Path, concurrency: int = 2
+    seconds: int,
+    connections: int,
+    logdir: Path,
+    concurrency: int = 2,
+    api_workers: int = 1,
+    task_seconds: float = 0.0,
 ) -> tuple[float, int, dict[str, float]]:
     """Runs created by wrk for ``seconds`` through POST /runs until all completed: returns
-    (runs/s from the first request to the last completion, runs, CPU seconds per part)."""
-    with runs_system(logdir, concurrency=concurrency) as system:
-        return _measure(system, seconds, connections, logdir)
+    (runs/s from the first request to the last completion, runs, CPU seconds per part).
+    ``task_seconds``: ``task:sleep`` runs of that long instead of ``task:echo``."""
+    with runs_system(logdir, concurrency=concurrency, api_workers=api_workers) as system:
+        return _measure(system, seconds, connections, logdir, task_seconds)
 
 
 def _measure(
-    system: RunsSystem, seconds: int, connections: int, logdir: Path
+    system: RunsSystem, seconds: int, connections: int, logdir: Path, task_seconds: float = 0.0
 ) -> tuple[float, int, dict[str, float]]:
+    body = system.task_body
+    if task_seconds:
+        body["request"] = {"target": "task:sleep", "config": {"seconds": task_seconds}}
     script = logdir / "post.lua"
-    script.write_text(POST_SCRIPT % (json.dumps(system.task_body), system.token))
-    groups = parts(system.worker.pid)
+    script.write_text(POST_SCRIPT % (json.dumps(body), system.token))
+    groups = parts(system.worker.pid, system.api.pid)
     before = {part: cpu_seconds(pids) for part, pids in groups.items()}
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -208,54 +227,71 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=2, help="pool processes of each worker (both sides)"
     )
+    parser.add_argument(
+        "--api-workers", type=int, default=1, help="processes of `runs api` (its --workers)"
+    )
+    parser.add_argument(
+        "--task-ms",
+        type=float,
+        default=0.0,
+        help="tasks that sleep this long (runs: task:sleep; plain Celery: a sleep job); "
+        "measured against plain Celery only",
+    )
     args = parser.parse_args()
     logdir = ROOT / ".runs" / "bench"
     logdir.mkdir(parents=True, exist_ok=True)
-    plain, plain_events, durable, ours, peer = [], [], [], [], []
-    cpus: list[dict[str, float]] = []
-    plain_cpus: list[dict[str, float]] = []
+    seconds = args.task_ms / 1000
+    jobs = args.jobs if not seconds else max(200, int(args.jobs * min(1.0, 0.002 / seconds)))
+    peers = not seconds
+    rates: dict[str, list[float]] = {}
+    cpus: dict[str, list[dict[str, float]]] = {}
+
+    def note(name: str, rate: float, cpu: dict[str, float] | None = None) -> None:
+        rates.setdefault(name, []).append(rate)
+        if cpu is not None:
+            cpus.setdefault(name, []).append(cpu)
+
     for round_ in range(args.rounds):
-        rate, cpu = plain_celery(args.jobs, logdir, concurrency=args.concurrency)
-        plain.append(rate)
-        rate, cpu = plain_celery(args.jobs, logdir, events=True, concurrency=args.concurrency)
-        plain_events.append(rate)
-        plain_cpus.append(cpu)
-        rate, _ = plain_celery(args.jobs, logdir, durable=True, concurrency=args.concurrency)
-        durable.append(rate)
-        rate, created, cpu = runs_stack(args.seconds, args.connections, logdir, args.concurrency)
-        ours.append(rate)
-        cpus.append(cpu)
-        peer.append(procrastinate_peer.throughput(args.jobs // 2, logdir))
+        common = {"concurrency": args.concurrency, "task_seconds": seconds}
+        note(PLAIN, *plain_celery(jobs, logdir, **common))
+        note(PLAIN_EVENTS, *plain_celery(jobs, logdir, events=True, **common))
+        if peers:
+            note(DURABLE, plain_celery(jobs, logdir, durable=True, **common)[0])
+        rate, created, cpu = runs_stack(
+            args.seconds, args.connections, logdir, args.concurrency, args.api_workers, seconds
+        )
+        note(RUNS, rate, cpu)
+        if peers:
+            note(PROCRASTINATE, procrastinate_peer.throughput(jobs // 2, logdir))
+            if dbos_peer.available():
+                note(DBOS, *dbos_peer.throughput(jobs // 2, logdir))
         print(
-            f"round {round_ + 1}: plain Celery {plain[-1]:.0f} jobs/s "
-            f"({plain_events[-1]:.0f} with task events, {durable[-1]:.0f} durable), "
-            f"runs {rate:.0f} runs/s "
-            f"({created} runs), ratio {rate / plain[-1]:.2f}; "
-            f"Procrastinate {peer[-1]:.0f} jobs/s",
+            f"round {round_ + 1} ({created} runs): "
+            + ", ".join(f"{name} {values[-1]:.0f}/s" for name, values in rates.items()),
             flush=True,
         )
-    print(f"median plain Celery: {statistics.median(plain):.0f} jobs/s")
-    print(
-        f"median runs (POST /runs -> completed, PostgreSQL): {statistics.median(ours):.0f} runs/s"
-    )
-    print(f"median ratio runs/plain: {statistics.median(ours) / statistics.median(plain):.2f}")
-    with_events = statistics.median(plain_events)
-    print(
-        f"median plain Celery with task events on: {with_events:.0f} jobs/s "
-        f"(runs/plain-with-events {statistics.median(ours) / with_events:.2f})"
-    )
-    floor = statistics.median(durable)
-    print(
-        f"median Celery + INSERT + UPDATE (raw psycopg, task events off): {floor:.0f} jobs/s "
-        f"({floor / statistics.median(plain):.2f}x plain; runs/it "
-        f"{statistics.median(ours) / floor:.2f})"
-    )
-    print(
-        f"median Procrastinate: {statistics.median(peer):.0f} jobs/s "
-        f"(runs/Procrastinate {statistics.median(ours) / statistics.median(peer):.2f})"
-    )
-    print_cpu("CPU per run (ms, median of rounds):", cpus)
-    print_cpu("CPU per job of plain Celery with task events (ms, median of rounds):", plain_cpus)
+    report(rates, cpus)
+
+
+PLAIN = "plain Celery (task events off)"
+PLAIN_EVENTS = "plain Celery (task events on)"
+DURABLE = "Celery + INSERT + UPDATE (raw psycopg, events off)"
+RUNS = "runs (POST /runs -> completed)"
+PROCRASTINATE = "Procrastinate 3 (concurrency 2)"
+DBOS = "DBOS (1 process, worker_concurrency 64, polling 0.05 s)"
+
+
+def report(rates: dict[str, list[float]], cpus: dict[str, list[dict[str, float]]]) -> None:
+    """Medians of the rounds, each system beside plain Celery, and runs beside each peer."""
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print("median of rounds, per second (ratio to plain Celery; runs' ratio to it):")
+    for name, rate in medians.items():
+        print(
+            f"  {name:52} {rate:7.0f}  ({rate / medians[PLAIN]:.2f}x plain; "
+            f"runs/it {medians[RUNS] / rate:.2f})"
+        )
+    for name, rounds in cpus.items():
+        print_cpu(f"CPU per unit of {name} (ms, median of rounds):", rounds)
 
 
 def print_cpu(title: str, rounds: list[dict[str, float]]) -> None:

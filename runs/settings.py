@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         None,
         description="Celery's broker; unset: the Redis of redis_url. amqp://... for RabbitMQ",
     )
+    redis_cluster: bool = _in(
+        STORAGE, False, description="redis_url is a node of a Redis Cluster (needs broker_url)"
+    )
     database_pool_size: int = _in(
         STORAGE,
         5,
@@ -89,6 +92,9 @@ class Settings(BaseSettings):
     # -- the HTTP API --------------------------------------------------------------------------
     api_host: str = _in(API, "127.0.0.1", description="address `runs api` binds")
     api_port: int = _in(API, 8000, ge=0, le=65535, description="port `runs api` listens on")
+    api_workers: int = _in(
+        API, 1, ge=1, description="processes `runs api` serves from on its port, each its own app"
+    )
     max_body_bytes: int = _in(
         API, 1_048_576, ge=1024, description="largest request body (413 past it)"
     )
@@ -362,6 +368,8 @@ class Settings(BaseSettings):
     def _page_sizes_agree(self) -> Settings:
         if self.default_page_size > self.max_page_size:
             raise ValueError("default_page_size must not exceed max_page_size")
+        if self.redis_cluster and self.broker_url is None:
+            raise ValueError("redis_cluster needs broker_url: the broker cannot be a cluster")
         longest_run = self.max_timeout_seconds + 2 * self.cancel_grace_seconds
         if self.redis_broker and self.broker_visibility_timeout_seconds <= longest_run:
             raise ValueError(

@@ -49,7 +49,9 @@ def wire(
     storage is unreachable (``runs.services.transient.patiently``); the API and the sweeper answer at
     once (0)."""
     engine = create_engine(settings.database_url, pool_size=pool_size)
-    events = RedisEventLog.from_url(settings.redis_url, ttl_seconds=settings.stream_ttl_seconds)
+    events = RedisEventLog.from_url(
+        settings.redis_url, ttl_seconds=settings.stream_ttl_seconds, cluster=settings.redis_cluster
+    )
     dispatcher = CeleryDispatcher.from_settings(settings)
     catalog = DefinitionCatalog(engine, cache_seconds=settings.target_cache_seconds)
     runs = RunService(

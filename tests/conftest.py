@@ -33,8 +33,10 @@ from runs.services.catalog import DefinitionCatalog
 from runs.services.runs import RunService
 from runs.settings import Settings
 from runs.streams.event_log import RedisEventLog
+from runs.streams.following import EventFollower
 from runs.testing import RecordingDispatcher
 from tests.support import redis_hygiene
+from tests.support.redis_cluster import PrivateRedisCluster, cluster_binaries
 from tests.support.redis_hygiene import QUEUE, SESSION, SLOW_QUEUE, own
 
 POSTGRES_URL = os.environ.get("RUNS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -216,6 +218,46 @@ def delete_queues(amqp_url: str, *queues: str) -> None:
 def event_log(redis_url: str) -> Iterator[RedisEventLog]:
     log = RedisEventLog.from_url(redis_url, ttl_seconds=3600)
     yield log
+    log.client.close()
+
+
+# -- a Redis Cluster (the event log on one) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateRedisCluster]:
+    """Three primaries of this session alone, on free loopback ports (tests/support/redis_cluster)."""
+    binaries = cluster_binaries()
+    if isinstance(binaries, str):
+        unavailable(f"no Redis Cluster can be started: {binaries}")
+    cluster = PrivateRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@dataclass(frozen=True)
+class EventRedis:
+    """Where a test's run events live: the shared Redis, or the session's Redis Cluster."""
+
+    url: str
+    cluster: bool
+    log: RedisEventLog
+
+    def follower(self, **options: Any) -> EventFollower:
+        return EventFollower.from_url(self.url, cluster=self.cluster, **options)
+
+
+@pytest.fixture(scope="session", params=["redis", "redis-cluster"])
+def event_redis(request: pytest.FixtureRequest) -> Iterator[EventRedis]:
+    """A test taking this, or a module whose ``event_log`` is ``event_redis.log``, runs on a
+    single Redis and on a Redis Cluster."""
+    if request.param == "redis":
+        url, cluster = str(request.getfixturevalue("redis_url")), False
+    else:
+        url, cluster = request.getfixturevalue("redis_cluster").url, True
+    log = RedisEventLog.from_url(url, ttl_seconds=3600, cluster=cluster)
+    yield EventRedis(url, cluster, log)
     log.client.close()
 
 

@@ -34,12 +34,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.engine = wired.engine
         app.state.events = wired.events
         app.state.metrics = ApiMetrics.build(settings, wired.engine)
-        follower = EventFollower.from_url(
-            settings.redis_url,
-            longest_block_seconds=settings.sse_heartbeat_seconds,
-            followers=settings.http_max_connections,
-            cluster=settings.redis_cluster,
-        )
+        follower = _follower(settings)
         app.state.services = Services(
             settings=settings,
             runs=wired.runs,
@@ -84,6 +79,16 @@ def create_app(settings: Settings) -> FastAPI:
     if settings.api_metrics:
         install_metrics(app)
     return app
+
+
+def _follower(settings: Settings) -> EventFollower:
+    """The reader of live event streams, on the event log's Redis or Redis Cluster."""
+    return EventFollower.from_url(
+        settings.redis_url,
+        longest_block_seconds=settings.sse_heartbeat_seconds,
+        followers=settings.http_max_connections,
+        cluster=settings.redis_cluster,
+    )
 
 
 def create_app_from_env() -> FastAPI:

@@ -23,21 +23,37 @@ called, so a middleware never sees it; a middleware could time the body, but not
 408 while the client still sends. Hence the protocol subclass. It uses uvicorn's protocol
 internals: ``pyproject.toml`` pins uvicorn's minor version, and
 ``tests/api/test_http_limits.py`` checks each limit against a real server.
+
+Several processes (``runs api --workers N``): uvicorn binds the port in the parent and starts N
+processes (multiprocessing's spawn), each with its own app built by
+``runs.api.app:create_app_from_env`` (its own pools, caches and intake); the parent restarts one
+that dies and, on SIGTERM or SIGINT, stops them all, each with its graceful shutdown. uvicorn
+pickles its Config to each process, so the protocol is handed over as something pickle can
+carry: ``functools.partial(LimitedHttpProtocol, limits=...)``, the class by reference and the
+limits (read from the settings once, in the parent) by value. The processes count their metrics
+in files of one directory that the parent makes (see ``runs.api.metrics.shared_metrics_dir``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
 from runs.api.errors import PROBLEM_JSON, problem_document
+from runs.api.metrics import shared_metrics_dir
+from runs.observability.logs import configure_logging
 from runs.settings import Settings
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 log = logging.getLogger(__name__)
 
@@ -69,26 +85,40 @@ class HttpLimits:
         )
 
 
-def serve(settings: Settings, *, host: str, port: int) -> None:
-    """Serve ``runs.api.app:create_app_from_env`` until interrupted."""
-    uvicorn.run(
-        "runs.api.app:create_app_from_env",
-        factory=True,
-        host=host,
-        port=port,
-        http=protocol_class(HttpLimits.from_settings(settings)),
-        timeout_keep_alive=settings.http_keep_alive_seconds,
-        # Event streams of live runs never finish by themselves: on SIGTERM, requests get
-        # this long to finish, then the rest are cut (a follower resumes with Last-Event-ID).
-        timeout_graceful_shutdown=settings.http_shutdown_grace_seconds,
-        log_config=None,
-        access_log=False,
-    )
+def serve(settings: Settings, *, host: str, port: int, workers: int = 1) -> None:
+    """Serve the API from ``workers`` processes on one port until SIGTERM or SIGINT."""
+    factory = "runs.api.app:create_app_from_env" if workers == 1 else f"{__name__}:process_app"
+    with shared_metrics_dir(enabled=workers > 1 and settings.api_metrics):
+        uvicorn.run(
+            factory,
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            # uvicorn builds each connection's protocol by calling this, as it calls a class.
+            http=protocol_factory(HttpLimits.from_settings(settings)),  # type: ignore[arg-type]
+            timeout_keep_alive=settings.http_keep_alive_seconds,
+            # Event streams of live runs never finish by themselves: on SIGTERM, requests get
+            # this long to finish, then the rest are cut (a follower resumes with Last-Event-ID).
+            timeout_graceful_shutdown=settings.http_shutdown_grace_seconds,
+            log_config=None,
+            access_log=False,
+        )
 
 
-def protocol_class(limits: HttpLimits) -> type[LimitedHttpProtocol]:
-    """uvicorn builds protocols itself: the limits travel as a class attribute."""
-    return type("RunsHttpProtocol", (LimitedHttpProtocol,), {"limits": limits})
+def process_app() -> FastAPI:
+    """uvicorn's factory in each process of ``runs api --workers N``: a spawned process starts
+    with nothing configured, so its logging first, then ``create_app_from_env``."""
+    from runs.api.app import create_app_from_env
+
+    configure_logging(Settings())
+    return create_app_from_env()
+
+
+def protocol_factory(limits: HttpLimits) -> Callable[..., LimitedHttpProtocol]:
+    """What uvicorn calls to make a connection's protocol: the limits travel as an argument,
+    so the factory pickles (uvicorn pickles it to each process of ``--workers``)."""
+    return functools.partial(LimitedHttpProtocol, limits=limits)
 
 
 class _RequestRefused(Exception):
@@ -114,9 +144,8 @@ class _LingeringTransport:
 
 
 class LimitedHttpProtocol(HttpToolsProtocol):
-    limits: HttpLimits
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, limits: HttpLimits, **kwargs: Any) -> None:
+        self.limits = limits
         super().__init__(*args, **kwargs)
         self.body_pending = False
         self._reading_head = True

@@ -197,13 +197,16 @@ def run_dev(
     redis_port = free_port(redis_port)
     redis_process = start_redis(data_dir / "redis", redis_port)
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    settings = settings.model_copy(update={"redis_url": redis_url, "broker_url": None})
+    # The bundled Redis is a single one: the event log is never on a cluster here.
+    update = {"redis_url": redis_url, "broker_url": None, "redis_cluster": False}
+    settings = settings.model_copy(update=update)
     env = {
         "RUNS_SOURCE_SCHEDULES_PROJECT": DEMO_SLUG,
         **os.environ,
         "RUNS_DATABASE_URL": settings.database_url,
         "RUNS_REDIS_URL": redis_url,
         "RUNS_BROKER_URL": redis_url,
+        "RUNS_REDIS_CLUSTER": "false",
     }
     children: list[subprocess.Popen[bytes]] = [redis_process]
     relay = OutputRelay()

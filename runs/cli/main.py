@@ -80,8 +80,12 @@ def dev(
 def api(
     host: Annotated[str | None, typer.Option(help="default: RUNS_API_HOST")] = None,
     port: Annotated[int | None, typer.Option(help="default: RUNS_API_PORT")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="processes serving the one port; default: RUNS_API_WORKERS"),
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (uvicorn, with the RUNS_HTTP_* limits)."""
+    """Serve the HTTP API (uvicorn, with the RUNS_HTTP_* limits), from one or more processes."""
     from runs.api.server import serve
 
     settings = Settings()
@@ -90,6 +94,7 @@ def api(
         settings,
         host=host or settings.api_host,
         port=port if port is not None else settings.api_port,
+        workers=workers if workers is not None else settings.api_workers,
     )
 
 

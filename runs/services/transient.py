@@ -29,6 +29,11 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
+    # A Redis Cluster: a slot without its node (until a replica takes over), a slot being
+    # moved, no node answering (``runs.streams.connections.UNREACHABLE`` says the same).
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.RedisClusterUnreachableError,
 )
 
 

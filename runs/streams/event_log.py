@@ -29,6 +29,7 @@ from runs.domain.text import storable
 from runs.observability import metrics
 from runs.persistence.json_text import loads_storable
 from runs.streams import scripts
+from runs.streams.connections import EventClient, event_client
 
 _SEEN_LIMIT = 10_000  # runs whose highest event id a process remembers
 
@@ -78,7 +79,7 @@ def decode_entry(entry: Sequence[Any]) -> RunEvent:
 class RedisEventLog:
     """Append, close, publish and read the events of runs."""
 
-    def __init__(self, client: redis.Redis, *, ttl_seconds: int) -> None:
+    def __init__(self, client: EventClient, *, ttl_seconds: int) -> None:
         self._client = client
         self._ttl = ttl_seconds
         self._append = client.register_script(scripts.APPEND)
@@ -88,11 +89,12 @@ class RedisEventLog:
         self._seen: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
-    def from_url(cls, url: str, *, ttl_seconds: int) -> RedisEventLog:
-        return cls(redis.Redis.from_url(url), ttl_seconds=ttl_seconds)
+    def from_url(cls, url: str, *, ttl_seconds: int, cluster: bool = False) -> RedisEventLog:
+        """On the Redis of ``url``, or with ``cluster`` on the Redis Cluster it is a node of."""
+        return cls(event_client(url, cluster=cluster), ttl_seconds=ttl_seconds)
 
     @property
-    def client(self) -> redis.Redis:
+    def client(self) -> EventClient:
         return self._client
 
     def append(
@@ -255,14 +257,15 @@ class RedisEventLog:
         pipe.execute()
 
     def forget(self, refs: Sequence[RunRef]) -> None:
-        """Delete the keys of runs that are gone, in one round trip (a run's two keys share a
-        hash slot, so each DEL also works on a Redis Cluster)."""
+        """Delete the keys of runs that are gone, in one round trip (a DEL per key: a cluster
+        pipeline takes one key per DEL, and sends each to its node)."""
         if not refs:
             return
         pipe = self._client.pipeline(transaction=False)
         for ref in refs:
             self._seen.pop(ref.key, None)
-            pipe.delete(stream_key(ref), _meta_key(ref))
+            pipe.delete(stream_key(ref))
+            pipe.delete(_meta_key(ref))
         pipe.execute()
 
     def read(self, ref: RunRef, *, after: int, limit: int) -> list[RunEvent]:

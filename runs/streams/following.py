@@ -7,26 +7,28 @@ import asyncio
 import logging
 from typing import Any
 
-import redis.asyncio
-import redis.exceptions
-
 from runs.domain.events import RunEvent
 from runs.domain.runs import RunRef
+from runs.streams.connections import UNREACHABLE, AsyncEventClient, async_event_client
 from runs.streams.event_log import decode_entry, stream_key
 
 log = logging.getLogger(__name__)
 
 
 class EventFollower:
-    def __init__(self, client: redis.asyncio.Redis) -> None:
+    def __init__(self, client: AsyncEventClient) -> None:
         self._client = client
 
     @classmethod
-    def from_url(cls, url: str, *, longest_block_seconds: float, followers: int) -> EventFollower:
+    def from_url(
+        cls, url: str, *, longest_block_seconds: float, followers: int, cluster: bool = False
+    ) -> EventFollower:
         """Each follower holds one connection while it waits: the pool has one per follower
-        the API may serve (its connection limit), not redis-py's default of 100."""
-        client = redis.asyncio.Redis.from_url(
+        the API may serve (its connection limit), not redis-py's default of 100. With
+        ``cluster``, ``url`` is a node of a Redis Cluster: each read goes to its run's node."""
+        client = async_event_client(
             url,
+            cluster=cluster,
             # A blocking read lasts up to its block: the socket waits that long and more.
             socket_timeout=longest_block_seconds + 10,
             max_connections=followers,
@@ -40,7 +42,7 @@ class EventFollower:
             reply: Any = await self._client.xread(
                 {stream_key(ref): f"0-{after}"}, count=500, block=max(1, int(block_seconds * 1000))
             )
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except UNREACHABLE:
             log.warning("Redis unreachable while following %s; trying again", ref)
             await asyncio.sleep(block_seconds)
             return []
@@ -55,7 +57,7 @@ class EventFollower:
         ``limit``. While Redis is unreachable: none."""
         try:
             entries = await self._client.xrange(stream_key(ref), min=f"0-{after + 1}", count=limit)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except UNREACHABLE:
             log.warning("Redis unreachable while reading %s", ref)
             return []
         return [decode_entry(entry) for entry in entries or ()]
@@ -64,7 +66,7 @@ class EventFollower:
         """The id of the stream's newest event (0: none, or Redis unreachable)."""
         try:
             entries = await self._client.xrevrange(stream_key(ref), count=1)
-        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError):
+        except UNREACHABLE:
             return 0
         return decode_entry(entries[0]).event_id if entries else 0
 

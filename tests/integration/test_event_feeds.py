@@ -1,6 +1,6 @@
-"""The shared reader of a run's stream in the API (``runs.streams.feeds``), on the real Redis:
-followers of one run share its reads and each event is encoded once; a follower that falls
-behind is dropped and told so; a follower that joins late misses nothing."""
+"""The shared reader of a run's stream in the API (``runs.streams.feeds``), on the real Redis
+and on a Redis Cluster: followers of one run share its reads and each event is encoded once; a
+follower that falls behind is dropped and told so; a follower that joins late misses nothing."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import pytest
 
 from runs.domain.events import NewEvent, RunEvent
 from runs.domain.runs import RunRef
-from runs.streams.event_log import RedisEventLog
 from runs.streams.feeds import RunFeeds, Subscription
-from runs.streams.following import EventFollower
+from tests.conftest import EventRedis
 from tests.support.redis_hygiene import own_project_id
 
 
@@ -37,8 +36,9 @@ async def drain(subscription: Subscription, count: int) -> list[int]:
 
 
 def test_the_followers_of_a_run_share_one_reader_and_each_event_is_encoded_once(
-    redis_url: str, event_log: RedisEventLog, ref: RunRef
+    event_redis: EventRedis, ref: RunRef
 ) -> None:
+    event_log = event_redis.log
     encoded: list[int] = []
 
     def encode(event: RunEvent) -> bytes:
@@ -46,7 +46,7 @@ def test_the_followers_of_a_run_share_one_reader_and_each_event_is_encoded_once(
         return f"frame {event.event_id}".encode()
 
     async def scenario() -> list[list[int]]:
-        follower = EventFollower.from_url(redis_url, longest_block_seconds=1, followers=10)
+        follower = event_redis.follower(longest_block_seconds=1, followers=10)
         feeds = RunFeeds(follower, encode, block_seconds=0.5)
         try:
             event_log.append(ref, progress(2))  # before anyone follows: read by each itself
@@ -70,10 +70,12 @@ def test_the_followers_of_a_run_share_one_reader_and_each_event_is_encoded_once(
 
 
 def test_a_follower_too_far_behind_is_dropped_and_told_so(
-    redis_url: str, event_log: RedisEventLog, ref: RunRef
+    event_redis: EventRedis, ref: RunRef
 ) -> None:
+    event_log = event_redis.log
+
     async def scenario() -> tuple[bool, bool, list[int]]:
-        follower = EventFollower.from_url(redis_url, longest_block_seconds=1, followers=10)
+        follower = event_redis.follower(longest_block_seconds=1, followers=10)
         feeds = RunFeeds(
             follower, lambda e: f"frame {e.event_id}".encode(), block_seconds=0.5, queue_size=3
         )

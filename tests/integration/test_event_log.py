@@ -1,5 +1,5 @@
-"""The Redis event log on the real Redis: a batch of events travels as one joined argument, so
-event boundaries, ids and payloads must come back exactly as appended."""
+"""The Redis event log on the real Redis and on a Redis Cluster: a batch of events travels as
+one joined argument, so event boundaries, ids and payloads must come back exactly as appended."""
 
 from __future__ import annotations
 
@@ -10,9 +10,16 @@ import pytest
 from runs.domain.events import NewEvent
 from runs.domain.runs import RunRef
 from runs.streams.event_log import RedisEventLog
+from tests.conftest import EventRedis
 from tests.support.redis_hygiene import own_project_id
 
 pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def event_log(event_redis: EventRedis) -> RedisEventLog:
+    return event_redis.log
+
 
 AWKWARD = [
     {"logs": "two\nlines\r\nand a tab\t"},

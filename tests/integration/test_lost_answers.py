@@ -1,6 +1,6 @@
 """Every state-changing call of the worker, asked: what if it succeeded on the server but its
 answer was lost, or it failed half way? The retry by the same caller must complete the same
-change, never a second one. On SQLite and PostgreSQL and the real Redis.
+change, never a second one. On SQLite and PostgreSQL, and on the real Redis and a Redis Cluster.
 
 Faults are injected where they happen: a statement that ran (committed, in autocommit) and then
 raised as a dropped connection does (``lose_answer``), a statement that raised before it ran
@@ -41,6 +41,7 @@ from runs.services.runs import RunService
 from runs.services.workflows import WorkflowService
 from runs.streams.event_log import RedisEventLog
 from runs.testing import RecordingDispatcher
+from tests.conftest import EventRedis
 from tests.support.helpers import task_request
 from tests.support.redis_hygiene import QUEUE
 from workers.execution.outbox import EventOutbox
@@ -136,6 +137,11 @@ class FlakyEventLog(RedisEventLog):
 
     def publish(self, ref: RunRef, events: Any) -> None:
         self._faulty("publish", lambda: super(FlakyEventLog, self).publish(ref, events))
+
+
+@pytest.fixture
+def event_log(event_redis: EventRedis) -> RedisEventLog:
+    return event_redis.log
 
 
 @pytest.fixture

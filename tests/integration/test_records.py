@@ -38,6 +38,7 @@ from runs.persistence.tables import api_tokens
 from runs.persistence.tables import runs as runs_table
 from runs.services.access import AccessService
 from runs.streams.event_log import RedisEventLog
+from tests.conftest import EventRedis
 from tests.support.redis_hygiene import QUEUE, own_project_id
 
 T0 = datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=UTC)
@@ -761,6 +762,12 @@ def test_projects_are_found_by_id_or_slug(conn: sa.Connection, project: Project)
 
 
 # -- the Redis event log -------------------------------------------------------------------
+
+
+@pytest.fixture
+def event_log(event_redis: EventRedis) -> RedisEventLog:
+    """The tests of the event log run on a single Redis and on a Redis Cluster."""
+    return event_redis.log
 
 
 @pytest.fixture

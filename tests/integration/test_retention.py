@@ -2,7 +2,7 @@
 theirs (events, nodes, firings, Redis keys), by pruners that may run at once; nothing else is.
 
 Each backend gets a database of its own (a pruner deletes every old run it finds), emptied
-after each test.
+after each test; the Redis keys are on the real Redis, then on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import sqlalchemy as sa
 
 from runs.domain import events as ev
@@ -40,10 +39,11 @@ from runs.services.recovery import RecoveryService
 from runs.services.retention import RetentionService
 from runs.services.runs import RunService
 from runs.settings import Settings
+from runs.streams.connections import EventClient
 from runs.streams.event_log import RedisEventLog
 from runs.testing import RecordingDispatcher
 from runs.wiring import wire
-from tests.conftest import POSTGRES_URL, TEST_TARGETS, base_settings, note_projects
+from tests.conftest import POSTGRES_URL, TEST_TARGETS, EventRedis, base_settings, note_projects
 from tests.support.helpers import task_request
 from workers.definitions.registry import Registry
 from workers.sweeper import Sweeper
@@ -112,8 +112,8 @@ def me(store: sa.Engine) -> Project:
 
 
 @pytest.fixture
-def log(redis_url: str) -> Iterator[RedisEventLog]:
-    created = RedisEventLog.from_url(redis_url, ttl_seconds=TTL)
+def log(event_redis: EventRedis) -> Iterator[RedisEventLog]:
+    created = RedisEventLog.from_url(event_redis.url, ttl_seconds=TTL, cluster=event_redis.cluster)
     yield created
     created.client.close()
 
@@ -194,7 +194,8 @@ def end_through_every_path(store: sa.Engine, log: RedisEventLog, project: Projec
     return [r.ref for r in refs]
 
 
-def keys_of(client: redis.Redis, project: Project) -> list[bytes]:
+def keys_of(client: EventClient, project: Project) -> list[bytes]:
+    """On a cluster, redis-py's ``scan_iter`` scans every primary."""
     return list(client.scan_iter(match=f"runs:{{{project.id}/*", count=1000))
 
 
