@@ -7,7 +7,8 @@ Each scenario starts its own system: a private PostgreSQL cluster (``initdb``/``
 free port, a fresh database per scenario), a private ``redis-server`` for the event log and
 another for the broker (both append-only, as compose runs Redis), one ``runs api`` and two
 ``runs worker`` pools of two processes. It creates ``--runs`` runs through ``POST /runs`` with
-the Python SDK (which retries 503 and dropped connections with the same ``public_id``): task
+the Python SDK (which retries 503 and dropped connections with the same ``public_id``), ten at
+once every second, so that they travel together (one job, one claim a group): task
 runs of 0.2-2 s with two retries, and one run in ten a workflow of two such steps. Halfway
 through the creates it injects the fault:
 
@@ -42,9 +43,11 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
@@ -164,37 +167,55 @@ class Creates:
     refused: Counter[str] = field(default_factory=Counter)
 
 
+BURST = 10  # runs created at once (they travel together: one job, one claim), once a second
+
+
 def create_runs(
     stack: Stack, token: str, count: int, journal: Path, halfway: threading.Event
 ) -> Creates:
-    """Create ``count`` runs at about 10 a second; ``halfway`` is set after half of them."""
+    """Create ``count`` runs, ``BURST`` at once every second (about 10 a second); ``halfway``
+    is set after half of them."""
     done = Creates()
     rng = random.Random(7)
     policy = RetryPolicy(max_retries=8, initial_delay=0.5, max_delay=5.0)
-    with create_runs_client(
-        api_url=stack.base, auth_token=token, retry=policy, timeout=30
-    ) as client:
-        for i in range(count):
-            if i == count // 2:
-                halfway.set()
-            config = {"seconds": round(rng.uniform(0.2, 2.0), 2), "journal": str(journal)}
+    plans = [_plan(i, rng, journal) for i in range(count)]
+    with (
+        create_runs_client(
+            api_url=stack.base, auth_token=token, retry=policy, timeout=30
+        ) as client,
+        ThreadPoolExecutor(BURST) as pool,
+    ):
+
+        def create(plan: tuple[str, dict[str, Any]]) -> None:
+            target, fields = plan
             try:
-                if i % 10 == 9:
-                    created = client.create_workflow_run(
-                        WORKFLOW,
-                        input={"seconds": round(rng.uniform(0.2, 0.6), 2), "journal": str(journal)},
-                    )
-                    done.accepted[created.run.run_id] = WORKFLOW
+                if target == WORKFLOW:
+                    created = client.create_workflow_run(WORKFLOW, **fields)
                 else:
-                    created = client.create_task_run(
-                        TASK, config=config, backoff_limit=BACKOFF_LIMIT
-                    )
-                    done.accepted[created.run.run_id] = TASK
+                    created = client.create_task_run(TASK, backoff_limit=BACKOFF_LIMIT, **fields)
+                done.accepted[created.run.run_id] = target
             except RunsClientError as error:
-                done.refused[type(error).__name__] += 1
-            time.sleep(0.1)
+                with counting:
+                    done.refused[type(error).__name__] += 1
+
+        counting = threading.Lock()
+        for first in range(0, count, BURST):
+            if first >= count // 2:
+                halfway.set()
+            began = time.monotonic()
+            list(pool.map(create, plans[first : first + BURST]))
+            time.sleep(max(0.0, 1.0 - (time.monotonic() - began)))
     halfway.set()
     return done
+
+
+def _plan(i: int, rng: random.Random, journal: Path) -> tuple[str, dict[str, Any]]:
+    """One run in ten a workflow of two steps, the others tasks of 0.2-2 s."""
+    if i % 10 == 9:
+        seconds = round(rng.uniform(0.2, 0.6), 2)
+        return WORKFLOW, {"input": {"seconds": seconds, "journal": str(journal)}}
+    seconds = round(rng.uniform(0.2, 2.0), 2)
+    return TASK, {"config": {"seconds": seconds, "journal": str(journal)}}
 
 
 # -- faults ------------------------------------------------------------------------------------

@@ -153,6 +153,8 @@ def parts(worker_pid: int, api_pid: int | None = None) -> dict[str, list[int]]:
             part = "postgres"
         elif "redis-server" in command:
             part = "redis"
+        elif "beam.smp" in command and "rabbit" in command:
+            part = "rabbitmq"
         else:
             continue
         found.setdefault(part, []).append(pid)
@@ -170,11 +172,13 @@ def runs_stack(
     concurrency: int = 2,
     api_workers: int = 1,
     task_seconds: float = 0.0,
+    **env: str,
 ) -> tuple[float, int, dict[str, float]]:
     """Runs created by wrk for ``seconds`` through POST /runs until all completed: returns
     (runs/s from the first request to the last completion, runs, CPU seconds per part).
-    ``task_seconds``: ``task:sleep`` runs of that long instead of ``task:echo``."""
-    with runs_system(logdir, concurrency=concurrency, api_workers=api_workers) as system:
+    ``task_seconds``: ``task:sleep`` runs of that long instead of ``task:echo``; ``env``:
+    settings of the runs processes."""
+    with runs_system(logdir, concurrency=concurrency, api_workers=api_workers, **env) as system:
         return _measure(system, seconds, connections, logdir, task_seconds)
 
 
