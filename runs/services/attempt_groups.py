@@ -12,6 +12,7 @@ fails half way each run is finished again on its own, which completes the same o
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -80,10 +81,10 @@ class AttemptGroups:
 
         return patiently(claim_once, self._patience)
 
-    def hand_off(self, runs: Sequence[Run], *, owner: str, apart: bool = False) -> set[RunRef]:
+    def hand_off(self, runs: Sequence[Run], *, owner: str, jobs: int = 1) -> set[RunRef]:
         """Claimed runs whose attempts will not start here go back to pending (the attempts
-        not counted) and their job is sent again, one job for them all (``apart``: a job
-        each, so that none of them waits behind another again); the runs handed off.
+        not counted) and are sent again, in ``jobs`` jobs of as many runs each as may be (a
+        job each: none of them waits behind another again); the runs handed off.
         A run not handed off was cancelled meanwhile: its stop is recorded. Lost answer: the
         retry finds the runs left pending at this hand-off's time."""
         if not runs:
@@ -104,18 +105,24 @@ class AttemptGroups:
         for run in runs:
             if run.ref not in handed:
                 self._attempts.record_stop(run)
-        jobs = [(run.ref, run.attempt) for run in runs if run.ref in handed]
-        if jobs:
-            target, queue = runs[0].target, runs[0].queue
-            try:
-                if len(jobs) == 1 or apart:
-                    for ref, attempt in jobs:
-                        self._dispatcher.dispatch(target, ref, queue, attempt=attempt)
-                else:
-                    self._dispatcher.dispatch_group(target, jobs, queue)
-            except Exception:
-                log.warning("could not send %d runs handed off; the sweeper will", len(jobs))
+        again = [(run.ref, run.attempt) for run in runs if run.ref in handed]
+        if again:
+            self._send_again(runs[0].target, runs[0].queue, again, jobs)
         return handed
+
+    def _send_again(
+        self, target: str, queue: str, again: list[tuple[RunRef, int]], jobs: int
+    ) -> None:
+        size = math.ceil(len(again) / max(1, min(jobs, len(again))))
+        for start in range(0, len(again), size):
+            chunk = again[start : start + size]
+            try:
+                if len(chunk) == 1:
+                    self._dispatcher.dispatch(target, chunk[0][0], queue, attempt=chunk[0][1])
+                else:
+                    self._dispatcher.dispatch_group(target, chunk, queue)
+            except Exception:
+                log.warning("could not send %d runs handed off; the sweeper will", len(chunk))
 
     def finish(self, endings: Sequence[Ending]) -> list[bool]:
         """Write the terminal records of attempts that ended, as ``AttemptService.finish``

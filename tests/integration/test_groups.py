@@ -370,7 +370,7 @@ def test_runs_handed_off_apart_are_sent_a_job_each(
     made = created(runs, project, 3)
     claimed = groups.claim([r.ref for r in made], owner="g", lease_seconds=60)
     sent, grouped = len(dispatcher.sent), len(dispatcher.groups_sent)
-    assert groups.hand_off(claimed, owner="g", apart=True) == {r.ref for r in claimed}
+    assert groups.hand_off(claimed, owner="g", jobs=3) == {r.ref for r in claimed}
     assert len(dispatcher.groups_sent) == grouped
     assert [ref for _, ref, _ in dispatcher.sent[sent:]] == [r.ref for r in claimed]
 

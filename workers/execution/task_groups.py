@@ -3,10 +3,10 @@ message): it claims them in one statement and runs their attempts one after anot
 pool process, each exactly as a run of its own would run (its guard, cancel flag, events and
 retries); attempts that end are recorded together (``GroupCloser``).
 
-No run waits long behind another: a run of the group that has not started
-``RUNS_WORKER_HANDOFF_MS`` after the claim is handed to another pool process (back to pending,
-the attempt not counted, and sent again as one job), by the loop or, while an attempt still
-runs, by the process's watch thread. A worker that is draining hands the rest off at once.
+No run waits long behind another: when an attempt has run longer than
+``RUNS_WORKER_HANDOFF_MS``, the runs of its group not started yet are handed to other pool
+processes (back to pending, the attempt not counted, sent again a job each) by the process's
+watch thread (``GroupCursor``). A worker that is draining hands the rest off at once.
 """
 
 from __future__ import annotations
@@ -88,8 +88,10 @@ class GroupCloser:
 
 
 class GroupCursor:
-    """The runs of a group not started yet: ``next`` hands out the next one, or hands the rest
-    off once the group is past its time (or the worker drains)."""
+    """The runs of a group not started yet: ``next`` hands out the next one. The rest go to
+    other pool processes when an attempt has run longer than ``RUNS_WORKER_HANDOFF_MS`` (the
+    watch thread hands them off, a job each, so that none waits behind a long run again), or
+    when the worker drains."""
 
     def __init__(
         self, runtime: WorkerRuntime, runs: Sequence[Run], owner: str, closer: GroupCloser
@@ -99,36 +101,40 @@ class GroupCursor:
         self._owner = owner
         self._closer = closer
         self._lock = threading.Lock()
-        self.handoff_at = time.monotonic() + runtime.settings.worker_handoff_ms / 1000
+        self._bound = runtime.settings.worker_handoff_ms / 1000
+        self._since = time.monotonic()  # when the running attempt started (or the claim)
 
     def next(self) -> Run | None:
+        if guard.drain_requested():
+            self._hand_off(jobs=1)
+            return None
         with self._lock:
             if not self._rest:
                 return None
-            if time.monotonic() < self.handoff_at and not guard.drain_requested():
-                return self._rest.popleft()
-        self.hand_off()
-        return None
+            self._since = time.monotonic()
+            return self._rest.popleft()
 
     def due_at(self) -> float:
         with self._lock:
-            handoff = self.handoff_at if self._rest else float("inf")
+            handoff = self._since + self._bound if self._rest else float("inf")
         return min(handoff, self._closer.due_at())
 
     def tick(self, now: float) -> None:
-        """The watch thread's: record what waits, hand the rest off when it is time (an
-        attempt is running long, so each goes in a job of its own: none waits behind another
-        long one again)."""
+        """The watch thread's: record what waits, and hand the rest off when the running
+        attempt is past the bound."""
         if self._closer.due_at() <= now:
             self._closer.flush()
-        if self.handoff_at <= now:
-            self.hand_off(apart=True)
+        with self._lock:
+            late = bool(self._rest) and self._since + self._bound <= now
+        if late:
+            self._hand_off(jobs=None)
 
-    def hand_off(self, *, apart: bool = False) -> None:
+    def _hand_off(self, *, jobs: int | None) -> None:
+        """Hand the rest off, in ``jobs`` jobs (None: a job each)."""
         with self._lock:
             rest, self._rest = list(self._rest), deque()
         if rest:
-            handed = self._rt.groups.hand_off(rest, owner=self._owner, apart=apart)
+            handed = self._rt.groups.hand_off(rest, owner=self._owner, jobs=jobs or len(rest))
             log.info("handed %d runs of a group to other processes", len(handed))
 
 
