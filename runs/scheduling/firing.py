@@ -80,6 +80,12 @@ class PassResult:
     replaced: list[RunRef] = field(default_factory=list)
 
 
+@dataclass
+class _Writes:
+    firings: list[dict[str, Any]] = field(default_factory=list)
+    advances: list[store.Advance] = field(default_factory=list)
+
+
 class ScheduleFirer:
     def __init__(
         self,
@@ -126,8 +132,15 @@ class ScheduleFirer:
                 store.take_write_lock(conn)
                 due = store.due_schedules(conn, now, self._batch)
                 result.schedules = len(due)
+                writes = _Writes()
                 for schedule in due:
-                    self._fire(conn, schedule, now, result)
+                    self._fire(schedule, now, result, writes, conn)
+                # The pass's writes together: the schedules moved on, the runs in one
+                # statement, then the firings (which name the runs) in another.
+                if not store.advance_many(conn, writes.advances):
+                    raise _Raced()
+                self._runs.creation.insert(conn, result.created)
+                store.insert_firings(conn, writes.firings)
         except _Raced:
             log.warning("a due schedule moved on under this pass; it is fired again next pass")
             return PassResult()
@@ -140,8 +153,16 @@ class ScheduleFirer:
         return result
 
     def _fire(
-        self, conn: sa.Connection, schedule: Schedule, now: datetime, result: PassResult
+        self,
+        schedule: Schedule,
+        now: datetime,
+        result: PassResult,
+        writes: _Writes,
+        conn: sa.Connection,
     ) -> None:
+        """Plan what a due schedule does now: its runs, firings and next occurrence, which
+        the pass writes together."""
+        firings = writes.firings
         todo = plan(schedule, now, grace_seconds=self._grace, cap=self._cap)
         policy = schedule.concurrency_policy
         active = (
@@ -157,18 +178,16 @@ class ScheduleFirer:
                 break
             last = occurrence
             if policy is ConcurrencyPolicy.FORBID and active:
-                store.insert_firing(
-                    conn,
-                    schedule,
-                    outcome=FiringOutcome.SKIPPED,
-                    now=now,
-                    scheduled_for=occurrence,
+                firings.append(
+                    store.firing_row(
+                        schedule, outcome=FiringOutcome.SKIPPED, now=now, scheduled_for=occurrence
+                    )
                 )
                 skipped += 1
                 continue
             if policy is ConcurrencyPolicy.REPLACE:
                 result.replaced += [RunRef(schedule.project_id, r) for r in active]
-            run = self._create(conn, schedule, occurrence, now, values)
+            run = self._prepare(schedule, occurrence, now, values, firings)
             if run is None:
                 skipped += 1
                 continue
@@ -186,38 +205,39 @@ class ScheduleFirer:
                 "completed_at": now,
                 "next_run_at": None,
             }
-        if not store.advance(conn, schedule, values, created=created, skipped=skipped):
-            raise _Raced(schedule.id)
+        writes.advances.append(store.Advance(schedule, values, created, skipped))
         result.skipped += skipped
 
-    def _create(
+    def _prepare(
         self,
-        conn: sa.Connection,
         schedule: Schedule,
         occurrence: datetime,
         now: datetime,
         values: dict[str, Any],
+        firings: list[dict[str, Any]],
     ) -> Run | None:
-        """The run of one occurrence, inserted in the pass's transaction (its job is sent after
-        the commit); None, the occurrence skipped and its reason in ``values``, when the run
-        is refused (the target went away, or a limit changed)."""
+        """The run of one occurrence and its firing, to be inserted in the pass's transaction
+        (its job is sent after the commit); None, the occurrence skipped and its reason in
+        ``values``, when the run is refused (the target went away, or a limit changed)."""
         try:
             run = self._runs.creation.prepare(schedule.project_id, run_request(schedule))
         except RunsError as exc:
             code = re.sub(r"(?<!^)(?=[A-Z])", "_", type(exc).__name__).lower()
             values |= _failure(now, code=code, message=exc.detail)
-            store.insert_firing(
-                conn, schedule, outcome=FiringOutcome.SKIPPED, now=now, scheduled_for=occurrence
+            firings.append(
+                store.firing_row(
+                    schedule, outcome=FiringOutcome.SKIPPED, now=now, scheduled_for=occurrence
+                )
             )
             return None
-        self._runs.creation.insert(conn, [run])
-        store.insert_firing(
-            conn,
-            schedule,
-            outcome=FiringOutcome.CREATED,
-            now=now,
-            scheduled_for=occurrence,
-            run_id=run.run_id,
+        firings.append(
+            store.firing_row(
+                schedule,
+                outcome=FiringOutcome.CREATED,
+                now=now,
+                scheduled_for=occurrence,
+                run_id=run.run_id,
+            )
         )
         return run
 

@@ -25,6 +25,7 @@ from runs.domain.errors import (
 from runs.domain.projects import Project
 from runs.domain.runs import RunStatus
 from runs.domain.schedules import ScheduleStatus
+from runs.persistence import schedules as store
 from runs.persistence.records import RunFilters
 from runs.persistence.tables import runs as runs_table
 from runs.persistence.tables import schedule_firings
@@ -231,6 +232,46 @@ def test_a_one_time_schedule_fires_once_then_is_completed(
     assert (run["trigger_kind"], run["trigger_id"], run["schedule_id"]) == ("schedule", s.id, s.id)
     listed = service.list(project, RunFilters(schedule_id=s.id), cursor=None, limit=10)
     assert [r.run_id for r in listed.items] == [run["run_id"]]
+
+
+def test_a_pass_fires_many_schedules_with_one_write_of_each_kind(
+    schedules: ScheduleService,
+    firer: ScheduleFirer,
+    clock: Clock,
+    project: Project,
+    engine: sa.Engine,
+) -> None:
+    at = clock.now + timedelta(minutes=1)
+    made = [new(schedules, project, name=f"s{i}", run_at=at) for i in range(12)]
+    made.append(new(schedules, project, name="minutely", interval_seconds=60))
+    clock.advance(minutes=2)
+    result = firer.fire_pass()
+    assert result.schedules == 13 and len(result.created) >= 13
+    for s in made:  # the one-time ones completed, the interval one moved on
+        fired = fired_at(engine, s.id)
+        assert fired and len(runs_of(engine, project, s.id)) == len(fired)
+        assert schedules.get(project, s.id).run_count == len(fired)
+    assert firer.fire_pass().created == []
+
+
+def test_advancing_many_schedules_is_refused_whole_when_one_moved_on_meanwhile(
+    schedules: ScheduleService, clock: Clock, project: Project, engine: sa.Engine
+) -> None:
+    made = [new(schedules, project, name=f"s{i}", interval_seconds=60) for i in range(3)]
+    stale = [schedules.get(project, s.id) for s in made]
+    later = clock.now + timedelta(hours=1)
+    advances = [
+        store.Advance(s, {"next_run_at": later, "updated_at": clock.now}, 1, 0) for s in stale
+    ]
+    with engine.begin() as conn:
+        assert store.advance_many(conn, advances[:1])  # moves the first one on
+    with engine.connect() as conn:
+        assert not store.advance_many(conn, advances)  # the first one moved: refused
+        conn.rollback()
+    with engine.begin() as conn:
+        assert store.advance_many(conn, advances[1:])
+    counts = [schedules.get(project, s.id).run_count for s in made]
+    assert counts == [1, 1, 1]
 
 
 def test_max_runs_completes_the_schedule(
