@@ -27,8 +27,7 @@ from workers.definitions.registry import registry as default_registry
 from workers.drain import Drain, listen_for_drain
 from workers.execution.guard import mark_pool_process
 from workers.execution.runtime import get_runtime
-from workers.execution.task_groups import GroupResult, execute_group
-from workers.execution.task_runs import execute
+from workers.execution.task_groups import GroupResult, execute, execute_group
 from workers.flower_events import CONSUMER, EVENTS, INTERVAL_SETTING, RESULT_REPR_LIMIT, JobRequest
 from workers.metrics import install_metrics
 from workers.sweeper import Sweeper

@@ -429,7 +429,7 @@ def test_every_run_accepted_while_redis_is_down_and_back_reaches_a_terminal_stat
             unexplained = {
                 i: r
                 for i, r in not_completed.items()
-                if (r.error or {}).get("code") != "worker_lost"
+                if r.error is None or r.error.code != "worker_lost"
             }
             assert not unexplained, f"{summary(unexplained)}\n{workers.logs()}"
     finally:
@@ -477,7 +477,9 @@ def test_runs_in_flight_when_redis_restarts_empty_all_reach_a_terminal_status(
             lost_worker = [
                 r
                 for r in ended
-                if r.status is RunStatus.FAILED and (r.error or {}).get("code") == "worker_lost"
+                if r.status is RunStatus.FAILED
+                and r.error is not None
+                and r.error.code == "worker_lost"
             ]
             other = [r for r in ended if r not in completed and r not in lost_worker]
             lost = len(ids) - len(ended)

@@ -138,6 +138,26 @@ class GroupCursor:
             log.info("handed %d runs of a group to other processes", len(handed))
 
 
+def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
+    """Execute one attempt of the run ``ref`` (a job of its own); returns what happened, for
+    the worker's log. Recorded as a group's attempts are: a run that ends within a few
+    milliseconds opens its stream with its close, one round trip for both.
+
+    Every call that changes the run is made on behalf of ``owner``, a token unique to this
+    claim, and retried while storage is unreachable: a retry after a lost answer completes the
+    same change (``runs.services.attempts``)."""
+    owner = runtime.new_owner()
+    run = runtime.attempts.claim(
+        ref, owner=owner, lease_seconds=runtime.settings.worker_lease_seconds
+    )
+    if run is None:
+        return f"{SKIPPED}: not pending"  # a duplicate message, or a run already running or ended
+    closer = GroupCloser(runtime)
+    result = run_claimed(runtime, run, owner, closer)
+    closer.flush()
+    return result if isinstance(result, str) else result.result
+
+
 def execute_group(runtime: WorkerRuntime, jobs: Sequence[tuple[RunRef, int]]) -> GroupResult:
     """Run the attempts of a group's runs; how each ended (the runs handed off are left out:
     the job they are sent in reports them)."""

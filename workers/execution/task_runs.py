@@ -1,6 +1,7 @@
-"""The job: claim the run, resolve its definition, run one attempt through an adapter under a
+"""One attempt of a claimed run: resolve its definition, run it through an adapter under a
 guard (lease, timeout, stop), then record the outcome: a retry, the terminal record, or (for a
-run cancelled meanwhile) the time the work stopped."""
+run cancelled meanwhile) the time the work stopped. The jobs that claim runs are
+``task_groups``' (a run alone, or runs that travel together)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Protocol
 
 from runs.domain.clock import utcnow
 from runs.domain.events import attempt_started_event, started_events
-from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunRef, RunStatus
+from runs.domain.runs import ErrorCode, Outcome, Run, RunError, RunStatus
 from runs.observability.json_logs import bind_run_fields, run_log_fields
 from runs.services.attempt_groups import Ending
 from runs.services.creation import json_size
@@ -17,36 +18,17 @@ from workers.definitions.registry import TaskDefinition
 from workers.execution.context import failed_outcome
 from workers.execution.guard import StopReason
 from workers.execution.policy import AttemptPolicy, backoff_delay, policy_for
-from workers.execution.results import CANCELLED, DROPPED, HANDED_BACK, RETRYING, SKIPPED, ended
+from workers.execution.results import CANCELLED, DROPPED, HANDED_BACK, RETRYING, ended
 from workers.execution.runner import AttemptRunner, Ran
 from workers.execution.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
 
 
-def execute(runtime: WorkerRuntime, ref: RunRef) -> str:
-    """Execute one attempt of the run ``ref``; returns what happened, for the worker's log.
-
-    Every call that changes the run is made on behalf of ``owner``, a token unique to this
-    claim, and retried while storage is unreachable: a retry after a lost answer completes the
-    same change (``runs.services.attempts``)."""
-    owner = runtime.new_owner()
-    run = runtime.attempts.claim(
-        ref, owner=owner, lease_seconds=runtime.settings.worker_lease_seconds
-    )
-    if run is None:
-        return f"{SKIPPED}: not pending"  # a duplicate message, or a run already running or ended
-    result = run_claimed(runtime, run, owner)
-    assert isinstance(result, str)  # without a closer every outcome is recorded at once
-    return result
-
-
-def run_claimed(
-    runtime: WorkerRuntime, run: Run, owner: str, closer: Closer | None = None
-) -> str | Closing:
-    """Run the attempt of a run this worker claimed for ``owner``. With a ``closer`` (a run
-    of a group) the terminal record of an attempt that ended is left to it, and the attempt's
-    opening events go out with its first events or its close."""
+def run_claimed(runtime: WorkerRuntime, run: Run, owner: str, closer: Closer) -> str | Closing:
+    """Run the attempt of a run this worker claimed for ``owner``. The terminal record of an
+    attempt that ended is left to ``closer``, and the attempt's opening events go out with its
+    first events or its close (a retry is recorded at once)."""
     bind_run_fields(**run_log_fields(run))  # until the job ends (workers/celery_app.py)
     if run.status is RunStatus.CANCELLED:  # claimed, then cancelled before the claim's answer
         runtime.attempts.record_stop(run)
@@ -85,7 +67,7 @@ class Attempt:
         owner: str,
         definition: TaskDefinition,
         policy: AttemptPolicy,
-        closer: Closer | None = None,
+        closer: Closer,
     ) -> None:
         self._rt = runtime
         self._run = run
@@ -112,19 +94,16 @@ class Attempt:
         )
 
     def _open(self) -> bool:
-        """Emit the attempt's opening events. Redis may be briefly away: the service keeps
-        trying (the guard renews the lease meanwhile) rather than leave the claimed run to the
-        sweeper."""
+        """The attempt's opening events: they go out with its first batch of events, or with
+        its close when it ends first (the runner's ``defer_opening``)."""
         run = self._run
         opening = (
             started_events(run.target)
             if run.first_start
             else [attempt_started_event(run.target, run.attempt)]
         )
-        if self._closer is not None:
-            self._runner.defer_opening(opening)
-            return True
-        return self._rt.attempts.open_attempt(run, opening, owner=self._owner)
+        self._runner.defer_opening(opening)
+        return True
 
     def _conclude(self, ran: Ran) -> str | Closing:
         if ran.outcome is None:
@@ -133,7 +112,7 @@ class Attempt:
         if ran.reason is StopReason.DRAIN and ran.outcome.status is not RunStatus.COMPLETED:
             return self._hand_back()
         outcome = self._settle(ran.outcome, ran.reason)
-        if self._closer is not None and not self._retries(outcome):
+        if not self._retries(outcome):
             opening = self._runner.unsent_opening
             ending = Ending(self._run, outcome, self._owner, utcnow(), opening)
             return self._closer.close(ending)
