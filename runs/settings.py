@@ -206,8 +206,8 @@ class Settings(BaseSettings):
         WORKERS,
         50.0,
         gt=0,
-        description="a run of a job's group that has not started this long after the group "
-        "was claimed is handed to another pool process (no run waits long behind a slow one)",
+        description="once an attempt of a job's group has run this long, the group's runs not "
+        "started yet are handed to other pool processes (no run waits long behind a slow one)",
     )
     worker_heartbeat_seconds: float = _in(
         WORKERS, 0.25, gt=0, description="how often a worker looks for cancel flags of its runs"

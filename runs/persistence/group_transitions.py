@@ -15,13 +15,19 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql
 
 from runs.domain.events import RunEvent
 from runs.domain.runs import Run, RunRef, RunStatus
 from runs.domain.text import storable
 from runs.persistence.records import run_from_row
-from runs.persistence.tables import UTCDateTime, is_one_of, json_row, run_events, runs
+from runs.persistence.tables import (
+    UTCDateTime,
+    is_one_of,
+    json_recordset,
+    json_row,
+    run_events,
+    runs,
+)
 from runs.persistence.transitions import CLAIMED_COLUMNS, FINISH_FIELDS, finish_run
 
 _REFS = sa.tuple_(runs.c.project_id, runs.c.run_id).in_(sa.bindparam("b_refs", expanding=True))
@@ -142,28 +148,8 @@ class Finishing:
 
 
 _STARTS = ("started_at", "attempt_started_at")
-_ROW_COLUMNS: dict[str, sa.types.TypeEngine[Any]] = {
-    "project_id": sa.String(),
-    "run_id": sa.String(),
-    "attempt": sa.Integer(),
-    "status": sa.String(),
-    "output": postgresql.JSONB(),
-    "error": postgresql.JSONB(),
-    "logs": sa.Text(),
-    "artifacts": postgresql.JSONB(),
-    "exit_code": sa.Integer(),
-    "duration_ms": sa.BigInteger(),
-    "completed_at": sa.DateTime(timezone=True),
-    "updated_at": sa.DateTime(timezone=True),
-    "attempts": postgresql.JSONB(),
-    "started_at": sa.DateTime(timezone=True),
-    "attempt_started_at": sa.DateTime(timezone=True),
-}
-_ROWS = (
-    sa.func.jsonb_to_recordset(sa.bindparam("b_rows", type_=postgresql.JSONB()))
-    .table_valued(*(sa.column(name, type_) for name, type_ in _ROW_COLUMNS.items()))
-    .render_derived(name="v", with_types=True)
-)
+_ROW_COLUMNS = ("project_id", "run_id", "attempt", *FINISH_FIELDS, *_STARTS)
+_ROWS = json_recordset("b_rows", (runs.c[name] for name in _ROW_COLUMNS), "v")
 _FINISHED = (
     runs.update()
     .where(
@@ -182,30 +168,13 @@ _FINISHED = (
     .returning(runs.c.project_id, runs.c.run_id)
     .cte("finished")
 )
-_EVENTS = (
-    sa.func.jsonb_to_recordset(sa.bindparam("b_events", type_=postgresql.JSONB()))
-    .table_valued(
-        sa.column("project_id", sa.String()),
-        sa.column("run_id", sa.String()),
-        sa.column("event_id", sa.BigInteger()),
-        sa.column("event_type", sa.String()),
-        sa.column("payload", postgresql.JSONB()),
-        sa.column("created_at", sa.DateTime(timezone=True)),
-    )
-    .render_derived(name="e", with_types=True)
-)
+_EVENT_COLUMNS = ("project_id", "run_id", "event_id", "event_type", "payload", "created_at")
+_EVENTS = json_recordset("b_events", (run_events.c[name] for name in _EVENT_COLUMNS), "e")
 _ARCHIVED = (
     run_events.insert()
     .from_select(
-        ["project_id", "run_id", "event_id", "event_type", "payload", "created_at"],
-        sa.select(
-            _EVENTS.c.project_id,
-            _EVENTS.c.run_id,
-            _EVENTS.c.event_id,
-            _EVENTS.c.event_type,
-            _EVENTS.c.payload,
-            _EVENTS.c.created_at,
-        ).join_from(
+        list(_EVENT_COLUMNS),
+        sa.select(*(_EVENTS.c[name] for name in _EVENT_COLUMNS)).join_from(
             _EVENTS,
             _FINISHED,
             sa.and_(

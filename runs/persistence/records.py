@@ -29,8 +29,8 @@ from runs.persistence.tables import (
     JSONType,
     before_in_listing,
     is_one_of,
+    json_recordset,
     json_row,
-    recordset_type,
     runs,
 )
 
@@ -111,11 +111,7 @@ _INSERT_NEW_SQLITE = (
 # it once and the server plans it once, as a prepared statement). JSON ``null`` is stored as
 # its twin stores ``None``: as JSON ``null``, not SQL NULL.
 _INSERTED_COLUMNS = ("kind", "status", *_NEW_RUN_COLUMNS)
-_NEW_ROWS = (
-    sa.func.jsonb_to_recordset(sa.bindparam("b_rows", type_=postgresql.JSONB()))
-    .table_valued(*(sa.column(name, recordset_type(runs.c[name])) for name in _INSERTED_COLUMNS))
-    .render_derived(name="r", with_types=True)
-)
+_NEW_ROWS = json_recordset("b_rows", (runs.c[name] for name in _INSERTED_COLUMNS), "r")
 _JSON_NULL: sa.ColumnElement[Any] = sa.literal_column("'null'::jsonb")
 _INSERT_NEW_POSTGRES = (
     postgresql.insert(runs)

@@ -360,6 +360,16 @@ def recordset_type(column: sa.Column[Any]) -> sa.types.TypeEngine[Any]:
     return column.type
 
 
+def json_recordset(parameter: str, columns: Iterable[sa.Column[Any]], name: str) -> Any:
+    """``jsonb_to_recordset(:parameter) AS name(column type, ...)``: the rows of one JSON
+    parameter (``json_row`` each) as a table with the named columns' types."""
+    return (
+        sa.func.jsonb_to_recordset(sa.bindparam(parameter, type_=postgresql.JSONB()))
+        .table_valued(*(sa.column(c.name, recordset_type(c)) for c in columns))
+        .render_derived(name=name, with_types=True)
+    )
+
+
 def json_row(row: dict[str, Any]) -> dict[str, Any]:
     """A row's values as JSON carries them: times as ISO 8601 text (UTC-aware only)."""
     return {name: _json_value(value) for name, value in row.items()}

@@ -29,6 +29,7 @@ from runs.persistence import group_transitions as together
 from runs.persistence.engine import autocommit
 from runs.persistence.transitions import finishes_in_one_statement
 from runs.services.attempts import AttemptService, terminal_record
+from runs.services.creation import send_jobs
 from runs.services.ports import Dispatcher, EventLog
 from runs.services.transient import TRANSIENT_ERRORS, patiently
 
@@ -107,22 +108,9 @@ class AttemptGroups:
                 self._attempts.record_stop(run)
         again = [(run.ref, run.attempt) for run in runs if run.ref in handed]
         if again:
-            self._send_again(runs[0].target, runs[0].queue, again, jobs)
+            size = math.ceil(len(again) / max(1, min(jobs, len(again))))
+            send_jobs(self._dispatcher, runs[0].target, runs[0].queue, again, size)
         return handed
-
-    def _send_again(
-        self, target: str, queue: str, again: list[tuple[RunRef, int]], jobs: int
-    ) -> None:
-        size = math.ceil(len(again) / max(1, min(jobs, len(again))))
-        for start in range(0, len(again), size):
-            chunk = again[start : start + size]
-            try:
-                if len(chunk) == 1:
-                    self._dispatcher.dispatch(target, chunk[0][0], queue, attempt=chunk[0][1])
-                else:
-                    self._dispatcher.dispatch_group(target, chunk, queue)
-            except Exception:
-                log.warning("could not send %d runs handed off; the sweeper will", len(chunk))
 
     def finish(self, endings: Sequence[Ending]) -> list[bool]:
         """Write the terminal records of attempts that ended, as ``AttemptService.finish``

@@ -141,16 +141,8 @@ class RunCreation:
             metrics.run_created(run.target, run.kind.value)
             together.setdefault((run.target, run.queue), []).append(run)
         for (target, queue), group in together.items():
-            for start in range(0, len(group), self._group_size):
-                chunk = group[start : start + self._group_size]
-                try:
-                    if len(chunk) == 1:
-                        self._dispatcher.dispatch(target, chunk[0].ref, queue, attempt=1)
-                    else:
-                        jobs = [(run.ref, 1) for run in chunk]
-                        self._dispatcher.dispatch_group(target, jobs, queue)
-                except Exception:
-                    log.exception("dispatch of %d runs failed; they stay pending", len(chunk))
+            jobs = [(run.ref, 1) for run in group]
+            send_jobs(self._dispatcher, target, queue, jobs, self._group_size)
 
     # -- requests that arrive together ----------------------------------------------------
 
@@ -281,3 +273,24 @@ def _is_same(stored: Run | None, prepared: Run) -> bool:
         and stored.attempt == 0
         and stored.created_at == prepared.created_at
     )
+
+
+def send_jobs(
+    dispatcher: Dispatcher,
+    target: str,
+    queue: str,
+    jobs: Sequence[tuple[RunRef, int]],
+    size: int,
+) -> None:
+    """Send the jobs of runs (each with its attempt), ``size`` runs a job at most; a lone run
+    goes alone. A broker failure leaves the runs pending, never lost (the sweeper sends them
+    later)."""
+    for start in range(0, len(jobs), size):
+        chunk = jobs[start : start + size]
+        try:
+            if len(chunk) == 1:
+                dispatcher.dispatch(target, chunk[0][0], queue, attempt=chunk[0][1])
+            else:
+                dispatcher.dispatch_group(target, chunk, queue)
+        except Exception:
+            log.exception("dispatch of %d runs failed; they stay pending", len(chunk))
